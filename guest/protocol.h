@@ -1,0 +1,147 @@
+// The host <-> guest agent wire protocol (version 1).
+//
+// Transport: one virtio-serial port named kPortName (a unix-socket channel on
+// the host, reached through virDomainOpenChannel). Byte stream, framed:
+//
+//   u32 payload_length (LE) | u16 type (LE) | u16 reserved (0) | payload
+//
+// payload_length <= kMaxPayload. Control messages carry a JSON object;
+// kStdin/kStdout/kStderr carry raw bytes. Unknown types are ignored by both
+// sides (forward compatibility); a bad header is a protocol error that ends
+// the session.
+//
+// Session:
+//   host  -> Hello {protocol}
+//   agent -> Hello {protocol, agent_version, boot_ms, kernel}
+//   host  -> Exec {argv, env, cwd, timeout_ms, has_stdin}
+//   host  -> Stdin bytes ... Stdin (empty = EOF)       [only if has_stdin]
+//   agent -> Stdout/Stderr bytes ...                    [streamed]
+//   agent -> Exit {exit_code, signal, duration_ms, timed_out, error_code, error}
+//   (another Exec may follow: one agent serves executions one at a time)
+// At any time: host -> Ping, agent -> Pong {}; host -> Kill {signal};
+// host -> PowerOff (agent syncs and powers the VM off).
+//
+// This header depends only on the C++ standard library and nlohmann/json so
+// that the static guest agent can use it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace berth::agent {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr const char* kPortName = "org.berth.agent.0";
+inline constexpr uint32_t kMaxPayload = 1u << 20;  // 1 MiB
+inline constexpr size_t kHeaderSize = 8;
+
+enum class MsgType : uint16_t {
+  kHello = 1,
+  kExec = 2,
+  kStdin = 3,
+  kStdout = 4,
+  kStderr = 5,
+  kExit = 6,
+  kKill = 7,
+  kPing = 8,
+  kPong = 9,
+  kPowerOff = 10,
+  kError = 11,  // agent -> host: {code, message}, a request it could not honour
+};
+
+const char* MsgTypeName(MsgType t);
+
+struct Frame {
+  MsgType type;
+  std::string payload;
+};
+
+std::string EncodeFrame(MsgType type, std::string_view payload);
+std::string EncodeJsonFrame(MsgType type, const nlohmann::json& body);
+
+// Incremental decoder: Feed() bytes as they arrive, then drain Next().
+class FrameDecoder {
+ public:
+  void Feed(std::string_view bytes) { buf_.append(bytes); }
+  // Returns the next complete frame, std::nullopt if more bytes are needed.
+  // After a protocol error, returns nullopt forever and error() is set.
+  std::optional<Frame> Next();
+  const std::string& error() const { return error_; }
+  size_t buffered() const { return buf_.size(); }
+
+ private:
+  std::string buf_;
+  size_t off_ = 0;
+  std::string error_;
+};
+
+// ---- typed control messages ----
+
+struct HelloMsg {
+  uint32_t protocol = kProtocolVersion;
+  std::string agent_version;  // agent only
+  int64_t boot_ms = 0;        // agent only: guest uptime when hello was sent
+  std::string kernel;         // agent only: uname -r
+};
+
+struct ExecMsg {
+  std::vector<std::string> argv;  // argv[0] is resolved in PATH inside the rootfs
+  std::map<std::string, std::string> env;
+  std::string cwd = "/";
+  int64_t timeout_ms = 0;         // 0 = no limit in the agent
+  bool has_stdin = false;
+};
+
+// Error codes reported in ExitMsg.error_code when the command never ran.
+inline constexpr const char* kErrEntrypointNotFound = "entrypoint_not_found";
+inline constexpr const char* kErrEntrypointNotExecutable = "entrypoint_not_executable";
+inline constexpr const char* kErrRootfs = "rootfs_unavailable";
+inline constexpr const char* kErrSpawn = "spawn_failed";
+inline constexpr const char* kErrBusy = "busy";
+
+struct ExitMsg {
+  int exit_code = -1;      // valid when signal == 0 and error_code empty
+  int signal = 0;          // terminating signal, 0 if exited normally
+  int64_t duration_ms = 0;
+  bool timed_out = false;  // the agent killed it at timeout_ms
+  std::string error_code;  // non-empty: the command could not be started
+  std::string error;       // human-readable detail
+};
+
+struct KillMsg {
+  int signal = 9;
+};
+
+struct ErrorMsg {
+  std::string code;
+  std::string message;
+};
+
+void to_json(nlohmann::json& j, const HelloMsg& m);
+void from_json(const nlohmann::json& j, HelloMsg& m);
+void to_json(nlohmann::json& j, const ExecMsg& m);
+void from_json(const nlohmann::json& j, ExecMsg& m);
+void to_json(nlohmann::json& j, const ExitMsg& m);
+void from_json(const nlohmann::json& j, ExitMsg& m);
+void to_json(nlohmann::json& j, const KillMsg& m);
+void from_json(const nlohmann::json& j, KillMsg& m);
+void to_json(nlohmann::json& j, const ErrorMsg& m);
+void from_json(const nlohmann::json& j, ErrorMsg& m);
+
+// Parses a frame payload as T; returns nullopt on malformed JSON/fields.
+template <typename T>
+std::optional<T> ParseBody(const std::string& payload) {
+  try {
+    return nlohmann::json::parse(payload).get<T>();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace berth::agent

@@ -1,0 +1,76 @@
+// The typed model of one berth domain. DomainXmlWriter turns it into libvirt
+// domain XML; nothing else in berth builds domain XML by hand.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace berth::hv {
+
+// XML namespace of berth's <metadata> element. Stable: external tools match it.
+inline constexpr const char* kMetadataNamespace = "https://berth.dev/xmlns/domain/1";
+inline constexpr const char* kMetadataPrefix = "berth";
+// Every berth domain name starts with this, so `virsh list | grep berth-` works.
+inline constexpr const char* kDomainNamePrefix = "berth-";
+
+enum class Accel { kKvm, kTcg };
+
+struct DiskSpec {
+  std::string path;            // host path of the volume on the node
+  std::string format = "qcow2";  // "qcow2" or "raw"
+  std::string target = "vda";  // guest device name
+  bool read_only = false;
+};
+
+struct ChannelSpec {
+  std::string name = "org.berth.agent.0";  // virtio-serial port name
+  // Empty: libvirt picks a path (mode='bind'), which virDomainOpenChannel needs.
+  std::string socket_path;
+};
+
+struct NicSpec {
+  std::string network;  // libvirt network name
+  std::string mac;      // empty: libvirt assigns
+};
+
+// What berth records about a domain inside it, so `virsh dumpxml` alone tells
+// which execution, function and tenant a domain belongs to.
+struct DomainMetadata {
+  std::string execution_id;
+  std::string function;  // empty for plain instances
+  std::string tenant;
+  int64_t pid = 0;
+  int64_t ppid = 0;
+  std::string image;     // sha256 of the root filesystem image
+  int64_t created_unix_ms = 0;
+};
+
+struct DomainSpec {
+  std::string name;       // berth-<execution id>
+  std::string uuid;       // empty: libvirt assigns
+  std::string title;      // one line shown by `virsh list --title`
+  Accel accel = Accel::kTcg;
+  std::string emulator;   // empty: libvirt default
+  std::string machine = "q35";
+  uint32_t vcpus = 1;
+  uint64_t memory_mib = 256;
+
+  // Direct kernel boot.
+  std::string kernel_path;
+  std::string initrd_path;
+  std::string cmdline = "console=ttyS0 quiet panic=-1";
+
+  std::vector<DiskSpec> disks;
+  ChannelSpec agent_channel;
+  std::string console_log_path;  // serial console is written here (empty: no serial)
+  std::vector<NicSpec> nics;     // empty: the guest has no network device at all
+  DomainMetadata metadata;
+};
+
+// Checks the spec before any XML is produced: names, sizes, paths.
+Status ValidateDomainSpec(const DomainSpec& spec);
+
+}  // namespace berth::hv
