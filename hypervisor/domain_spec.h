@@ -70,7 +70,16 @@ struct DomainSpec {
   DomainMetadata metadata;
 };
 
-// Checks the spec before any XML is produced: names, sizes, paths.
+// Checks the spec before any XML is produced: names, sizes, paths, and that
+// every string is valid single-line UTF-8 text XML can carry. Returns
+// InvalidArgument naming the first offending field ("name", "memory_mib",
+// "disks[1].target", "metadata.execution_id", ...).
 Status ValidateDomainSpec(const DomainSpec& spec);
+
+// The metadata part of ValidateDomainSpec, for callers that update only the
+// metadata of a running domain (virDomainSetMetadata): execution_id required,
+// text fields single-line UTF-8 without control characters, numbers >= 0.
+// Fields are named "metadata.<member>".
+Status ValidateDomainMetadata(const DomainMetadata& metadata);
 
 }  // namespace berth::hv

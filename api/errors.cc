@@ -1,0 +1,34 @@
+#include "api/errors.h"
+
+#include <nlohmann/json.hpp>
+
+namespace berth::api {
+
+int HttpStatusFor(Code code) {
+  switch (code) {
+    case Code::kOk: return 200;
+    case Code::kInvalidArgument: return 400;
+    case Code::kNotFound: return 404;
+    case Code::kAlreadyExists: return 409;
+    case Code::kFailedPrecondition: return 422;
+    case Code::kResourceExhausted: return 503;
+    case Code::kDeadlineExceeded: return 504;
+    case Code::kUnavailable: return 503;
+    case Code::kPermissionDenied: return 403;
+    case Code::kAborted: return 409;
+    case Code::kUnimplemented: return 501;
+    case Code::kInternal: return 500;
+  }
+  return 500;
+}
+
+HttpResponse ErrorResponse(const Status& status) {
+  nlohmann::json err = {{"code", CodeName(status.code())}, {"message", status.message()}};
+  if (!status.field().empty()) err["field"] = status.field();
+  HttpResponse r;
+  r.status = HttpStatusFor(status.code());
+  r.body = nlohmann::json{{"error", err}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return r;
+}
+
+}  // namespace berth::api

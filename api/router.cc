@@ -1,0 +1,80 @@
+#include "api/router.h"
+
+#include <nlohmann/json.hpp>
+
+namespace berth::api {
+namespace {
+
+std::vector<std::string> Split(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i) parts.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+bool MatchPattern(const std::string& pattern, const std::string& path, std::map<std::string, std::string>* params) {
+  auto pp = Split(pattern), xp = Split(path);
+  if (pp.size() != xp.size()) return false;
+  std::map<std::string, std::string> found;
+  for (size_t i = 0; i < pp.size(); ++i) {
+    if (pp[i].size() > 2 && pp[i].front() == '{' && pp[i].back() == '}') {
+      found[pp[i].substr(1, pp[i].size() - 2)] = xp[i];
+    } else if (pp[i] != xp[i]) {
+      return false;
+    }
+  }
+  if (params) *params = std::move(found);
+  return true;
+}
+
+}  // namespace
+
+const Route* Router::Match(const std::string& method, const std::string& path,
+                           std::map<std::string, std::string>* params, int* miss_status) const {
+  bool path_known = false;
+  for (const auto& r : routes_) {
+    std::map<std::string, std::string> p;
+    if (!MatchPattern(r.pattern, path, &p)) continue;
+    path_known = true;
+    if (r.method == method) {
+      *params = std::move(p);
+      return &r;
+    }
+  }
+  *miss_status = path_known ? 405 : 404;
+  return nullptr;
+}
+
+std::string Router::OpenApiJson() const {
+  nlohmann::json doc = {{"openapi", "3.0.3"},
+                        {"info", {{"title", "berth API"}, {"version", "1"}}},
+                        {"paths", nlohmann::json::object()}};
+  for (const auto& r : routes_) {
+    std::string method = r.method;
+    for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    nlohmann::json op = {{"summary", r.summary},
+                         {"responses",
+                          {{std::to_string(r.success_status), {{"description", "success"}}},
+                           {"4XX", {{"description", "error: {\"error\": {\"code\", \"message\", \"field\"}}"}}}}}};
+    nlohmann::json params = nlohmann::json::array();
+    for (const auto& part : Split(r.pattern)) {
+      if (part.size() > 2 && part.front() == '{') {
+        params.push_back({{"name", part.substr(1, part.size() - 2)}, {"in", "path"}, {"required", true},
+                          {"schema", {{"type", "string"}}}});
+      }
+    }
+    if (!params.empty()) op["parameters"] = params;
+    if (r.sink) {
+      op["requestBody"] = {{"content", {{"application/octet-stream", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}};
+    }
+    doc["paths"][r.pattern][method] = op;
+  }
+  return doc.dump(2);
+}
+
+}  // namespace berth::api

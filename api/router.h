@@ -1,0 +1,68 @@
+// The route table: the one place that says which HTTP method + path pattern
+// becomes which typed command. The OpenAPI document is generated from it, so
+// the published API and what the server does cannot drift apart.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace berth::api {
+
+struct HttpRequest {
+  std::string method;
+  std::string path;
+  std::map<std::string, std::string> query;
+  std::map<std::string, std::string> params;  // from {placeholders} in the pattern
+  std::string body;
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+};
+
+// A request body consumed as it arrives (image uploads) instead of buffered.
+class BodySink {
+ public:
+  virtual ~BodySink() = default;
+  virtual Status Append(std::string_view chunk) = 0;
+  // Called once the whole body arrived; produces the response.
+  virtual HttpResponse Finish() = 0;
+};
+
+using Handler = std::function<HttpResponse(const HttpRequest&)>;
+// Creates the sink for a streaming route (may fail, e.g. bad query args).
+using SinkFactory = std::function<Result<std::unique_ptr<BodySink>>(const HttpRequest&)>;
+
+struct Route {
+  std::string method;
+  std::string pattern;  // "/v1/functions/{name}/invoke"
+  std::string summary;  // one line for the OpenAPI document
+  Handler handler;      // set for buffered routes
+  SinkFactory sink;     // set for streaming routes
+  int success_status = 200;
+};
+
+class Router {
+ public:
+  void Add(Route route) { routes_.push_back(std::move(route)); }
+  // Finds the route for method+path, filling params. nullopt + status tells
+  // 404 (no such path) from 405 (path exists, method does not).
+  const Route* Match(const std::string& method, const std::string& path,
+                     std::map<std::string, std::string>* params, int* miss_status) const;
+  const std::vector<Route>& routes() const { return routes_; }
+  // OpenAPI 3 document of all routes.
+  std::string OpenApiJson() const;
+
+ private:
+  std::vector<Route> routes_;
+};
+
+}  // namespace berth::api

@@ -1,0 +1,253 @@
+// JSON in, typed requests out. Handlers here only parse, call the Service and
+// render; they hold no logic of their own.
+#include "api/routes.h"
+
+#include <nlohmann/json.hpp>
+
+#include "api/errors.h"
+#include "api/json_fields.h"
+
+namespace berth::api {
+namespace {
+
+using json = nlohmann::json;
+using manager::ExecState;
+
+constexpr int64_t kBig = int64_t{1} << 53;
+
+HttpResponse Json(int status, const json& body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+json ImageJson(const manager::ImageMeta& m) {
+  return {{"id", m.id},
+          {"name", m.name},
+          {"format", m.format},
+          {"filesystem", m.filesystem},
+          {"size_bytes", m.size_bytes},
+          {"virtual_size_bytes", m.virtual_size_bytes},
+          {"created_ms", m.created_ms}};
+}
+
+json FunctionJson(const manager::FunctionRecord& f) {
+  return {{"name", f.spec.name},       {"version", f.version},         {"image", f.spec.image},
+          {"entrypoint", f.spec.entrypoint}, {"vcpus", f.spec.vcpus},  {"memory_mib", f.spec.memory_mib},
+          {"timeout_ms", f.spec.timeout_ms}, {"env", f.spec.env},      {"cwd", f.spec.cwd},
+          {"network", f.spec.network}, {"tenant", f.tenant},           {"created_ms", f.created_ms},
+          {"updated_ms", f.updated_ms}};
+}
+
+json ExecutionJson(const manager::ExecutionRecord& e) {
+  json j = {{"execution_id", e.id},
+            {"pid", e.pid},
+            {"ppid", e.ppid},
+            {"function", e.function},
+            {"function_version", e.function_version},
+            {"tenant", e.tenant},
+            {"image", e.image},
+            {"status", manager::ExecStateName(e.state)},
+            {"exit_code", e.exit_code ? json(*e.exit_code) : json(nullptr)},
+            {"signal", e.signal},
+            {"stdout", e.stdout_data},
+            {"stderr", e.stderr_data},
+            {"output_truncated", e.output_truncated},
+            {"duration_ms", e.duration_ms},
+            {"node", e.node},
+            {"domain", e.domain},
+            {"timings",
+             {{"prepare_ms", e.timings.prepare_ms},
+              {"boot_ms", e.timings.boot_ms},
+              {"run_ms", e.timings.run_ms},
+              {"cleanup_ms", e.timings.cleanup_ms},
+              {"total_ms", e.timings.total_ms}}},
+            {"created_ms", e.created_ms},
+            {"finished_ms", e.finished_ms}};
+  if (!e.error_code.empty()) j["error_code"] = e.error_code;
+  if (!e.error.empty()) j["error"] = e.error;
+  return j;
+}
+
+// Executions that ended in `error` answer with an error status, the error
+// naming the field at fault, and the execution record beside it.
+HttpResponse ExecutionResponse(const manager::ExecutionRecord& e) {
+  if (e.state != ExecState::kError) return Json(200, ExecutionJson(e));
+  Status st;
+  if (e.error_code == "entrypoint_not_found" || e.error_code == "entrypoint_not_executable") {
+    st = Status::FailedPrecondition(e.error, "entrypoint");
+  } else if (e.error_code == "no_capacity") {
+    st = Status::ResourceExhausted(e.error);
+  } else {
+    st = Status::Unavailable(e.error);
+  }
+  HttpResponse r = ErrorResponse(st);
+  json body = json::parse(r.body);
+  body["error"]["execution_error_code"] = e.error_code;
+  body["execution"] = ExecutionJson(e);
+  return Json(r.status, body);
+}
+
+Result<manager::FunctionSpec> ParseFunctionSpec(const std::string& body, const std::string* path_name) {
+  BERTH_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
+  FieldReader r(j);
+  manager::FunctionSpec spec;
+  int64_t vcpus = spec.vcpus, memory = static_cast<int64_t>(spec.memory_mib), timeout = spec.timeout_ms;
+  BERTH_RETURN_IF_ERROR(r.String("name", &spec.name, path_name == nullptr));
+  BERTH_RETURN_IF_ERROR(r.String("image", &spec.image, true));
+  BERTH_RETURN_IF_ERROR(r.StringArray("entrypoint", &spec.entrypoint, true));
+  BERTH_RETURN_IF_ERROR(r.Int("vcpus", &vcpus, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("memory_mib", &memory, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("timeout_ms", &timeout, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.StringMap("env", &spec.env));
+  BERTH_RETURN_IF_ERROR(r.String("cwd", &spec.cwd));
+  BERTH_RETURN_IF_ERROR(r.String("network", &spec.network));
+  BERTH_RETURN_IF_ERROR(r.NoUnknownFields());
+  if (path_name) {
+    if (!spec.name.empty() && spec.name != *path_name) {
+      return Status::InvalidArgument("name", "does not match the function named in the path");
+    }
+    spec.name = *path_name;
+  }
+  // Out-of-range values become 0 so the manager's range check names them.
+  spec.vcpus = vcpus < 0 || vcpus > 1 << 20 ? 0 : static_cast<uint32_t>(vcpus);
+  spec.memory_mib = memory < 0 ? 0 : static_cast<uint64_t>(memory);
+  spec.timeout_ms = timeout < 0 ? 0 : timeout;
+  return spec;
+}
+
+Result<manager::InvokeRequest> ParseInvoke(const std::string& body) {
+  manager::InvokeRequest req;
+  if (body.empty()) return req;  // invoking with no arguments is fine
+  BERTH_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
+  FieldReader r(j);
+  BERTH_RETURN_IF_ERROR(r.StringArray("args", &req.args));
+  BERTH_RETURN_IF_ERROR(r.StringMap("env", &req.env));
+  BERTH_RETURN_IF_ERROR(r.String("stdin", &req.stdin_data));
+  BERTH_RETURN_IF_ERROR(r.NoUnknownFields());
+  return req;
+}
+
+template <typename T, typename Render>
+HttpResponse Respond(const Result<T>& result, int status, Render render) {
+  if (!result.ok()) return ErrorResponse(result.status());
+  return Json(status, render(*result));
+}
+
+class ImageUploadSink final : public BodySink {
+ public:
+  ImageUploadSink(manager::Service& svc, std::unique_ptr<images::ImageUpload> upload, std::string name)
+      : svc_(svc), upload_(std::move(upload)), name_(std::move(name)) {}
+  Status Append(std::string_view chunk) override { return upload_->Append(chunk); }
+  HttpResponse Finish() override {
+    return Respond(svc_.CommitImageUpload(std::move(upload_), name_), 201, ImageJson);
+  }
+
+ private:
+  manager::Service& svc_;
+  std::unique_ptr<images::ImageUpload> upload_;
+  std::string name_;
+};
+
+}  // namespace
+
+Router BuildRouter(manager::Service& svc) {
+  Router router;
+  router.Add({"GET", "/v1/health", "Liveness and node status", [&svc](const HttpRequest&) {
+                auto h = svc.Health();
+                json j = {{"status", h.libvirt_ok ? "ok" : "degraded"},
+                          {"node", h.node},
+                          {"uri", h.uri},
+                          {"accel", h.accel},
+                          {"libvirt", h.libvirt_ok ? "connected" : h.libvirt_error},
+                          {"kernel", h.kernel_version}};
+                return Json(h.libvirt_ok ? 200 : 503, j);
+              }});
+
+  Route upload{"POST", "/v1/images", "Upload a disk image (raw ext2/3/4 or self-contained qcow2) as the body"};
+  upload.success_status = 201;
+  upload.sink = [&svc](const HttpRequest& req) -> Result<std::unique_ptr<BodySink>> {
+    std::string name;
+    if (auto it = req.query.find("name"); it != req.query.end()) name = it->second;
+    if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
+    BERTH_ASSIGN_OR_RETURN(auto up, svc.BeginImageUpload());
+    return std::unique_ptr<BodySink>(new ImageUploadSink(svc, std::move(up), name));
+  };
+  router.Add(std::move(upload));
+  router.Add({"GET", "/v1/images", "List images", [&svc](const HttpRequest&) {
+                return Respond(svc.ListImages(), 200, [](const auto& v) {
+                  json arr = json::array();
+                  for (const auto& m : v) arr.push_back(ImageJson(m));
+                  return json{{"images", arr}};
+                });
+              }});
+  router.Add({"GET", "/v1/images/{id}", "Inspect an image", [&svc](const HttpRequest& req) {
+                return Respond(svc.GetImage(req.params.at("id")), 200, ImageJson);
+              }});
+  router.Add({"DELETE", "/v1/images/{id}", "Delete an image no function uses", [&svc](const HttpRequest& req) {
+                Status s = svc.DeleteImage(req.params.at("id"));
+                return s.ok() ? Json(200, {{"deleted", req.params.at("id")}}) : ErrorResponse(s);
+              }});
+
+  Route create{"POST", "/v1/functions", "Register a function", [&svc](const HttpRequest& req) {
+                 auto spec = ParseFunctionSpec(req.body, nullptr);
+                 if (!spec.ok()) return ErrorResponse(spec.status());
+                 return Respond(svc.CreateFunction(*spec), 201, FunctionJson);
+               }};
+  create.success_status = 201;
+  router.Add(std::move(create));
+  router.Add({"GET", "/v1/functions", "List functions", [&svc](const HttpRequest&) {
+                return Respond(svc.ListFunctions(), 200, [](const auto& v) {
+                  json arr = json::array();
+                  for (const auto& f : v) arr.push_back(FunctionJson(f));
+                  return json{{"functions", arr}};
+                });
+              }});
+  router.Add({"GET", "/v1/functions/{name}", "Get a function", [&svc](const HttpRequest& req) {
+                return Respond(svc.GetFunction(req.params.at("name")), 200, FunctionJson);
+              }});
+  router.Add({"PUT", "/v1/functions/{name}", "Update a function (new version)", [&svc](const HttpRequest& req) {
+                auto spec = ParseFunctionSpec(req.body, &req.params.at("name"));
+                if (!spec.ok()) return ErrorResponse(spec.status());
+                return Respond(svc.UpdateFunction(*spec), 200, FunctionJson);
+              }});
+  router.Add({"DELETE", "/v1/functions/{name}", "Delete a function", [&svc](const HttpRequest& req) {
+                Status s = svc.DeleteFunction(req.params.at("name"));
+                return s.ok() ? Json(200, {{"deleted", req.params.at("name")}}) : ErrorResponse(s);
+              }});
+  router.Add({"POST", "/v1/functions/{name}/invoke", "Invoke synchronously; answers when the execution ended",
+              [&svc](const HttpRequest& req) {
+                auto inv = ParseInvoke(req.body);
+                if (!inv.ok()) return ErrorResponse(inv.status());
+                auto ex = svc.Invoke(req.params.at("name"), *inv);
+                if (!ex.ok()) return ErrorResponse(ex.status());
+                return ExecutionResponse(*ex);
+              }});
+  router.Add({"GET", "/v1/executions", "List executions (?function=, ?limit=)", [&svc](const HttpRequest& req) {
+                size_t limit = 100;
+                if (auto it = req.query.find("limit"); it != req.query.end()) {
+                  try {
+                    limit = std::stoul(it->second);
+                  } catch (const std::exception&) {
+                    return ErrorResponse(Status::InvalidArgument("limit", "must be a positive integer"));
+                  }
+                  if (limit == 0 || limit > 10000) {
+                    return ErrorResponse(Status::InvalidArgument("limit", "must be between 1 and 10000"));
+                  }
+                }
+                std::string fn;
+                if (auto it = req.query.find("function"); it != req.query.end()) fn = it->second;
+                return Respond(svc.ListExecutions(fn, limit), 200, [](const auto& v) {
+                  json arr = json::array();
+                  for (const auto& e : v) arr.push_back(ExecutionJson(e));
+                  return json{{"executions", arr}};
+                });
+              }});
+  router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {
+                return Respond(svc.GetExecution(req.params.at("id")), 200, ExecutionJson);
+              }});
+  return router;
+}
+
+}  // namespace berth::api

@@ -1,0 +1,63 @@
+// berthd: the berth daemon. Thin: parse flags into a ServiceConfig, start the
+// Service and the HTTP server, wait for SIGINT/SIGTERM.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <spdlog/spdlog.h>
+
+#include "api/http_server.h"
+#include "api/routes.h"
+#include "manager/service.h"
+
+int main(int argc, char** argv) {
+  berth::manager::ServiceConfig cfg;
+  berth::api::HttpServerOptions http;
+  std::string port_file, log_level = "info";
+  CLI::App app{"berthd: runs functions and instances in libvirt VMs"};
+  app.add_option("--data-dir", cfg.data_dir, "State folder (SQLite database, images)")->capture_default_str();
+  app.add_option("--runtime-dir", cfg.runtime_dir, "Guest runtime folder (default: <data-dir>/runtime)");
+  app.add_option("--listen", http.bind_address, "IPv4 address to listen on")->capture_default_str();
+  app.add_option("--port", http.port, "TCP port (0: any free port)")->capture_default_str();
+  app.add_option("--port-file", port_file, "Write the bound port here once listening");
+  app.add_option("--node-uri", cfg.node.uri, "libvirt URI of the node")->capture_default_str();
+  app.add_option("--node-name", cfg.node.name, "Name of the node")->capture_default_str();
+  app.add_option("--accel", cfg.node.accel, "kvm, tcg or auto (probe)")->capture_default_str();
+  app.add_option("--pool", cfg.node.pool, "libvirt storage pool for images and overlays")->capture_default_str();
+  app.add_option("--pool-dir", cfg.node.pool_dir, "Folder of that pool")->capture_default_str();
+  app.add_option("--log-pool", cfg.node.log_pool, "libvirt storage pool for console logs")->capture_default_str();
+  app.add_option("--log-dir", cfg.node.log_dir, "Folder of that pool")->capture_default_str();
+  app.add_option("--boot-timeout-ms", cfg.executor.boot_timeout_ms, "Domain start to agent hello")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  // Block the stop signals in every thread; main waits for them below.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto service = berth::manager::Service::Start(berth::Env::Default(), cfg);
+  if (!service.ok()) {
+    std::fprintf(stderr, "berthd: %s\n", service.status().message().c_str());
+    return 1;
+  }
+  berth::api::HttpServer server(berth::api::BuildRouter(**service), http);
+  if (auto s = server.Start(); !s.ok()) {
+    std::fprintf(stderr, "berthd: %s\n", s.message().c_str());
+    return 1;
+  }
+  spdlog::info("berthd listening on http://{}:{}", http.bind_address, server.port());
+  if (!port_file.empty()) {
+    std::ofstream(port_file) << server.port() << "\n";
+  }
+  int sig = 0;
+  sigwait(&stop, &sig);
+  spdlog::info("berthd stopping (signal {})", sig);
+  server.Stop();
+  return 0;
+}

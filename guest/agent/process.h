@@ -1,0 +1,32 @@
+// Starting the entrypoint of an Exec inside the function's root filesystem.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "guest/protocol.h"
+
+namespace berth::agent {
+
+inline constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+inline constexpr const char* kDefaultHome = "/root";
+
+struct Spawned {
+  pid_t pid = -1;       // also the process group id (the child calls setsid)
+  int stdin_fd = -1;    // write end, nonblocking; -1 when !has_stdin
+  int stdout_fd = -1;   // read end, nonblocking
+  int stderr_fd = -1;   // read end, nonblocking
+  std::string error_code;  // non-empty: nothing runs, fds are closed
+  std::string error;
+};
+
+// Forks; the child becomes a session leader, chroots into `root`, changes to
+// exec.cwd, resolves exec.argv[0] there (a name with '/' is a path, otherwise
+// it is searched in the PATH of exec.env, default kDefaultPath) and execs it
+// with exactly exec.env plus PATH/HOME defaults. A failure before execve is
+// reported through a close-on-exec pipe and mapped to kErrEntrypointNotFound,
+// kErrEntrypointNotExecutable or kErrSpawn; the failed child is reaped here.
+Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root);
+
+}  // namespace berth::agent

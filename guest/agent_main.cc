@@ -1,0 +1,566 @@
+// berth-agent: /init (PID 1) of the berth guest runtime.
+//
+// Boot: mount proc/sys/dev/tmp, load the virtio modules, find the
+// virtio-serial port kPortName, then serve the host (guest/protocol.h) in a
+// single-threaded poll() loop: Hello, Exec (one at a time, run chrooted in the
+// function's root filesystem on /dev/vda), Stdin/Stdout/Stderr streaming,
+// Kill, Ping, PowerOff. As PID 1 it reaps every orphan and never exits.
+//
+// virtio-serial from the guest side: while no host is connected, read()
+// returns 0 and poll() reports POLLHUP|POLLIN at once (so the port is left
+// out of poll() then; a SIGIO from the driver, or a 200 ms tick, prompts a
+// re-check), and a nonblocking write() fails with EAGAIN. A host that
+// (re)connects must send Hello first: on a new connection the agent sends
+// nothing before its Hello reply. Output of a running execution (and its
+// Exit) is kept across a disconnect and delivered after that reply; replies
+// to the old connection (Pong, Error, Hello) are dropped, as is the unsent
+// rest of a frame cut by the disconnect.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "guest/agent/process.h"
+#include "guest/agent/system.h"
+#include "guest/protocol.h"
+
+namespace berth::agent {
+namespace {
+
+constexpr size_t kChunk = 64 * 1024;             // max Stdout/Stderr payload
+constexpr size_t kOutLimit = 4 * 1024 * 1024;    // stop reading children beyond this backlog
+constexpr int64_t kDrainMs = 100;                // child gone, pipes still open: wait this long
+constexpr int64_t kHostRecheckMs = 200;          // re-check a disconnected port this often
+constexpr int64_t kPortWaitMs = 10000;
+
+std::string Dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+struct Running {
+  pid_t pid = -1;  // == process group id
+  int stdin_fd = -1;
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+  bool has_stdin = false;
+  std::string stdin_buf;
+  bool stdin_eof = false;  // host sent the empty Stdin frame
+  int64_t start_ms = 0;
+  int64_t deadline_ms = 0;  // 0: none
+  bool timed_out = false;
+  bool reaped = false;
+  int status = 0;
+  int64_t drain_since_ms = 0;  // reaped, waiting for the pipes to close
+  int64_t group_killed_ms = 0;  // drain took too long: group killed at
+};
+
+void CloseFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+class Agent {
+ public:
+  Agent(std::string port_path, int sig_fd) : port_path_(std::move(port_path)), sig_fd_(sig_fd) {}
+
+  void Step();  // one poll round; exceptions propagate to the caller
+
+ private:
+  struct OutFrame {
+    std::string bytes;
+    bool stream;  // Stdout/Stderr/Exit of an execution: survives a reconnect
+  };
+
+  void OpenPort();
+  void CheckHost();
+  void OnDisconnect();
+  void ReadPort();
+  void Flush();
+  bool CanSend() const { return port_fd_ >= 0 && host_up_ && !awaiting_hello_ && !outq_.empty(); }
+  void Enqueue(std::string bytes, bool stream);
+  void HandleFrame(const Frame& f);
+  void HandleExec(const std::string& payload);
+  void SendExitError(const std::string& code, const std::string& message);
+  void DrainSignals();
+  void Reap();
+  void ReadChild(int& fd, MsgType type);
+  void WriteStdin();
+  void Advance(int64_t now);
+  void Finish();
+
+  std::string port_path_;
+  int sig_fd_;
+  int port_fd_ = -1;
+  bool host_up_ = false;
+  bool awaiting_hello_ = true;
+  bool discard_until_hangup_ = false;
+  FrameDecoder decoder_;
+  std::deque<OutFrame> outq_;
+  size_t out_off_ = 0;    // bytes of outq_.front() already written
+  size_t out_bytes_ = 0;  // total queued bytes
+  std::optional<Running> run_;
+};
+
+void Agent::OpenPort() {
+  port_fd_ = open(port_path_.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (port_fd_ < 0) {
+    LogErrno("opening " + port_path_, errno);
+    return;
+  }
+  // The driver sends SIGIO when the host (dis)connects and when data arrives;
+  // it is blocked and read through the signalfd, so it only wakes poll().
+  fcntl(port_fd_, F_SETOWN, getpid());
+  fcntl(port_fd_, F_SETFL, fcntl(port_fd_, F_GETFL) | O_ASYNC);
+  host_up_ = false;
+  awaiting_hello_ = true;
+}
+
+void Agent::CheckHost() {
+  pollfd p{port_fd_, POLLIN, 0};
+  if (poll(&p, 1, 0) < 0) return;
+  if (p.revents & POLLNVAL) {
+    CloseFd(port_fd_);
+    return;
+  }
+  if (!(p.revents & POLLHUP)) {
+    host_up_ = true;  // a host is connected; it speaks first (Hello)
+  }
+}
+
+void Agent::OnDisconnect() {
+  host_up_ = false;
+  awaiting_hello_ = true;
+  discard_until_hangup_ = false;
+  decoder_ = FrameDecoder();
+  if (out_off_ > 0 && !outq_.empty()) {  // the cut frame is useless to the next host
+    out_bytes_ -= outq_.front().bytes.size() - out_off_;
+    outq_.pop_front();
+  }
+  out_off_ = 0;
+  std::deque<OutFrame> keep;
+  for (auto& f : outq_) {
+    if (f.stream) {
+      keep.push_back(std::move(f));
+    } else {
+      out_bytes_ -= f.bytes.size();
+    }
+  }
+  outq_.swap(keep);
+}
+
+void Agent::Enqueue(std::string bytes, bool stream) {
+  out_bytes_ += bytes.size();
+  outq_.push_back({std::move(bytes), stream});
+}
+
+void Agent::Flush() {
+  while (CanSend()) {
+    OutFrame& f = outq_.front();
+    ssize_t n = write(port_fd_, f.bytes.data() + out_off_, f.bytes.size() - out_off_);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        LogErrno("writing to the host", errno);
+        // Treat as a hang-up; re-checked on the next round.
+        OnDisconnect();
+      }
+      return;
+    }
+    out_off_ += static_cast<size_t>(n);
+    if (out_off_ == f.bytes.size()) {
+      out_bytes_ -= f.bytes.size();
+      out_off_ = 0;
+      outq_.pop_front();
+    }
+  }
+}
+
+void Agent::ReadPort() {
+  char buf[65536];
+  for (int rounds = 0; rounds < 64; ++rounds) {
+    ssize_t n = read(port_fd_, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      LogErrno("reading from the host", errno);
+      OnDisconnect();
+      return;
+    }
+    if (n == 0) {  // no host connected (any more)
+      OnDisconnect();
+      return;
+    }
+    if (discard_until_hangup_) continue;
+    decoder_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+    while (auto f = decoder_.Next()) {
+      HandleFrame(*f);
+      if (!host_up_) return;
+    }
+    if (!decoder_.error().empty()) {
+      Log("protocol error from the host: " + decoder_.error() + "; ignoring input until it reconnects");
+      if (!awaiting_hello_) {
+        Enqueue(EncodeFrame(MsgType::kError, Dump(nlohmann::json(ErrorMsg{"protocol_error", decoder_.error()}))),
+                false);
+      }
+      discard_until_hangup_ = true;
+      decoder_ = FrameDecoder();
+    }
+  }
+}
+
+void Agent::HandleFrame(const Frame& f) {
+  switch (f.type) {
+    case MsgType::kHello: {
+      HelloMsg reply;
+      reply.agent_version = AgentVersion();
+      reply.boot_ms = BootTimeMs();
+      reply.kernel = KernelRelease();
+      std::string bytes = EncodeFrame(MsgType::kHello, Dump(nlohmann::json(reply)));
+      // The reply goes first (after a frame already partly written).
+      auto pos = outq_.begin() + (out_off_ > 0 ? 1 : 0);
+      out_bytes_ += bytes.size();
+      outq_.insert(pos, OutFrame{std::move(bytes), false});
+      awaiting_hello_ = false;
+      break;
+    }
+    case MsgType::kExec:
+      HandleExec(f.payload);
+      break;
+    case MsgType::kStdin:
+      if (run_ && run_->has_stdin && run_->stdin_fd >= 0 && !run_->stdin_eof) {
+        if (f.payload.empty()) {
+          run_->stdin_eof = true;
+        } else {
+          run_->stdin_buf.append(f.payload);
+        }
+        WriteStdin();
+      }
+      break;
+    case MsgType::kKill:
+      if (run_) {
+        auto k = ParseBody<KillMsg>(f.payload);
+        int sig = k ? k->signal : SIGKILL;
+        if (sig <= 0 || sig >= NSIG) sig = SIGKILL;
+        kill(-run_->pid, sig);
+      }
+      break;
+    case MsgType::kPing:
+      Enqueue(EncodeFrame(MsgType::kPong, "{}"), false);
+      break;
+    case MsgType::kPowerOff:
+      PowerOff("requested by the host");
+    default:
+      break;  // unknown or agent->host types: ignored
+  }
+}
+
+void Agent::SendExitError(const std::string& code, const std::string& message) {
+  ExitMsg m;
+  m.exit_code = -1;
+  m.error_code = code;
+  m.error = message;
+  Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);
+}
+
+void Agent::HandleExec(const std::string& payload) {
+  if (run_) {
+    Enqueue(EncodeFrame(MsgType::kError,
+                        Dump(nlohmann::json(ErrorMsg{kErrBusy, "an execution is already running (pid " +
+                                                                   std::to_string(run_->pid) + ")"}))),
+            false);
+    return;
+  }
+  auto exec = ParseBody<ExecMsg>(payload);
+  if (!exec) {
+    SendExitError("bad_request", "malformed Exec message");
+    return;
+  }
+  std::string error;
+  if (!EnsureRootfs(&error)) {
+    Log(error);
+    SendExitError(kErrRootfs, error);
+    return;
+  }
+  const int64_t start = MonotonicMs();
+  Spawned s = SpawnInRoot(*exec, kRootMount);
+  if (!s.error_code.empty()) {
+    SendExitError(s.error_code, s.error);
+    return;
+  }
+  Running r;
+  r.pid = s.pid;
+  r.stdin_fd = s.stdin_fd;
+  r.stdout_fd = s.stdout_fd;
+  r.stderr_fd = s.stderr_fd;
+  r.has_stdin = exec->has_stdin;
+  r.start_ms = start;
+  r.deadline_ms = exec->timeout_ms > 0 ? start + exec->timeout_ms : 0;
+  run_ = std::move(r);
+}
+
+void Agent::DrainSignals() {
+  signalfd_siginfo si;
+  while (read(sig_fd_, &si, sizeof(si)) == static_cast<ssize_t>(sizeof(si))) {
+  }
+}
+
+void Agent::Reap() {
+  for (;;) {
+    int status = 0;
+    pid_t p = waitpid(-1, &status, WNOHANG);
+    if (p <= 0) return;
+    if (run_ && !run_->reaped && p == run_->pid) {
+      run_->reaped = true;
+      run_->status = status;
+      run_->drain_since_ms = MonotonicMs();
+    }
+  }
+}
+
+void Agent::ReadChild(int& fd, MsgType type) {
+  static char buf[kChunk];
+  for (int rounds = 0; rounds < 16 && fd >= 0 && out_bytes_ < kOutLimit; ++rounds) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      CloseFd(fd);
+      return;
+    }
+    if (n == 0) {
+      CloseFd(fd);
+      return;
+    }
+    Enqueue(EncodeFrame(type, std::string_view(buf, static_cast<size_t>(n))), true);
+  }
+}
+
+void Agent::WriteStdin() {
+  Running& r = *run_;
+  while (r.stdin_fd >= 0 && !r.stdin_buf.empty()) {
+    ssize_t n = write(r.stdin_fd, r.stdin_buf.data(), r.stdin_buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      // EPIPE: the child closed its stdin; the rest is dropped.
+      r.stdin_buf.clear();
+      CloseFd(r.stdin_fd);
+      return;
+    }
+    r.stdin_buf.erase(0, static_cast<size_t>(n));
+  }
+  if (r.stdin_fd >= 0 && r.stdin_eof && r.stdin_buf.empty()) CloseFd(r.stdin_fd);
+}
+
+void Agent::Advance(int64_t now) {
+  if (!run_) return;
+  Running& r = *run_;
+  if (!r.reaped) {
+    if (r.deadline_ms > 0 && now >= r.deadline_ms && !r.timed_out) {
+      r.timed_out = true;
+      kill(-r.pid, SIGKILL);
+    }
+    return;
+  }
+  if (r.stdout_fd < 0 && r.stderr_fd < 0) {
+    Finish();
+    return;
+  }
+  // The child is gone but something still holds its pipes open. Time spent
+  // blocked on our own output backlog does not count.
+  if (out_bytes_ >= kOutLimit) {
+    r.drain_since_ms = now;
+    if (r.group_killed_ms) r.group_killed_ms = now;
+    return;
+  }
+  if (!r.group_killed_ms && now - r.drain_since_ms >= kDrainMs) {
+    kill(-r.pid, SIGKILL);
+    r.group_killed_ms = now;
+  } else if (r.group_killed_ms && now - r.group_killed_ms >= kDrainMs) {
+    Finish();  // a process outside the group keeps them open; give up on it
+  }
+}
+
+void Agent::Finish() {
+  Running& r = *run_;
+  ExitMsg m;
+  m.duration_ms = MonotonicMs() - r.start_ms;
+  m.timed_out = r.timed_out;
+  if (WIFEXITED(r.status)) {
+    m.exit_code = WEXITSTATUS(r.status);
+    m.signal = 0;
+  } else if (WIFSIGNALED(r.status)) {
+    m.signal = WTERMSIG(r.status);
+    m.exit_code = 128 + m.signal;
+  }
+  CloseFd(r.stdin_fd);
+  CloseFd(r.stdout_fd);
+  CloseFd(r.stderr_fd);
+  // An execution owns the VM: whatever it left behind (its group, daemons
+  // that escaped with setsid) does not survive into the next one.
+  kill(-r.pid, SIGKILL);
+  kill(-1, SIGKILL);
+  run_.reset();
+  Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);
+}
+
+void Agent::Step() {
+  if (port_fd_ < 0) {
+    OpenPort();
+    if (port_fd_ < 0) {
+      usleep(1000 * 1000);
+      return;
+    }
+  }
+  if (!host_up_) CheckHost();
+
+  std::vector<pollfd> fds;
+  fds.push_back({sig_fd_, POLLIN, 0});
+  int port_idx = -1, out_idx = -1, err_idx = -1, in_idx = -1;
+  if (port_fd_ >= 0 && host_up_) {
+    port_idx = static_cast<int>(fds.size());
+    fds.push_back({port_fd_, static_cast<short>(POLLIN | (CanSend() ? POLLOUT : 0)), 0});
+  }
+  if (run_) {
+    const bool room = out_bytes_ < kOutLimit;
+    if (run_->stdout_fd >= 0 && room) {
+      out_idx = static_cast<int>(fds.size());
+      fds.push_back({run_->stdout_fd, POLLIN, 0});
+    }
+    if (run_->stderr_fd >= 0 && room) {
+      err_idx = static_cast<int>(fds.size());
+      fds.push_back({run_->stderr_fd, POLLIN, 0});
+    }
+    if (run_->stdin_fd >= 0 && !run_->stdin_buf.empty()) {
+      in_idx = static_cast<int>(fds.size());
+      fds.push_back({run_->stdin_fd, POLLOUT, 0});
+    }
+  }
+
+  const int64_t now = MonotonicMs();
+  int64_t timeout = -1;
+  auto at_most = [&](int64_t ms) {
+    if (ms < 0) ms = 0;
+    if (timeout < 0 || ms < timeout) timeout = ms;
+  };
+  if (!host_up_) at_most(kHostRecheckMs);
+  if (run_) {
+    if (!run_->reaped && run_->deadline_ms > 0 && !run_->timed_out) at_most(run_->deadline_ms - now);
+    if (run_->reaped) {
+      at_most(run_->group_killed_ms ? run_->group_killed_ms + kDrainMs - now : run_->drain_since_ms + kDrainMs - now);
+    }
+  }
+
+  int n = poll(fds.data(), fds.size(), static_cast<int>(timeout));
+  if (n < 0 && errno != EINTR) {
+    LogErrno("poll", errno);
+    usleep(20 * 1000);
+    return;
+  }
+
+  if (fds[0].revents) DrainSignals();
+  Reap();
+
+  if (port_idx >= 0 && fds[port_idx].revents) {
+    const short re = fds[port_idx].revents;
+    if (re & POLLNVAL) {
+      CloseFd(port_fd_);
+      host_up_ = false;
+    } else {
+      if (re & (POLLIN | POLLHUP | POLLERR)) ReadPort();
+    }
+  }
+  if (run_) {
+    // A child's output is read before its Exit is produced (Advance).
+    if (out_idx >= 0 && fds[out_idx].revents) ReadChild(run_->stdout_fd, MsgType::kStdout);
+    if (err_idx >= 0 && fds[err_idx].revents) ReadChild(run_->stderr_fd, MsgType::kStderr);
+    if (in_idx >= 0 && fds[in_idx].revents) {
+      if (fds[in_idx].revents & (POLLERR | POLLHUP)) {
+        run_->stdin_buf.clear();
+        CloseFd(run_->stdin_fd);
+      } else {
+        WriteStdin();
+      }
+    }
+  }
+  if (run_) Reap();
+  Advance(MonotonicMs());
+  Flush();
+}
+
+int Serve() {
+  EarlySetup();
+  Log("boot (kernel " + KernelRelease() + ", agent " + AgentVersion() + ")");
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigaddset(&mask, SIGIO);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  int sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (sig_fd < 0) {
+    LogErrno("signalfd", errno);
+    PowerOff("no signalfd");
+  }
+
+  if (int failed = LoadModules("/lib/modules"); failed > 0) {
+    Log(std::to_string(failed) + " required module(s) failed to load");
+  }
+  LoopbackUp();
+  std::string port = FindVirtioPort(kPortName, kPortWaitMs);
+  if (port.empty()) {
+    Log(std::string("virtio-serial port ") + kPortName + " did not appear within " +
+        std::to_string(kPortWaitMs / 1000) + " s");
+    PowerOff("no host channel");
+  }
+  Log("ready in " + std::to_string(BootTimeMs()) + " ms");
+
+  Agent agent(port, sig_fd);
+  for (;;) {
+    try {
+      agent.Step();
+    } catch (const std::exception& e) {
+      Log(std::string("internal error: ") + e.what());
+      usleep(20 * 1000);
+    } catch (...) {
+      Log("internal error");
+      usleep(20 * 1000);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace berth::agent
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--version") == 0) {
+    std::printf("berth-agent %s\n", berth::agent::AgentVersion().c_str());
+    return 0;
+  }
+  if (getpid() != 1) {
+    std::fprintf(stderr,
+                 "berth-agent is the init (PID 1) of the berth guest runtime; it mounts filesystems,\n"
+                 "loads modules and powers the machine off, so it refuses to run as PID %d.\n",
+                 static_cast<int>(getpid()));
+    return 2;
+  }
+  for (;;) {
+    try {
+      berth::agent::Serve();
+    } catch (...) {
+      berth::agent::Log("fatal error during boot; retrying in 1 s");
+      sleep(1);
+    }
+  }
+}

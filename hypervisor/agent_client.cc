@@ -1,0 +1,96 @@
+#include "hypervisor/agent_client.h"
+
+#include <chrono>
+
+namespace berth::hv {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) {
+  agent::HelloMsg mine;
+  BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kHello, nlohmann::json(mine).dump()));
+  int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    int64_t left = deadline - NowMs();
+    if (left <= 0) return Status::DeadlineExceeded("the guest agent did not say hello within " + std::to_string(timeout_ms) + " ms");
+    auto frame = channel_->Receive(left);
+    if (!frame.ok()) {
+      if (frame.status().code() == Code::kDeadlineExceeded) {
+        return Status::DeadlineExceeded("the guest agent did not say hello within " + std::to_string(timeout_ms) + " ms");
+      }
+      return frame.status();
+    }
+    if (frame->type != agent::MsgType::kHello) continue;  // stale output of an earlier session
+    auto hello = agent::ParseBody<agent::HelloMsg>(frame->payload);
+    if (!hello) return Status::Internal("malformed hello from the guest agent");
+    if (hello->protocol != agent::kProtocolVersion) {
+      return Status::FailedPrecondition("guest agent speaks protocol " + std::to_string(hello->protocol) +
+                                        ", host speaks " + std::to_string(agent::kProtocolVersion));
+    }
+    return *hello;
+  }
+}
+
+Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
+                                      int64_t host_timeout_ms) {
+  agent::ExecMsg exec = msg;
+  exec.has_stdin = !stdin_data.empty();
+  BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kExec, nlohmann::json(exec).dump()));
+  if (exec.has_stdin) {
+    constexpr size_t kChunk = 256 * 1024;
+    for (size_t off = 0; off < stdin_data.size(); off += kChunk) {
+      BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kStdin, stdin_data.substr(off, kChunk)));
+    }
+    BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kStdin, ""));
+  }
+  ExecOutcome out;
+  int64_t deadline = NowMs() + host_timeout_ms;
+  auto append = [&](std::string& sink, const std::string& bytes) {
+    size_t room = sink.size() < max_output ? max_output - sink.size() : 0;
+    if (bytes.size() > room) out.truncated = true;
+    sink.append(bytes, 0, std::min(room, bytes.size()));
+  };
+  for (;;) {
+    int64_t left = deadline - NowMs();
+    if (left <= 0) return Status::DeadlineExceeded("no exit status from the guest agent within " + std::to_string(host_timeout_ms) + " ms");
+    auto frame = channel_->Receive(left);
+    if (!frame.ok()) return frame.status();
+    switch (frame->type) {
+      case agent::MsgType::kStdout: append(out.stdout_data, frame->payload); break;
+      case agent::MsgType::kStderr: append(out.stderr_data, frame->payload); break;
+      case agent::MsgType::kExit: {
+        auto exit = agent::ParseBody<agent::ExitMsg>(frame->payload);
+        if (!exit) return Status::Internal("malformed exit message from the guest agent");
+        out.exit = std::move(*exit);
+        return out;
+      }
+      case agent::MsgType::kError: {
+        auto err = agent::ParseBody<agent::ErrorMsg>(frame->payload);
+        return Status::FailedPrecondition("guest agent refused exec: " + (err ? err->code + ": " + err->message : "?"));
+      }
+      default: break;  // hello replies, pongs: not ours
+    }
+  }
+}
+
+Status AgentClient::Ping(int64_t timeout_ms) {
+  BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kPing, "{}"));
+  int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    int64_t left = deadline - NowMs();
+    if (left <= 0) return Status::DeadlineExceeded("no pong from the guest agent");
+    auto frame = channel_->Receive(left);
+    if (!frame.ok()) return frame.status();
+    if (frame->type == agent::MsgType::kPong) return Status::Ok();
+  }
+}
+
+Status AgentClient::PowerOff() { return channel_->Send(agent::MsgType::kPowerOff, "{}"); }
+
+}  // namespace berth::hv

@@ -1,0 +1,121 @@
+#include "manager/node.h"
+
+#include <spdlog/spdlog.h>
+
+#include "common/ids.h"
+#include "hypervisor/agent_client.h"
+
+namespace berth::manager {
+
+Status ValidateAccel(const std::string& accel) {
+  if (accel == "kvm" || accel == "tcg" || accel == "auto") return Status::Ok();
+  return Status::InvalidArgument("accel", "must be one of kvm, tcg, auto (got '" + accel + "')");
+}
+
+Node::Node(Env* env, NodeConfig config, std::unique_ptr<hv::Hypervisor> hypervisor)
+    : env_(env), config_(std::move(config)), hv_(std::move(hypervisor)) {}
+
+std::string Node::ImageVolumeName(const std::string& sha256, const std::string& format) {
+  return "img-" + sha256 + "." + format;
+}
+
+Status Node::Prepare(const RuntimeArtifacts& runtime) {
+  BERTH_RETURN_IF_ERROR(ValidateAccel(config_.accel));
+  BERTH_ASSIGN_OR_RETURN(info_, hv_->GetNodeInfo());
+  BERTH_RETURN_IF_ERROR(hv_->EnsureDirPool(config_.pool, config_.pool_dir));
+  BERTH_RETURN_IF_ERROR(hv_->EnsureDirPool(config_.log_pool, config_.log_dir));
+  // Runtime files are named by content, so a rebuilt runtime never reuses a stale volume.
+  BERTH_ASSIGN_OR_RETURN(auto kernel, EnsureFileVolume("rt-" + runtime.kernel_sha256.substr(0, 16) + "-vmlinuz",
+                                                       runtime.kernel_path, "raw"));
+  BERTH_ASSIGN_OR_RETURN(auto initrd,
+                         EnsureFileVolume("rt-" + runtime.initrd_sha256.substr(0, 16) + "-initramfs.cpio.gz",
+                                          runtime.initrd_path, "raw"));
+  kernel_path_ = kernel.path;
+  initrd_path_ = initrd.path;
+  if (config_.accel == "kvm") {
+    accel_ = hv::Accel::kKvm;
+  } else if (config_.accel == "tcg") {
+    accel_ = hv::Accel::kTcg;
+  } else {
+    BERTH_ASSIGN_OR_RETURN(accel_, ProbeAccel());
+  }
+  spdlog::info("node {} ({}): {} cpus, {} MiB, accel {}", config_.name, config_.uri, info_.cpus, info_.memory_mib,
+               accel_ == hv::Accel::kKvm ? "kvm" : "tcg");
+  return Status::Ok();
+}
+
+Result<hv::VolumeInfo> Node::EnsureFileVolume(const std::string& name, const std::string& path,
+                                              const std::string& format) {
+  auto vol = hv_->LookupVolume(config_.pool, name);
+  if (vol.ok()) {
+    vol->format = format;
+    return vol;
+  }
+  if (vol.status().code() != Code::kNotFound) return vol.status();
+  spdlog::info("uploading {} to node {} as volume {}", path, config_.name, name);
+  return hv_->UploadVolume(config_.pool, name, path, format);
+}
+
+Result<hv::VolumeInfo> Node::EnsureImage(const images::ImageRecord& image) {
+  std::lock_guard lock(upload_mu_);
+  BERTH_ASSIGN_OR_RETURN(auto vol, EnsureFileVolume(ImageVolumeName(image.id, image.format), image.path, image.format));
+  if (image.format == "qcow2") vol.capacity_bytes = image.virtual_size_bytes;
+  return vol;
+}
+
+// Boots the runtime with type='kvm': a host whose KVM cannot run stock guests
+// (or has none) fails to reach the agent's hello, and TCG is used instead.
+Result<hv::Accel> Node::ProbeAccel() {
+  if (!info_.kvm_available) {
+    spdlog::info("node {}: libvirt reports no kvm; using tcg", config_.name);
+    return hv::Accel::kTcg;
+  }
+  hv::DomainSpec spec;
+  spec.name = std::string(hv::kDomainNamePrefix) + "probe-" + RandomHex(8);
+  spec.title = "berth acceleration probe";
+  spec.accel = hv::Accel::kKvm;
+  spec.memory_mib = 128;
+  spec.kernel_path = kernel_path_;
+  spec.initrd_path = initrd_path_;
+  spec.metadata.execution_id = spec.name;
+  Status started = hv_->StartDomain(spec);
+  hv::Accel result = hv::Accel::kTcg;
+  if (started.ok()) {
+    auto channel = hv_->OpenAgentChannel(spec.name, spec.agent_channel.name);
+    if (channel.ok()) {
+      hv::AgentClient client(std::move(*channel));
+      auto hello = client.Hello(15'000);
+      if (hello.ok()) result = hv::Accel::kKvm;
+      else spdlog::info("node {}: kvm probe guest did not reach the agent ({}); using tcg", config_.name, hello.status().message());
+      client.Close();
+    }
+  } else {
+    spdlog::info("node {}: kvm probe guest did not start ({}); using tcg", config_.name, started.message());
+  }
+  Status destroyed = hv_->DestroyDomain(spec.name);
+  if (!destroyed.ok()) spdlog::warn("destroying probe domain {}: {}", spec.name, destroyed.ToString());
+  return result;
+}
+
+Status Node::Reserve(uint32_t vcpus, uint64_t memory_mib) {
+  std::lock_guard lock(capacity_mu_);
+  uint64_t usable = info_.memory_mib > config_.reserved_memory_mib ? info_.memory_mib - config_.reserved_memory_mib : 0;
+  if (used_memory_mib_ + memory_mib > usable) {
+    return Status::ResourceExhausted("node " + config_.name + " has " + std::to_string(usable - used_memory_mib_) +
+                                     " MiB free, the execution needs " + std::to_string(memory_mib) + " MiB");
+  }
+  if (used_vcpus_ + vcpus > info_.cpus * 4) {
+    return Status::ResourceExhausted("node " + config_.name + " has no vCPUs left");
+  }
+  used_memory_mib_ += memory_mib;
+  used_vcpus_ += vcpus;
+  return Status::Ok();
+}
+
+void Node::Release(uint32_t vcpus, uint64_t memory_mib) {
+  std::lock_guard lock(capacity_mu_);
+  used_memory_mib_ -= std::min(used_memory_mib_, memory_mib);
+  used_vcpus_ -= std::min(used_vcpus_, vcpus);
+}
+
+}  // namespace berth::manager

@@ -1,0 +1,75 @@
+// Node: one libvirt host as the manager sees it: its hypervisor connection,
+// storage pools, the guest runtime uploaded to it, its acceleration mode and
+// its free capacity.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/env.h"
+#include "hypervisor/hypervisor.h"
+#include "images/image_store.h"
+#include "manager/runtime.h"
+
+namespace berth::manager {
+
+struct NodeConfig {
+  std::string name = "local";
+  std::string uri = "qemu:///system";
+  std::string accel = "auto";  // kvm | tcg | auto (probe by booting a tiny guest)
+  std::string pool = "berth";  // images and overlays
+  std::string pool_dir = "/var/lib/berth/pool";
+  std::string log_pool = "berth-logs";  // serial console logs
+  std::string log_dir = "/var/lib/berth/logs";
+  uint64_t reserved_memory_mib = 512;   // kept free for the host
+};
+
+// Parses "kvm" / "tcg" / "auto".
+Status ValidateAccel(const std::string& accel);
+
+class Node {
+ public:
+  Node(Env* env, NodeConfig config, std::unique_ptr<hv::Hypervisor> hypervisor);
+
+  // Makes the node ready: pools exist, the runtime is on it, accel resolved.
+  Status Prepare(const RuntimeArtifacts& runtime);
+
+  const NodeConfig& config() const { return config_; }
+  const std::string& name() const { return config_.name; }
+  hv::Hypervisor& hypervisor() { return *hv_; }
+  hv::Accel accel() const { return accel_; }
+  const std::string& kernel_path() const { return kernel_path_; }
+  const std::string& initrd_path() const { return initrd_path_; }
+  const hv::NodeInfo& info() const { return info_; }
+
+  // Makes sure the image is a volume on this node (uploading it once).
+  Result<hv::VolumeInfo> EnsureImage(const images::ImageRecord& image);
+
+  // Capacity accounting: Reserve fails kResourceExhausted when the node lacks
+  // the memory or vCPUs (vCPUs may be overcommitted 4x).
+  Status Reserve(uint32_t vcpus, uint64_t memory_mib);
+  void Release(uint32_t vcpus, uint64_t memory_mib);
+
+  static std::string ImageVolumeName(const std::string& sha256, const std::string& format);
+
+ private:
+  Result<hv::Accel> ProbeAccel();
+  Result<hv::VolumeInfo> EnsureFileVolume(const std::string& name, const std::string& path,
+                                          const std::string& format);
+
+  Env* env_;
+  NodeConfig config_;
+  std::unique_ptr<hv::Hypervisor> hv_;
+  hv::NodeInfo info_;
+  hv::Accel accel_ = hv::Accel::kTcg;
+  std::string kernel_path_, initrd_path_;
+
+  std::mutex upload_mu_;  // one upload of an image at a time
+  std::mutex capacity_mu_;
+  uint64_t used_memory_mib_ = 0;
+  uint32_t used_vcpus_ = 0;
+};
+
+}  // namespace berth::manager

@@ -1,0 +1,217 @@
+#include "manager/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cctype>
+
+#include "common/sha256.h"
+
+namespace berth::manager {
+namespace {
+
+bool IsEnvName(const std::string& k) {
+  if (k.empty() || std::isdigit(static_cast<unsigned char>(k[0]))) return false;
+  for (char c : k) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) return false;
+  }
+  return true;
+}
+
+ImageMeta MetaFrom(const images::ImageRecord& r, const std::string& name, int64_t now) {
+  ImageMeta m;
+  m.id = r.id;
+  m.name = name;
+  m.format = r.format;
+  m.filesystem = r.filesystem;
+  m.size_bytes = r.size_bytes;
+  m.virtual_size_bytes = r.virtual_size_bytes;
+  m.created_ms = now;
+  return m;
+}
+
+}  // namespace
+
+Status ValidateFunctionName(const std::string& name) {
+  if (name.empty() || name.size() > 63) {
+    return Status::InvalidArgument("name", "must be 1 to 63 characters");
+  }
+  if (!std::islower(static_cast<unsigned char>(name[0])) && !std::isdigit(static_cast<unsigned char>(name[0]))) {
+    return Status::InvalidArgument("name", "must start with a lowercase letter or digit");
+  }
+  for (char c : name) {
+    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-' ||
+          c == '_')) {
+      return Status::InvalidArgument("name", "may contain only lowercase letters, digits, '-' and '_'");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateFunctionSpec(const FunctionSpec& spec) {
+  BERTH_RETURN_IF_ERROR(ValidateFunctionName(spec.name));
+  if (!IsSha256Hex(spec.image)) {
+    return Status::InvalidArgument("image", "must be the sha256 id of an uploaded image (64 lowercase hex characters)");
+  }
+  if (spec.entrypoint.empty() || spec.entrypoint[0].empty()) {
+    return Status::InvalidArgument("entrypoint", "must be a non-empty array of strings, e.g. [\"/bin/echo\", \"hi\"]");
+  }
+  for (const auto& a : spec.entrypoint) {
+    if (a.find('\0') != std::string::npos) return Status::InvalidArgument("entrypoint", "must not contain NUL bytes");
+  }
+  if (spec.vcpus < 1 || spec.vcpus > 64) return Status::InvalidArgument("vcpus", "must be between 1 and 64");
+  if (spec.memory_mib < 64 || spec.memory_mib > 65536) {
+    return Status::InvalidArgument("memory_mib", "must be between 64 and 65536 (MiB)");
+  }
+  if (spec.timeout_ms < 1 || spec.timeout_ms > 3'600'000) {
+    return Status::InvalidArgument("timeout_ms", "must be between 1 and 3600000 (one hour)");
+  }
+  for (const auto& [k, v] : spec.env) {
+    if (!IsEnvName(k)) return Status::InvalidArgument("env", "variable name '" + k + "' is not a valid identifier");
+    if (v.find('\0') != std::string::npos) return Status::InvalidArgument("env", "value of '" + k + "' contains NUL");
+  }
+  if (spec.cwd.empty() || spec.cwd[0] != '/') return Status::InvalidArgument("cwd", "must be an absolute path");
+  if (spec.network != "none") {
+    return Status::InvalidArgument("network", "only 'none' is supported for now (guests have no network device)");
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) {
+  if (config.runtime_dir.empty()) config.runtime_dir = config.data_dir + "/runtime";
+  std::unique_ptr<Service> svc(new Service(env, config));
+  BERTH_RETURN_IF_ERROR(env->CreateDirs(config.data_dir, 0755));
+  BERTH_ASSIGN_OR_RETURN(svc->store_, Store::Open(config.data_dir + "/berth.db"));
+  svc->images_ = std::make_unique<images::ImageStore>(env, config.data_dir + "/images");
+  BERTH_RETURN_IF_ERROR(svc->images_->init_status());
+  BERTH_ASSIGN_OR_RETURN(svc->runtime_, LoadRuntime(env, config.runtime_dir));
+  BERTH_ASSIGN_OR_RETURN(auto hypervisor, hv::ConnectLibvirt(config.node.uri));
+  svc->node_ = std::make_unique<Node>(env, config.node, std::move(hypervisor));
+  BERTH_RETURN_IF_ERROR(svc->node_->Prepare(svc->runtime_).WithContext("preparing node " + config.node.name));
+  svc->executor_ = std::make_unique<Executor>(env, svc->store_.get(), config.executor);
+  BERTH_RETURN_IF_ERROR(svc->Reconcile());
+  return svc;
+}
+
+// Synchronous executions die with the berthd that ran them: end their
+// records and remove their domains and volumes so nothing is orphaned.
+Status Service::Reconcile() {
+  BERTH_ASSIGN_OR_RETURN(auto unfinished, store_->ListUnfinishedExecutions());
+  for (auto& ex : unfinished) {
+    spdlog::warn("execution {} (pid {}) was {} when berthd stopped; cleaning up", ex.id, ex.pid,
+                 ExecStateName(ex.state));
+    auto& hv = node_->hypervisor();
+    if (Status s = hv.DestroyDomain(ex.domain); !s.ok()) spdlog::warn("{}", s.ToString());
+    (void)hv.DeleteVolume(node_->config().pool, "ovl-" + ex.id + ".qcow2");
+    (void)hv.DeleteVolume(node_->config().log_pool, ex.domain + ".console.log");
+    ex.state = ExecState::kError;
+    ex.error_code = "manager_restarted";
+    ex.error = "berthd stopped while this execution was running";
+    ex.finished_ms = env_->NowUnixMs();
+    BERTH_RETURN_IF_ERROR(store_->UpdateExecution(ex));
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<images::ImageUpload>> Service::BeginImageUpload() {
+  return images_->BeginUpload(config_.max_image_bytes);
+}
+
+Result<ImageMeta> Service::CommitImageUpload(std::unique_ptr<images::ImageUpload> upload, const std::string& name) {
+  BERTH_ASSIGN_OR_RETURN(auto record, upload->Commit());
+  ImageMeta meta = MetaFrom(record, name, env_->NowUnixMs());
+  BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
+  return store_->GetImage(meta.id);
+}
+
+Result<ImageMeta> Service::ImportImageFile(const std::string& path, const std::string& name) {
+  BERTH_ASSIGN_OR_RETURN(auto record, images_->ImportFile(path));
+  ImageMeta meta = MetaFrom(record, name, env_->NowUnixMs());
+  BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
+  return store_->GetImage(meta.id);
+}
+
+Result<std::vector<ImageMeta>> Service::ListImages() { return store_->ListImages(); }
+
+Result<ImageMeta> Service::GetImage(const std::string& id) {
+  if (!IsSha256Hex(id)) return Status::InvalidArgument("id", "image ids are 64 lowercase hex characters");
+  return store_->GetImage(id);
+}
+
+Status Service::DeleteImage(const std::string& id) {
+  BERTH_ASSIGN_OR_RETURN(auto meta, GetImage(id));
+  BERTH_ASSIGN_OR_RETURN(auto users, store_->FunctionsUsingImage(id));
+  if (!users.empty()) {
+    return Status::FailedPrecondition("image is used by function '" + users.front() + "'", "id");
+  }
+  BERTH_RETURN_IF_ERROR(store_->DeleteImage(id));
+  (void)node_->hypervisor().DeleteVolume(node_->config().pool, Node::ImageVolumeName(id, meta.format));
+  return images_->Remove(id);
+}
+
+Status Service::CheckImageExists(const std::string& image) {
+  auto meta = store_->GetImage(image);
+  if (!meta.ok() && meta.status().code() == Code::kNotFound) {
+    return Status::InvalidArgument("image", "image '" + image + "' does not exist; upload it first");
+  }
+  return meta.status();
+}
+
+Result<FunctionRecord> Service::CreateFunction(const FunctionSpec& spec) {
+  BERTH_RETURN_IF_ERROR(ValidateFunctionSpec(spec));
+  BERTH_RETURN_IF_ERROR(CheckImageExists(spec.image));
+  FunctionRecord fn;
+  fn.spec = spec;
+  fn.created_ms = fn.updated_ms = env_->NowUnixMs();
+  BERTH_RETURN_IF_ERROR(store_->CreateFunction(fn));
+  return store_->GetFunction(spec.name);
+}
+
+Result<FunctionRecord> Service::UpdateFunction(const FunctionSpec& spec) {
+  BERTH_RETURN_IF_ERROR(ValidateFunctionSpec(spec));
+  BERTH_RETURN_IF_ERROR(CheckImageExists(spec.image));
+  return store_->UpdateFunction(spec, env_->NowUnixMs());
+}
+
+Result<FunctionRecord> Service::GetFunction(const std::string& name) {
+  BERTH_RETURN_IF_ERROR(ValidateFunctionName(name));
+  return store_->GetFunction(name);
+}
+
+Result<std::vector<FunctionRecord>> Service::ListFunctions() { return store_->ListFunctions(); }
+
+Status Service::DeleteFunction(const std::string& name) {
+  BERTH_RETURN_IF_ERROR(ValidateFunctionName(name));
+  return store_->DeleteFunction(name);
+}
+
+Result<ExecutionRecord> Service::Invoke(const std::string& function, const InvokeRequest& request) {
+  BERTH_ASSIGN_OR_RETURN(auto fn, GetFunction(function));
+  for (const auto& [k, v] : request.env) {
+    if (!IsEnvName(k)) return Status::InvalidArgument("env", "variable name '" + k + "' is not a valid identifier");
+  }
+  auto image = images_->Get(fn.spec.image);
+  if (!image.ok()) {
+    return Status::FailedPrecondition("image " + fn.spec.image + " of function '" + function + "' is missing", "image");
+  }
+  return executor_->Run(*node_, fn, *image, request);
+}
+
+Result<ExecutionRecord> Service::GetExecution(const std::string& id) { return store_->GetExecution(id); }
+
+Result<std::vector<ExecutionRecord>> Service::ListExecutions(const std::string& function, size_t limit) {
+  return store_->ListExecutions(function, limit);
+}
+
+HealthReport Service::Health() {
+  HealthReport h;
+  h.node = node_->name();
+  h.uri = node_->config().uri;
+  h.accel = node_->accel() == hv::Accel::kKvm ? "kvm" : "tcg";
+  h.kernel_version = runtime_.kernel_version;
+  auto info = node_->hypervisor().GetNodeInfo();
+  h.libvirt_ok = info.ok();
+  if (!info.ok()) h.libvirt_error = info.status().message();
+  return h;
+}
+
+}  // namespace berth::manager

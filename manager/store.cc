@@ -1,0 +1,369 @@
+#include "manager/store.h"
+
+#include <sqlite3.h>
+
+#include <nlohmann/json.hpp>
+
+namespace berth::manager {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS images (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT NOT NULL, filesystem TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL, virtual_size_bytes INTEGER NOT NULL, tenant TEXT NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (
+  name TEXT PRIMARY KEY, tenant TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+  image TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+  id TEXT PRIMARY KEY, function TEXT NOT NULL, function_version INTEGER NOT NULL,
+  tenant TEXT NOT NULL, image TEXT NOT NULL, state TEXT NOT NULL, node TEXT NOT NULL,
+  domain TEXT NOT NULL, pid INTEGER NOT NULL UNIQUE, ppid INTEGER NOT NULL, exit_code INTEGER,
+  signal INTEGER NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL, stdout BLOB NOT NULL,
+  stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+  timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
+CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
+)sql";
+
+// A prepared statement bound positionally; finalized on scope exit.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK) st_ = nullptr;
+  }
+  ~Stmt() { sqlite3_finalize(st_); }
+  bool ok() const { return st_ != nullptr; }
+  Stmt& Bind(const std::string& v) {
+    sqlite3_bind_text(st_, ++idx_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(const std::string& v) {
+    sqlite3_bind_blob(st_, ++idx_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int64_t v) {
+    sqlite3_bind_int64(st_, ++idx_, v);
+    return *this;
+  }
+  Stmt& BindNull() {
+    sqlite3_bind_null(st_, ++idx_);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return sqlite3_step(st_); }
+  std::string Text(int col) const {
+    auto* p = sqlite3_column_blob(st_, col);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(st_, col))) : "";
+  }
+  int64_t Int(int col) const { return sqlite3_column_int64(st_, col); }
+  bool IsNull(int col) const { return sqlite3_column_type(st_, col) == SQLITE_NULL; }
+  Status Error(const std::string& what) const {
+    return Status::Internal(what + ": " + sqlite3_errmsg(db_));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* st_ = nullptr;
+  int idx_ = 0;
+};
+
+json SpecToJson(const FunctionSpec& s) {
+  return {{"entrypoint", s.entrypoint}, {"vcpus", s.vcpus}, {"memory_mib", s.memory_mib},
+          {"timeout_ms", s.timeout_ms}, {"env", s.env},     {"cwd", s.cwd},
+          {"network", s.network}};
+}
+
+FunctionRecord FunctionFromRow(const Stmt& st) {
+  FunctionRecord fn;
+  fn.spec.name = st.Text(0);
+  fn.tenant = st.Text(1);
+  fn.version = st.Int(2);
+  json j = json::parse(st.Text(3), nullptr, false);
+  fn.spec.image = st.Text(4);
+  fn.created_ms = st.Int(5);
+  fn.updated_ms = st.Int(6);
+  if (j.is_object()) {
+    fn.spec.entrypoint = j.value("entrypoint", std::vector<std::string>{});
+    fn.spec.vcpus = j.value("vcpus", 1u);
+    fn.spec.memory_mib = j.value("memory_mib", uint64_t{256});
+    fn.spec.timeout_ms = j.value("timeout_ms", int64_t{30000});
+    fn.spec.env = j.value("env", std::map<std::string, std::string>{});
+    fn.spec.cwd = j.value("cwd", "/");
+    fn.spec.network = j.value("network", "none");
+  }
+  return fn;
+}
+
+constexpr const char* kFunctionCols = "name, tenant, version, spec, image, created_ms, updated_ms";
+constexpr const char* kExecCols =
+    "id, function, function_version, tenant, image, state, node, domain, pid, ppid, exit_code, signal, "
+    "error_code, error, stdout, stderr, output_truncated, duration_ms, timings, created_ms, finished_ms";
+
+json TimingsToJson(const PhaseTimings& t) {
+  return {{"prepare_ms", t.prepare_ms}, {"boot_ms", t.boot_ms}, {"run_ms", t.run_ms},
+          {"cleanup_ms", t.cleanup_ms}, {"total_ms", t.total_ms}};
+}
+
+ExecutionRecord ExecutionFromRow(const Stmt& st) {
+  ExecutionRecord ex;
+  ex.id = st.Text(0);
+  ex.function = st.Text(1);
+  ex.function_version = st.Int(2);
+  ex.tenant = st.Text(3);
+  ex.image = st.Text(4);
+  auto state = ParseExecState(st.Text(5));
+  ex.state = state.ok() ? *state : ExecState::kError;
+  ex.node = st.Text(6);
+  ex.domain = st.Text(7);
+  ex.pid = st.Int(8);
+  ex.ppid = st.Int(9);
+  if (!st.IsNull(10)) ex.exit_code = static_cast<int>(st.Int(10));
+  ex.signal = static_cast<int>(st.Int(11));
+  ex.error_code = st.Text(12);
+  ex.error = st.Text(13);
+  ex.stdout_data = st.Text(14);
+  ex.stderr_data = st.Text(15);
+  ex.output_truncated = st.Int(16) != 0;
+  ex.duration_ms = st.Int(17);
+  json t = json::parse(st.Text(18), nullptr, false);
+  if (t.is_object()) {
+    ex.timings.prepare_ms = t.value("prepare_ms", int64_t{0});
+    ex.timings.boot_ms = t.value("boot_ms", int64_t{0});
+    ex.timings.run_ms = t.value("run_ms", int64_t{0});
+    ex.timings.cleanup_ms = t.value("cleanup_ms", int64_t{0});
+    ex.timings.total_ms = t.value("total_ms", int64_t{0});
+  }
+  ex.created_ms = st.Int(19);
+  ex.finished_ms = st.Int(20);
+  return ex;
+}
+
+void BindExecution(Stmt& st, const ExecutionRecord& ex) {
+  st.Bind(ex.id).Bind(ex.function).Bind(ex.function_version).Bind(ex.tenant).Bind(ex.image);
+  st.Bind(std::string(ExecStateName(ex.state))).Bind(ex.node).Bind(ex.domain).Bind(ex.pid).Bind(ex.ppid);
+  if (ex.exit_code) {
+    st.Bind(int64_t{*ex.exit_code});
+  } else {
+    st.BindNull();
+  }
+  st.Bind(int64_t{ex.signal}).Bind(ex.error_code).Bind(ex.error).BindBlob(ex.stdout_data).BindBlob(ex.stderr_data);
+  st.Bind(int64_t{ex.output_truncated ? 1 : 0}).Bind(ex.duration_ms).Bind(TimingsToJson(ex.timings).dump());
+  st.Bind(ex.created_ms).Bind(ex.finished_ms);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Status::Unavailable("cannot open database " + path + ": " + msg);
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<Store> store(new Store(db));
+  BERTH_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"));
+  BERTH_RETURN_IF_ERROR(store->Exec(kSchema));
+  return store;
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+Status Store::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return Status::Internal("sqlite: " + msg);
+  }
+  return Status::Ok();
+}
+
+Status Store::PutImage(const ImageMeta& image) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_,
+          "INSERT OR IGNORE INTO images(id, name, format, filesystem, size_bytes, virtual_size_bytes, tenant, "
+          "created_ms) VALUES (?,?,?,?,?,?,?,?)");
+  st.Bind(image.id).Bind(image.name).Bind(image.format).Bind(image.filesystem);
+  st.Bind(static_cast<int64_t>(image.size_bytes)).Bind(static_cast<int64_t>(image.virtual_size_bytes));
+  st.Bind(image.tenant).Bind(image.created_ms);
+  if (st.Step() != SQLITE_DONE) return st.Error("storing image");
+  return Status::Ok();
+}
+
+namespace {
+ImageMeta ImageFromRow(const Stmt& st) {
+  ImageMeta m;
+  m.id = st.Text(0);
+  m.name = st.Text(1);
+  m.format = st.Text(2);
+  m.filesystem = st.Text(3);
+  m.size_bytes = static_cast<uint64_t>(st.Int(4));
+  m.virtual_size_bytes = static_cast<uint64_t>(st.Int(5));
+  m.tenant = st.Text(6);
+  m.created_ms = st.Int(7);
+  return m;
+}
+constexpr const char* kImageSelect =
+    "SELECT id, name, format, filesystem, size_bytes, virtual_size_bytes, tenant, created_ms FROM images";
+}  // namespace
+
+Result<ImageMeta> Store::GetImage(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kImageSelect) + " WHERE id = ?").c_str());
+  st.Bind(id);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return ImageFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("image '" + id + "' does not exist");
+  return st.Error("reading image");
+}
+
+Result<std::vector<ImageMeta>> Store::ListImages() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kImageSelect) + " ORDER BY created_ms").c_str());
+  std::vector<ImageMeta> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ImageFromRow(st));
+  if (rc != SQLITE_DONE) return st.Error("listing images");
+  return out;
+}
+
+Status Store::DeleteImage(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM images WHERE id = ?");
+  st.Bind(id);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting image");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("image '" + id + "' does not exist");
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> Store::FunctionsUsingImage(const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT name FROM functions WHERE image = ? ORDER BY name");
+  st.Bind(image_id);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Text(0));
+  if (rc != SQLITE_DONE) return st.Error("listing functions");
+  return out;
+}
+
+Status Store::CreateFunction(const FunctionRecord& fn) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT INTO functions(name, tenant, version, spec, image, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?)");
+  st.Bind(fn.spec.name).Bind(fn.tenant).Bind(fn.version).Bind(SpecToJson(fn.spec).dump()).Bind(fn.spec.image);
+  st.Bind(fn.created_ms).Bind(fn.updated_ms);
+  int rc = st.Step();
+  if (rc == SQLITE_CONSTRAINT) return Status::AlreadyExists("function '" + fn.spec.name + "' already exists");
+  if (rc != SQLITE_DONE) return st.Error("creating function");
+  return Status::Ok();
+}
+
+Result<FunctionRecord> Store::UpdateFunction(const FunctionSpec& spec, int64_t now_ms) {
+  {
+    std::lock_guard lock(mu_);
+    Stmt st(db_, "UPDATE functions SET version = version + 1, spec = ?, image = ?, updated_ms = ? WHERE name = ?");
+    st.Bind(SpecToJson(spec).dump()).Bind(spec.image).Bind(now_ms).Bind(spec.name);
+    if (st.Step() != SQLITE_DONE) return st.Error("updating function");
+    if (sqlite3_changes(db_) == 0) return Status::NotFound("function '" + spec.name + "' does not exist");
+  }
+  return GetFunction(spec.name);
+}
+
+Result<FunctionRecord> Store::GetFunction(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions WHERE name = ?").c_str());
+  st.Bind(name);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return FunctionFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("function '" + name + "' does not exist");
+  return st.Error("reading function");
+}
+
+Result<std::vector<FunctionRecord>> Store::ListFunctions() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions ORDER BY name").c_str());
+  std::vector<FunctionRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(FunctionFromRow(st));
+  if (rc != SQLITE_DONE) return st.Error("listing functions");
+  return out;
+}
+
+Status Store::DeleteFunction(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM functions WHERE name = ?");
+  st.Bind(name);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting function");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("function '" + name + "' does not exist");
+  return Status::Ok();
+}
+
+Result<int64_t> Store::NewPid() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "UPDATE counters SET value = value + 1 WHERE name = 'pid' RETURNING value");
+  if (st.Step() != SQLITE_ROW) return st.Error("allocating pid");
+  return st.Int(0);
+}
+
+Status Store::InsertExecution(const ExecutionRecord& ex) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("INSERT INTO executions(") + kExecCols +
+                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+  BindExecution(st, ex);
+  if (st.Step() != SQLITE_DONE) return st.Error("recording execution");
+  return Status::Ok();
+}
+
+Status Store::UpdateExecution(const ExecutionRecord& ex) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("REPLACE INTO executions(") + kExecCols +
+                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+  BindExecution(st, ex);
+  if (st.Step() != SQLITE_DONE) return st.Error("updating execution");
+  return Status::Ok();
+}
+
+Result<ExecutionRecord> Store::GetExecution(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kExecCols + " FROM executions WHERE id = ?").c_str());
+  st.Bind(id);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return ExecutionFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("execution '" + id + "' does not exist");
+  return st.Error("reading execution");
+}
+
+Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& function, size_t limit) {
+  std::lock_guard lock(mu_);
+  std::string sql = std::string("SELECT ") + kExecCols + " FROM executions" +
+                    (function.empty() ? "" : " WHERE function = ?") + " ORDER BY created_ms DESC, pid DESC LIMIT ?";
+  Stmt st(db_, sql.c_str());
+  if (!function.empty()) st.Bind(function);
+  st.Bind(static_cast<int64_t>(limit));
+  std::vector<ExecutionRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ExecutionFromRow(st));
+  if (rc != SQLITE_DONE) return st.Error("listing executions");
+  return out;
+}
+
+Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kExecCols +
+                " FROM executions WHERE state IN ('pending','booting','running') ORDER BY pid").c_str());
+  std::vector<ExecutionRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ExecutionFromRow(st));
+  if (rc != SQLITE_DONE) return st.Error("listing executions");
+  return out;
+}
+
+}  // namespace berth::manager
