@@ -1,5 +1,6 @@
 #include "hypervisor/domain_xml.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <exception>
@@ -34,13 +35,16 @@ void AppendEscaped(std::string& out, std::string_view s, bool quotes = true) {
   }
 }
 
-// `in_foreign` is true inside a namespaced (metadata) element.
+// `in_foreign` is true inside a namespaced (metadata) element. depth < 0
+// prints compactly: no indentation, no newlines.
 void AppendNode(std::string& out, const pugi::xml_node& node, int depth, bool in_foreign) {
-  const std::string indent(static_cast<size_t>(depth) * 2, ' ');
+  const std::string indent(static_cast<size_t>(std::max(depth, 0)) * 2, ' ');
+  const std::string_view nl = depth < 0 ? "" : "\n";
+  const int child_depth = depth < 0 ? depth : depth + 1;
   if (node.type() == pugi::node_pcdata) {  // never produced by the writers; kept readable
     out += indent;
     AppendEscaped(out, node.value(), !in_foreign);
-    out += '\n';
+    out += nl;
     return;
   }
   if (node.type() != pugi::node_element) return;
@@ -62,7 +66,8 @@ void AppendNode(std::string& out, const pugi::xml_node& node, int depth, bool in
   const pugi::xml_node first = node.first_child();
   if (!first || (first.type() == pugi::node_pcdata && !first.next_sibling() &&
                  *first.value() == '\0')) {
-    out += "/>\n";
+    out += "/>";
+    out += nl;
     return;
   }
   if (first.type() == pugi::node_pcdata && !first.next_sibling()) {
@@ -70,22 +75,25 @@ void AppendNode(std::string& out, const pugi::xml_node& node, int depth, bool in
     AppendEscaped(out, first.value(), !in_foreign);
     out += "</";
     out += node.name();
-    out += ">\n";
+    out += '>';
+    out += nl;
     return;
   }
-  out += ">\n";
+  out += '>';
+  out += nl;
   for (const pugi::xml_node& child : node.children()) {
-    AppendNode(out, child, depth + 1, in_foreign);
+    AppendNode(out, child, child_depth, in_foreign);
   }
   out += indent;
   out += "</";
   out += node.name();
-  out += ">\n";
+  out += '>';
+  out += nl;
 }
 
-std::string Serialize(const pugi::xml_node& root) {
+std::string Serialize(const pugi::xml_node& root, bool pretty) {
   std::string out;
-  AppendNode(out, root, 0, false);
+  AppendNode(out, root, pretty ? 0 : -1, false);
   return out;
 }
 
@@ -308,7 +316,7 @@ Result<std::string> WriteDomainXml(const DomainSpec& spec) {
   try {
     pugi::xml_document doc;
     BuildDomain(doc, spec);
-    return Serialize(doc.document_element());
+    return Serialize(doc.document_element(), /*pretty=*/true);
   } catch (const std::exception& e) {  // only std::bad_alloc is possible
     return Status::Internal(std::string("building domain XML: ") + e.what());
   }
@@ -317,7 +325,9 @@ Result<std::string> WriteDomainXml(const DomainSpec& spec) {
 std::string MetadataXml(const DomainMetadata& metadata) {
   pugi::xml_document doc;
   AddExecution(doc, metadata, "");
-  return Serialize(doc.document_element());
+  // Compact on purpose: libvirt keeps whitespace text nodes of the fragment,
+  // which would spoil its own indentation in dumpxml.
+  return Serialize(doc.document_element(), /*pretty=*/false);
 }
 
 Result<DomainMetadata> ParseDomainMetadata(const std::string& domain_xml) {

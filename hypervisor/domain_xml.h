@@ -5,9 +5,12 @@
 //
 // Output format (what the golden files in tests/golden/domain/ pin down): the
 // layout of `virsh dumpxml` -- 2-space indentation, single-quoted attributes,
-// `<empty/>` tags, elements in libvirt's own order, no XML declaration, one
-// trailing newline, and every one of & < > ' " in text and attributes escaped
-// (as libvirt escapes them).
+// `<empty/>` tags, elements and devices in libvirt's own order, no XML
+// declaration, one trailing newline; & < > ' " escaped everywhere except
+// quotes in metadata text, which libvirt prints via libxml2 unescaped. So
+// the <metadata> block is byte-identical to what libvirt 9.0 prints back;
+// the rest differs only by what libvirt adds (uuid, KiB units, default
+// controllers, machine alias expansion, ...).
 //
 // berth's metadata inside a domain, as written by WriteDomainXml and exactly
 // as libvirt prints it back after virDomainSetMetadata with key "berth":
@@ -40,7 +43,7 @@ inline constexpr const char* kMetadataKey = kMetadataPrefix;  // "berth"
 
 // Validates `spec` (ValidateDomainSpec) and returns the complete domain XML
 // for virDomainDefineXML / virDomainCreateXML. Deterministic: the same spec
-// always gives the same bytes. Fails only with the validation Status.
+// always gives the same bytes. Fails with ValidateDomainSpec's Status.
 Result<std::string> WriteDomainXml(const DomainSpec& spec);
 
 // Reads berth's metadata from a full domain XML document (`virsh dumpxml`,
@@ -55,13 +58,13 @@ Result<DomainMetadata> ParseDomainMetadata(const std::string& domain_xml);
 
 // The metadata element in the form virDomainSetMetadata wants: NO prefix and
 // NO xmlns declaration, because libvirt injects the namespace itself from
-// the key and uri arguments:
+// the key and uri arguments; and on one line with no whitespace between
+// elements, because libvirt keeps such whitespace and dumpxml would then be
+// indented differently from WriteDomainXml's output:
 //
-//   <execution>
-//     <id>...</id>
-//     <function>...</function>
-//     ...
-//   </execution>
+//   <execution><id>ex-1</id><function>f</function><tenant>t</tenant><pid>42</pid>
+//   <ppid>1</ppid><image>sha256:...</image><created>1700000000000</created></execution>
+//   (one line in reality; empty strings give e.g. <function/>)
 //
 // Call it as
 //   virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,

@@ -1,0 +1,198 @@
+#include "tests/integration/support/harness.h"
+
+#include <curl/curl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "common/env.h"
+#include "common/ids.h"
+#include "images/rootfs_builder.h"
+
+namespace berth::testing {
+namespace {
+
+size_t Collect(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+HttpResult HttpCall(const std::string& method, const std::string& url, const std::string& body,
+                    const std::string& content_type) {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  HttpResult result;
+  CURL* curl = curl_easy_init();
+  curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  if (method == "POST" || method == "PUT") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  }
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return result;
+}
+
+std::string Shell(const std::string& cmd, int* code) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("popen failed");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  if (code) *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+std::string RuntimeDir() {
+  if (const char* d = std::getenv("BERTH_RUNTIME_DIR")) return d;
+  return std::string(BERTH_BINARY_DIR) + "/runtime";
+}
+
+std::string BusyboxImagePath() {
+  static std::once_flag once;
+  static std::string path;
+  std::call_once(once, [] {
+    char tmpl[] = "/tmp/berth-img-XXXXXX";
+    std::string dir = mkdtemp(tmpl);
+    path = dir + "/busybox.qcow2";
+    images::RootfsBuildOptions opts;
+    opts.source_dir = RuntimeDir() + "/rootfs-busybox";
+    opts.output_path = path;
+    Status s = images::BuildRootfsImage(Env::Default(), opts);
+    if (!s.ok()) throw std::runtime_error("building busybox image: " + s.ToString());
+  });
+  return path;
+}
+
+BerthdProcess::BerthdProcess(std::vector<std::string> extra_args) {
+  std::string id = RandomHex(8);
+  char tmpl[] = "/tmp/berthd-it-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  pool_ = "berth-it-" + id;
+  log_pool_ = "berth-it-" + id + "-logs";
+  pool_dir_ = "/var/lib/berth/it/" + id + "/pool";
+  log_dir_ = "/var/lib/berth/it/" + id + "/logs";
+  std::string port_file = dir_ + "/port";
+  std::vector<std::string> args = {std::string(BERTH_BINARY_DIR) + "/daemon/berthd",
+                                   "--data-dir", dir_ + "/data",
+                                   "--runtime-dir", RuntimeDir(),
+                                   "--port", "0",
+                                   "--port-file", port_file,
+                                   "--pool", pool_,
+                                   "--pool-dir", pool_dir_,
+                                   "--log-pool", log_pool_,
+                                   "--log-dir", log_dir_,
+                                   "--accel", "tcg"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::string log_path = dir_ + "/berthd.log";
+  pid_ = fork();
+  if (pid_ == 0) {
+    FILE* f = freopen(log_path.c_str(), "w", stderr);
+    (void)f;
+    dup2(2, 1);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  for (int i = 0; i < 1200; ++i) {
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return;
+    }
+    std::string port = ReadAll(port_file);
+    if (!port.empty() && port.back() == '\n') {
+      base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
+      if (HttpCall("GET", base_url_ + "/v1/health").status == 200) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+std::string BerthdProcess::log() const { return ReadAll(dir_ + "/berthd.log"); }
+
+void BerthdProcess::Stop() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGTERM);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+BerthdProcess::~BerthdProcess() {
+  Stop();
+  for (const auto& p : {pool_, log_pool_}) {
+    Shell("virsh -q -c qemu:///system pool-destroy " + p + " >/dev/null 2>&1; virsh -q -c qemu:///system pool-undefine " +
+          p + " >/dev/null 2>&1");
+  }
+  Shell("rm -rf " + pool_dir_ + " " + log_dir_ + " " + dir_);
+}
+
+std::string BerthdProcess::UploadBusybox() const {
+  std::string bytes = ReadAll(BusyboxImagePath());
+  auto r = HttpCall("POST", base_url_ + "/v1/images?name=busybox", bytes, "application/octet-stream");
+  if (r.status != 201) throw std::runtime_error("upload failed: " + std::to_string(r.status) + " " + r.body);
+  return r.json()["id"].get<std::string>();
+}
+
+HttpResult BerthdProcess::CreateFunction(const std::string& name, const std::string& image,
+                                         const nlohmann::json& fields) const {
+  nlohmann::json spec = {{"name", name}, {"image", image}, {"entrypoint", {"/bin/true"}},
+                         {"memory_mib", 192}, {"timeout_ms", 30000}};
+  for (auto it = fields.begin(); it != fields.end(); ++it) spec[it.key()] = it.value();
+  return Post("/v1/functions", spec.dump());
+}
+
+bool DomainRunning(const std::string& name) {
+  std::string names = Shell("virsh -q -c qemu:///system list --name");
+  std::istringstream in(names);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line == name) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> PoolVolumes(const std::string& pool) {
+  Shell("virsh -q -c qemu:///system pool-refresh " + pool + " >/dev/null 2>&1");
+  std::string out = Shell("virsh -q -c qemu:///system vol-list " + pool + " 2>/dev/null | awk '{print $1}'");
+  std::vector<std::string> vols;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) vols.push_back(line);
+  }
+  return vols;
+}
+
+}  // namespace berth::testing
