@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
 
   // Command groups. Add new ones here (declared in cli/commands.h).
   berth::cli::AddImageCommands(app, exit_code);
+  berth::cli::AddRemoteCommands(app, exit_code);
 
   CLI11_PARSE(app, argc, argv);
   return exit_code;

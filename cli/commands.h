@@ -11,4 +11,8 @@ namespace berth::cli {
 // `berth image build|inspect` (cli/image_commands.cc).
 void AddImageCommands(CLI::App& app, int& exit_code);
 
+// `berth image push|ls`, `berth fn ...`, `berth invoke`, `berth ps`: HTTP
+// commands against berthd (cli/remote_commands.cc). Call after AddImageCommands.
+void AddRemoteCommands(CLI::App& app, int& exit_code);
+
 }  // namespace berth::cli

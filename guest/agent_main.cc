@@ -38,7 +38,12 @@
 namespace berth::agent {
 namespace {
 
-constexpr size_t kChunk = 64 * 1024;             // max Stdout/Stderr payload
+// Every frame the agent sends fits in one write() to the port, which the
+// virtio_console driver turns into exactly one virtqueue buffer (it takes at
+// most 32 KiB per write). QEMU drops a buffer it could not finish when the host
+// socket closes, so a new connection always starts at a frame boundary.
+constexpr size_t kMaxPortWrite = 32 * 1024;
+constexpr size_t kChunk = kMaxPortWrite - kHeaderSize;  // max Stdout/Stderr payload
 constexpr size_t kOutLimit = 4 * 1024 * 1024;    // stop reading children beyond this backlog
 constexpr int64_t kDrainMs = 100;                // child gone, pipes still open: wait this long
 constexpr int64_t kHostRecheckMs = 200;          // re-check a disconnected port this often
@@ -269,7 +274,7 @@ void Agent::SendExitError(const std::string& code, const std::string& message) {
   ExitMsg m;
   m.exit_code = -1;
   m.error_code = code;
-  m.error = message;
+  m.error = message.size() > 4096 ? message.substr(0, 4096) + "..." : message;  // one frame, one write
   Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);
 }
 

@@ -39,6 +39,13 @@ struct VolumeInfo {
   uint64_t allocation_bytes = 0;
 };
 
+enum class DomainRunState { kRunning, kPaused, kShutoff, kCrashed, kOther };
+
+struct DomainState {
+  DomainRunState state = DomainRunState::kOther;
+  std::string reason;  // libvirt's reason, e.g. "paused: io error", "crashed: panicked"
+};
+
 // A byte-stream connection to a guest agent, framed by guest/protocol.h.
 class AgentChannel {
  public:
@@ -86,6 +93,8 @@ class Hypervisor {
   // Names of running domains that start with `prefix`.
   virtual Result<std::vector<std::string>> ListDomains(const std::string& prefix) = 0;
   virtual Result<std::string> GetDomainXml(const std::string& name) = 0;
+  // kNotFound once a transient domain is gone.
+  virtual Result<DomainState> GetDomainState(const std::string& name) = 0;
   virtual Result<std::unique_ptr<AgentChannel>> OpenAgentChannel(const std::string& domain,
                                                                   const std::string& channel) = 0;
 };

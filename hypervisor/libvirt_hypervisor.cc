@@ -384,6 +384,28 @@ class LibvirtHypervisor final : public Hypervisor {
     return TakeString(xml);
   }
 
+  Result<DomainState> GetDomainState(const std::string& name) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    int state = 0, reason = 0;
+    if (virDomainGetState(dom.get(), &state, &reason, 0) < 0) return LastLibvirtError("state of '" + name + "'");
+    DomainState out;
+    switch (state) {
+      case VIR_DOMAIN_RUNNING: out.state = DomainRunState::kRunning; break;
+      case VIR_DOMAIN_PAUSED:
+        out.state = DomainRunState::kPaused;
+        out.reason = reason == VIR_DOMAIN_PAUSED_IOERROR ? "paused: io error"
+                     : reason == VIR_DOMAIN_PAUSED_CRASHED ? "paused: guest crashed"
+                     : "paused (reason " + std::to_string(reason) + ")";
+        break;
+      case VIR_DOMAIN_SHUTOFF: out.state = DomainRunState::kShutoff; out.reason = "shut off"; break;
+      case VIR_DOMAIN_CRASHED: out.state = DomainRunState::kCrashed; out.reason = "crashed"; break;
+      default: out.reason = "state " + std::to_string(state); break;
+    }
+    return out;
+  }
+
   Result<std::unique_ptr<AgentChannel>> OpenAgentChannel(const std::string& domain,
                                                          const std::string& channel) override {
     BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());

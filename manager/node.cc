@@ -83,10 +83,28 @@ Result<hv::Accel> Node::ProbeAccel() {
   if (started.ok()) {
     auto channel = hv_->OpenAgentChannel(spec.name, spec.agent_channel.name);
     if (channel.ok()) {
+      // A broken KVM pauses or kills the guest at once ("emulation failure"):
+      // poll its state between short hello attempts so the probe fails fast.
       hv::AgentClient client(std::move(*channel));
-      auto hello = client.Hello(15'000);
-      if (hello.ok()) result = hv::Accel::kKvm;
-      else spdlog::info("node {}: kvm probe guest did not reach the agent ({}); using tcg", config_.name, hello.status().message());
+      // Real KVM reaches the agent in about a second; 8 s leaves room for a loaded host.
+      std::string why = "no hello within 8 s";
+      for (int attempt = 0; attempt < 16; ++attempt) {
+        auto hello = client.Hello(500);
+        if (hello.ok()) {
+          result = hv::Accel::kKvm;
+          break;
+        }
+        auto state = hv_->GetDomainState(spec.name);
+        if (!state.ok() || state->state != hv::DomainRunState::kRunning) {
+          why = state.ok() ? "guest " + state->reason : "guest is gone";
+          break;
+        }
+        if (hello.status().code() != Code::kDeadlineExceeded) {
+          why = hello.status().message();
+          break;
+        }
+      }
+      if (result != hv::Accel::kKvm) spdlog::info("node {}: kvm probe failed ({}); using tcg", config_.name, why);
       client.Close();
     }
   } else {

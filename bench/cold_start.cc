@@ -1,0 +1,610 @@
+// berth-bench-cold-start: the cold start of one function through berth, next
+// to the same work done by hand with plain libvirt tools, measured in one run.
+//
+//   A (berth):    POST /v1/functions/NAME/invoke on a real berthd, wall-clock
+//                 at the client. Includes overlay creation, domain start, agent
+//                 hello, exec of /bin/true, exit, destroy and volume cleanup,
+//                 plus HTTP and the execution record in SQLite.
+//   B (baseline): qemu-img create (qcow2 overlay of the same base volume file)
+//                 -> domain XML from hv::WriteDomainXml with the DomainSpec
+//                 manager/executor.cc builds -> `virsh create` -> agent channel,
+//                 Hello, Exec ["/bin/true"], Exit -> `virsh destroy` -> overlay
+//                 and console log removed.
+//
+// Rounds are interleaved (A B A B ...) so slow drifts of the machine hit both
+// sides alike; figures are medians. The last lines follow the project's
+// convention, one per figure:
+//   RESULT <name> value=<v> unit=<u> baseline=<b> ratio=<v/b> goal=<g>
+//
+// Everything the program creates (berthd, its pools, domains, volumes, temp
+// folders) is removed on exit, also after a failure or SIGINT/SIGTERM. It
+// only ever touches domains whose names carry its own random id or whose
+// disks live in its own folder.
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/env.h"
+#include "common/ids.h"
+#include "hypervisor/agent_client.h"
+#include "hypervisor/domain_spec.h"
+#include "hypervisor/domain_xml.h"
+#include "hypervisor/hypervisor.h"
+#include "images/rootfs_builder.h"
+
+namespace {
+
+using berth::Env;
+using berth::Status;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_stop{false};
+
+double MsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+[[noreturn]] void Fail(const std::string& what) { throw std::runtime_error(what); }
+
+void CheckStop() {
+  if (g_stop.load()) Fail("interrupted");
+}
+
+void Check(const Status& s, const std::string& what) {
+  if (!s.ok()) Fail(what + ": " + s.ToString());
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+// Runs a command; fails unless it exits 0.
+berth::CommandResult MustRun(const std::vector<std::string>& argv, int64_t timeout_ms = 120'000) {
+  auto r = Env::Default()->Run(argv, {}, timeout_ms);
+  if (!r.ok()) Fail(argv[0] + ": " + r.status().ToString());
+  if (r->exit_code != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+    Fail(cmd + " exited " + std::to_string(r->exit_code) + ": " + berth::FirstLine(r->err));
+  }
+  return *r;
+}
+
+// Runs a command and ignores how it ends (cleanup).
+void TryRun(const std::vector<std::string>& argv) { (void)Env::Default()->Run(argv, {}, 60'000); }
+
+// ---------------------------------------------------------------------------
+// HTTP (libcurl). A transfer in progress is aborted once g_stop is set.
+
+struct HttpResult {
+  long status = 0;
+  std::string body;
+  std::string error;  // transport error, if any
+};
+
+size_t Collect(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+int AbortOnStop(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return g_stop.load() ? 1 : 0; }
+
+HttpResult Http(const std::string& method, const std::string& url, const std::string& body = {},
+                const std::string& content_type = "application/json") {
+  HttpResult result;
+  CURL* curl = curl_easy_init();
+  if (!curl) Fail("curl_easy_init failed");
+  curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  if (method == "POST" || method == "PUT") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  }
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &AbortOnStop);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  CURLcode rc = curl_easy_perform(curl);
+  if (rc == CURLE_OK) {
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
+  } else {
+    result.error = curl_easy_strerror(rc);
+  }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+
+struct Options {
+  int rounds = 5;
+  int warmup = 1;
+  std::string runtime_dir = std::string(BERTH_BINARY_DIR) + "/runtime";
+  std::string berthd = std::string(BERTH_BINARY_DIR) + "/daemon/berthd";
+  std::string uri = "qemu:///system";
+  std::string work_root = "/var/lib/berth/bench";
+  uint64_t memory_mib = 256;
+  double goal = 1.05;
+};
+
+struct BerthSample {
+  double invoke_ms = 0;  // client wall-clock of the POST
+  double prepare_ms = 0, boot_ms = 0, run_ms = 0, cleanup_ms = 0, total_ms = 0;  // from the response
+};
+
+struct BaselineSample {
+  double total_ms = 0;    // qemu-img create .. overlay removed
+  double overlay_ms = 0;  // qemu-img create
+  double xml_ms = 0;      // WriteDomainXml + file written
+  double create_ms = 0;   // `virsh create` returned
+  double hello_ms = 0;    // virsh create returned -> agent hello
+  double boot_ms = 0;     // virsh create started -> agent hello (create_ms + hello_ms)
+  double exec_ms = 0;     // Exec sent -> Exit
+  double destroy_ms = 0;  // `virsh destroy`
+  double cleanup_ms = 0;  // overlay + console log removed
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+template <typename S>
+double MedianOf(const std::vector<S>& samples, double S::*field) {
+  std::vector<double> v;
+  for (const auto& s : samples) v.push_back(s.*field);
+  return Median(v);
+}
+
+// One benchmark run: owns berthd, the pools, the folders and the domains it
+// creates, and removes them all in its destructor.
+class ColdStartBench {
+ public:
+  explicit ColdStartBench(Options opts) : opts_(std::move(opts)), id_(berth::RandomHex(8)) {}
+  ~ColdStartBench() { Cleanup(); }
+
+  void Setup();
+  BerthSample RunBerth();
+  BaselineSample RunBaseline(int round);
+  void Cleanup();
+
+ private:
+  void StartBerthd();
+  void StopBerthd();
+  void FindVolumes();
+  std::string BerthdLogTail() const { return Tail(ReadAll(tmp_dir_ + "/berthd.log"), 4000); }
+
+  Options opts_;
+  std::string id_;
+  std::string tmp_dir_;    // /tmp/berth-bench-<id>: berthd data dir, log, image, XML files
+  std::string work_dir_;   // <work_root>/<id>: world-traversable, QEMU opens files here
+  bool created_work_root_ = false;
+  std::string pool_, log_pool_, pool_dir_, log_dir_, baseline_dir_;
+  pid_t berthd_pid_ = -1;
+  std::string base_url_;
+  std::string image_id_;
+  std::string function_ = "bench-true";
+  std::unique_ptr<berth::hv::Hypervisor> hv_;
+  std::string kernel_path_, initrd_path_, base_path_;
+  std::string live_baseline_domain_;  // set while a baseline domain may exist
+  bool cleaned_ = false;
+};
+
+void ColdStartBench::Setup() {
+  char tmpl[] = "/tmp/berth-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) Fail(std::string("mkdtemp: ") + std::strerror(errno));
+  tmp_dir_ = tmpl;
+
+  // QEMU runs as libvirt-qemu: every folder above its files must be traversable.
+  created_work_root_ = !std::filesystem::exists(opts_.work_root);
+  Check(Env::Default()->CreateDirs(opts_.work_root, 0755), "creating " + opts_.work_root);
+  work_dir_ = opts_.work_root + "/" + id_;
+  pool_dir_ = work_dir_ + "/pool";
+  log_dir_ = work_dir_ + "/logs";
+  baseline_dir_ = work_dir_ + "/baseline";
+  Check(Env::Default()->CreateDirs(baseline_dir_, 0755), "creating " + baseline_dir_);
+  for (const auto& d : {opts_.work_root, work_dir_, baseline_dir_}) ::chmod(d.c_str(), 0755);
+  pool_ = "berth-bench-" + id_;
+  log_pool_ = "berth-bench-" + id_ + "-logs";
+
+  auto hv = berth::hv::ConnectLibvirt(opts_.uri);
+  Check(hv.status(), "connecting to " + opts_.uri);
+  hv_ = std::move(*hv);
+
+  std::printf("building the busybox root filesystem image from %s/rootfs-busybox\n", opts_.runtime_dir.c_str());
+  berth::images::RootfsBuildOptions rootfs;
+  rootfs.source_dir = opts_.runtime_dir + "/rootfs-busybox";
+  rootfs.output_path = tmp_dir_ + "/busybox.qcow2";
+  Check(berth::images::BuildRootfsImage(Env::Default(), rootfs), "building the busybox image");
+
+  StartBerthd();
+
+  auto up = Http("POST", base_url_ + "/v1/images?name=busybox", ReadAll(rootfs.output_path), "application/octet-stream");
+  if (up.status != 201) Fail("image upload: HTTP " + std::to_string(up.status) + " " + up.error + " " + up.body);
+  image_id_ = json::parse(up.body).at("id").get<std::string>();
+
+  json fn = {{"name", function_},          {"image", image_id_},  {"entrypoint", {"/bin/true"}},
+             {"memory_mib", opts_.memory_mib}, {"vcpus", 1},       {"timeout_ms", 30000}};
+  auto created = Http("POST", base_url_ + "/v1/functions", fn.dump());
+  if (created.status != 201) Fail("creating the function: HTTP " + std::to_string(created.status) + " " + created.body);
+
+  // The first invocation also copies the image onto the node (once per node):
+  // not a cold start. After it, the base volume exists for the baseline too.
+  std::printf("first invocation (puts the image on the node; not measured)\n");
+  RunBerth();
+  FindVolumes();
+}
+
+void ColdStartBench::StartBerthd() {
+  std::string port_file = tmp_dir_ + "/port";
+  std::string log_path = tmp_dir_ + "/berthd.log";
+  std::vector<std::string> args = {opts_.berthd,  "--data-dir",   tmp_dir_ + "/data",
+                                   "--runtime-dir", opts_.runtime_dir, "--port",       "0",
+                                   "--port-file", port_file,        "--node-uri",   opts_.uri,
+                                   "--pool",      pool_,            "--pool-dir",   pool_dir_,
+                                   "--log-pool",  log_pool_,        "--log-dir",    log_dir_,
+                                   "--accel",     "tcg"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (::access(opts_.berthd.c_str(), X_OK) != 0) Fail("berthd not found at " + opts_.berthd + " (use --berthd)");
+
+  pid_t pid = ::fork();
+  if (pid < 0) Fail(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and exec.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);  // a Ctrl-C on the terminal reaches us only; we stop berthd
+    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  berthd_pid_ = pid;
+
+  for (int i = 0; i < 1200; ++i) {
+    CheckStop();
+    int status;
+    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
+      berthd_pid_ = -1;
+      Fail("berthd exited during startup:\n" + BerthdLogTail());
+    }
+    std::string port = ReadAll(port_file);
+    if (!port.empty() && port.back() == '\n') {
+      base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
+      if (Http("GET", base_url_ + "/v1/health").status == 200) {
+        std::printf("berthd %s (pid %d, pools %s, %s)\n", base_url_.c_str(), berthd_pid_, pool_.c_str(),
+                    log_pool_.c_str());
+        return;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Fail("berthd did not answer /v1/health within 120 s:\n" + BerthdLogTail());
+}
+
+void ColdStartBench::StopBerthd() {
+  if (berthd_pid_ <= 0) return;
+  ::kill(berthd_pid_, SIGTERM);
+  int status;
+  for (int i = 0; i < 300; ++i) {
+    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
+      berthd_pid_ = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "berthd did not stop within 30 s; killing it\n");
+  ::kill(berthd_pid_, SIGKILL);
+  waitpid(berthd_pid_, &status, 0);
+  berthd_pid_ = -1;
+}
+
+// The runtime and the image as berthd put them into its pool: the files the
+// baseline's domain uses, exactly as berth's own domains do.
+void ColdStartBench::FindVolumes() {
+  auto vols = hv_->ListVolumes(pool_);
+  Check(vols.status(), "listing pool " + pool_);
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const auto& v : *vols) {
+    if (v.name.rfind("rt-", 0) == 0 && ends_with(v.name, "-vmlinuz")) kernel_path_ = v.path;
+    if (v.name.rfind("rt-", 0) == 0 && ends_with(v.name, "-initramfs.cpio.gz")) initrd_path_ = v.path;
+    if (v.name.rfind("img-" + image_id_, 0) == 0) base_path_ = v.path;
+  }
+  if (kernel_path_.empty() || initrd_path_.empty() || base_path_.empty()) {
+    Fail("could not find the kernel, initramfs and image volumes in pool " + pool_);
+  }
+}
+
+BerthSample ColdStartBench::RunBerth() {
+  CheckStop();
+  auto t0 = Clock::now();
+  auto r = Http("POST", base_url_ + "/v1/functions/" + function_ + "/invoke", "{}");
+  auto t1 = Clock::now();
+  CheckStop();
+  if (r.status != 200) {
+    Fail("invoke: HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body + "\n--- berthd log (tail) ---\n" +
+         BerthdLogTail());
+  }
+  json j = json::parse(r.body);
+  if (j.value("status", "") != "succeeded") Fail("invoke did not succeed: " + r.body);
+  const json& t = j.at("timings");
+  BerthSample s;
+  s.invoke_ms = MsBetween(t0, t1);
+  s.prepare_ms = t.at("prepare_ms").get<double>();
+  s.boot_ms = t.at("boot_ms").get<double>();
+  s.run_ms = t.at("run_ms").get<double>();
+  s.cleanup_ms = t.at("cleanup_ms").get<double>();
+  s.total_ms = t.at("total_ms").get<double>();
+  return s;
+}
+
+BaselineSample ColdStartBench::RunBaseline(int round) {
+  namespace hv = berth::hv;
+  CheckStop();
+  const std::string name = "berth-bench-" + id_ + "-" + std::to_string(round);
+  const std::string overlay = baseline_dir_ + "/ovl-" + name + ".qcow2";
+  const std::string console = baseline_dir_ + "/" + name + ".console.log";
+  const std::string xml_path = tmp_dir_ + "/" + name + ".xml";
+  BaselineSample s;
+
+  auto t0 = Clock::now();
+  MustRun({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base_path_, overlay});
+  auto t1 = Clock::now();
+
+  // The DomainSpec manager/executor.cc builds for this function.
+  hv::DomainSpec spec;
+  spec.name = name;
+  spec.title = "berth bench baseline round " + std::to_string(round);
+  spec.accel = hv::Accel::kTcg;
+  spec.vcpus = 1;
+  spec.memory_mib = opts_.memory_mib;
+  spec.kernel_path = kernel_path_;
+  spec.initrd_path = initrd_path_;
+  spec.cmdline = "console=ttyS0 quiet panic=-1";  // ExecutorOptions::kernel_cmdline
+  spec.disks.push_back({overlay, "qcow2", "vda", false});
+  spec.console_log_path = console;
+  spec.metadata = {name, function_, "default", 1, 0, image_id_, 0};
+  auto xml = hv::WriteDomainXml(spec);
+  Check(xml.status(), "domain XML");
+  Check(Env::Default()->WriteFileAtomic(xml_path, *xml), "writing " + xml_path);
+  auto t2 = Clock::now();
+
+  live_baseline_domain_ = name;
+  MustRun({"virsh", "-q", "-c", opts_.uri, "create", xml_path});
+  auto t3 = Clock::now();
+  auto channel = hv_->OpenAgentChannel(name, spec.agent_channel.name);
+  Check(channel.status(), "opening the agent channel of " + name);
+  hv::AgentClient agent(std::move(*channel));
+  auto hello = agent.Hello(120'000);
+  Check(hello.status(), "agent hello from " + name);
+  auto t4 = Clock::now();
+
+  berth::agent::ExecMsg msg;
+  msg.argv = {"/bin/true"};
+  msg.cwd = "/";
+  msg.timeout_ms = 30'000;
+  auto outcome = agent.Exec(msg, {}, 1 << 20, 40'000);
+  Check(outcome.status(), "exec in " + name);
+  if (!outcome->exit.error_code.empty() || outcome->exit.exit_code != 0) {
+    Fail("/bin/true in " + name + " failed: " + outcome->exit.error_code + " " + outcome->exit.error);
+  }
+  auto t5 = Clock::now();
+  agent.Close();
+
+  MustRun({"virsh", "-q", "-c", opts_.uri, "destroy", name});
+  live_baseline_domain_.clear();
+  auto t6 = Clock::now();
+  Check(Env::Default()->RemoveFile(overlay), "removing " + overlay);
+  Check(Env::Default()->RemoveFile(console), "removing " + console);
+  auto t7 = Clock::now();
+  (void)Env::Default()->RemoveFile(xml_path);
+
+  s.overlay_ms = MsBetween(t0, t1);
+  s.xml_ms = MsBetween(t1, t2);
+  s.create_ms = MsBetween(t2, t3);
+  s.hello_ms = MsBetween(t3, t4);
+  s.boot_ms = MsBetween(t2, t4);
+  s.exec_ms = MsBetween(t4, t5);
+  s.destroy_ms = MsBetween(t5, t6);
+  s.cleanup_ms = MsBetween(t6, t7);
+  s.total_ms = MsBetween(t0, t7);
+  return s;
+}
+
+void ColdStartBench::Cleanup() {
+  if (cleaned_) return;
+  cleaned_ = true;
+  if (!live_baseline_domain_.empty()) TryRun({"virsh", "-q", "-c", opts_.uri, "destroy", live_baseline_domain_});
+  StopBerthd();
+  // Domains of this run only: baseline names carry our id, berthd's domains
+  // have their disks in our folder. A berthd stopped mid-invoke may leave one.
+  if (hv_ && !work_dir_.empty()) {
+    auto doms = hv_->ListDomains(berth::hv::kDomainNamePrefix);
+    if (doms.ok()) {
+      for (const auto& d : *doms) {
+        bool ours = d.rfind("berth-bench-" + id_ + "-", 0) == 0;
+        if (!ours) {
+          auto xml = hv_->GetDomainXml(d);
+          ours = xml.ok() && xml->find(work_dir_ + "/") != std::string::npos;
+        }
+        if (ours) {
+          std::fprintf(stderr, "cleanup: destroying leftover domain %s\n", d.c_str());
+          (void)hv_->DestroyDomain(d);
+        }
+      }
+    }
+  }
+  hv_.reset();
+  if (!pool_.empty()) {
+    for (const auto& p : {pool_, log_pool_}) {
+      auto exists = Env::Default()->Run({"virsh", "-q", "-c", opts_.uri, "pool-info", p}, {}, 60'000);
+      if (!exists.ok() || exists->exit_code != 0) continue;
+      TryRun({"virsh", "-q", "-c", opts_.uri, "pool-destroy", p});
+      TryRun({"virsh", "-q", "-c", opts_.uri, "pool-undefine", p});
+    }
+  }
+  if (!work_dir_.empty()) (void)Env::Default()->RemoveTree(work_dir_);
+  if (created_work_root_) ::rmdir(opts_.work_root.c_str());  // only if empty
+  if (!tmp_dir_.empty()) (void)Env::Default()->RemoveTree(tmp_dir_);
+}
+
+std::string Fmt(double v, int decimals = 1) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+void PrintResult(const std::string& name, double value, double baseline, double goal) {
+  std::printf("RESULT %s value=%s unit=ms baseline=%s ratio=%s goal=%s\n", name.c_str(), Fmt(value).c_str(),
+              Fmt(baseline).c_str(), Fmt(baseline > 0 ? value / baseline : 0, 3).c_str(), Fmt(goal, 2).c_str());
+}
+
+int Run(const Options& opts) {
+  ColdStartBench bench(opts);
+  try {
+    bench.Setup();
+    for (int i = 0; i < opts.warmup; ++i) {
+      std::printf("warm-up round %d/%d (not measured)\n", i + 1, opts.warmup);
+      if (i > 0) bench.RunBerth();  // Setup's first invocation is round 0's berth half
+      bench.RunBaseline(-1 - i);
+    }
+    std::vector<BerthSample> a;
+    std::vector<BaselineSample> b;
+    for (int r = 0; r < opts.rounds; ++r) {
+      a.push_back(bench.RunBerth());
+      b.push_back(bench.RunBaseline(r));
+      const auto& x = a.back();
+      const auto& y = b.back();
+      std::printf(
+          "round %d/%d  berth %7.1f ms (prepare %.0f, boot %.0f, run %.0f, cleanup %.0f, total %.0f, outside executor "
+          "%.0f)  |  baseline %7.1f ms (overlay %.0f, xml %.0f, virsh create %.0f, hello %.0f, exec %.0f, "
+          "virsh destroy %.0f, cleanup %.0f)\n",
+          r + 1, opts.rounds, x.invoke_ms, x.prepare_ms, x.boot_ms, x.run_ms, x.cleanup_ms, x.total_ms,
+          x.invoke_ms - x.total_ms, y.total_ms, y.overlay_ms, y.xml_ms, y.create_ms, y.hello_ms, y.exec_ms,
+          y.destroy_ms, y.cleanup_ms);
+      std::fflush(stdout);
+    }
+    bench.Cleanup();
+
+    auto ma = [&](double BerthSample::*f) { return MedianOf(a, f); };
+    auto mb = [&](double BaselineSample::*f) { return MedianOf(b, f); };
+    std::printf("\nmedians over %d rounds (ms)      berth  baseline\n", opts.rounds);
+    std::printf("  before boot (overlay ...)     %7.1f  %7.1f   berth prepare_ms | qemu-img create + xml\n",
+                ma(&BerthSample::prepare_ms), Median([&] {
+                  std::vector<double> v;
+                  for (const auto& s : b) v.push_back(s.overlay_ms + s.xml_ms);
+                  return v;
+                }()));
+    std::printf("  boot (create -> hello)        %7.1f  %7.1f   berth boot_ms | virsh create %.1f + hello %.1f\n",
+                ma(&BerthSample::boot_ms), mb(&BaselineSample::boot_ms), mb(&BaselineSample::create_ms),
+                mb(&BaselineSample::hello_ms));
+    std::printf("  run (exec -> exit)            %7.1f  %7.1f\n", ma(&BerthSample::run_ms), mb(&BaselineSample::exec_ms));
+    std::printf("  teardown                      %7.1f  %7.1f   berth cleanup_ms | virsh destroy + rm\n",
+                ma(&BerthSample::cleanup_ms), Median([&] {
+                  std::vector<double> v;
+                  for (const auto& s : b) v.push_back(s.destroy_ms + s.cleanup_ms);
+                  return v;
+                }()));
+    std::printf("  outside the executor          %7.1f      -     HTTP, function lookup, records (invoke - total_ms)\n",
+                Median([&] {
+                  std::vector<double> v;
+                  for (const auto& s : a) v.push_back(s.invoke_ms - s.total_ms);
+                  return v;
+                }()));
+    std::printf("  whole cold start              %7.1f  %7.1f\n\n", ma(&BerthSample::invoke_ms),
+                mb(&BaselineSample::total_ms));
+    PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), mb(&BaselineSample::total_ms), opts.goal);
+    PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), mb(&BaselineSample::boot_ms), opts.goal);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "berth-bench-cold-start: %s\n", e.what());
+    bench.Cleanup();
+    return g_stop.load() ? 130 : 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Stop signals are taken by one thread (below), before libvirt or curl start
+  // theirs, so an interrupt always ends in the cleanup path.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
+  std::thread([stop] {
+    int sig = 0;
+    sigwait(&stop, &sig);
+    std::fprintf(stderr, "berth-bench-cold-start: signal %d, stopping after the current step and cleaning up\n", sig);
+    g_stop.store(true);
+  }).detach();
+
+  Options opts;
+  CLI::App app{"berth-bench-cold-start: cold start through berth vs. the same domain with plain virsh"};
+  app.add_option("--rounds", opts.rounds, "Measured rounds (each: one berth invoke, one baseline)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--warmup", opts.warmup, "Unmeasured rounds first")->check(CLI::Range(0, 100))->capture_default_str();
+  app.add_option("--runtime-dir", opts.runtime_dir, "Guest runtime folder (vmlinuz, initramfs, rootfs-busybox/)")
+      ->capture_default_str();
+  app.add_option("--berthd", opts.berthd, "berthd binary")->capture_default_str();
+  app.add_option("--uri", opts.uri, "libvirt URI")->capture_default_str();
+  app.add_option("--work-root", opts.work_root, "World-traversable folder for pools and overlays")
+      ->capture_default_str();
+  app.add_option("--memory-mib", opts.memory_mib, "Guest memory")->check(CLI::Range(64, 65536))->capture_default_str();
+  app.add_option("--goal", opts.goal, "Allowed berth/baseline ratio printed as goal=")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  int rc = Run(opts);
+  curl_global_cleanup();
+  std::fflush(stdout);
+  return rc;
+}

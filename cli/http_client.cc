@@ -1,0 +1,71 @@
+#include "cli/http_client.h"
+
+#include <curl/curl.h>
+
+#include <cstdio>
+#include <mutex>
+
+namespace berth::cli {
+namespace {
+
+size_t Collect(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+HttpReply Perform(CURL* curl, curl_slist* headers) {
+  HttpReply reply;
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply.body);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  CURLcode rc = curl_easy_perform(curl);
+  if (rc == CURLE_OK) {
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &reply.status);
+  } else {
+    reply.error = curl_easy_strerror(rc);
+  }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return reply;
+}
+
+CURL* Init(const std::string& url) {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  CURL* curl = curl_easy_init();
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  return curl;
+}
+
+}  // namespace
+
+HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& body,
+                      const std::string& content_type) {
+  CURL* curl = Init(url);
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method == "POST" || method == "PUT") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  }
+  return Perform(curl, curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str()));
+}
+
+HttpReply HttpUploadFile(const std::string& url, const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return {0, "", "cannot open " + path};
+  std::fseek(f, 0, SEEK_END);
+  long size = std::ftell(f);
+  std::fseek(f, 0, SEEK_SET);
+  CURL* curl = Init(url);
+  curl_easy_setopt(curl, CURLOPT_POST, 1L);
+  curl_easy_setopt(curl, CURLOPT_READDATA, f);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(size));
+  auto* headers = curl_slist_append(nullptr, "Content-Type: application/octet-stream");
+  headers = curl_slist_append(headers, "Expect:");
+  HttpReply reply = Perform(curl, headers);
+  std::fclose(f);
+  return reply;
+}
+
+}  // namespace berth::cli

@@ -1,0 +1,107 @@
+// The execution state machine: every (from, to) pair of CanTransition against
+// a table written out here, IsTerminal, and the status names.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "manager/types.h"
+
+namespace berth::manager {
+namespace {
+
+using S = ExecState;
+
+const std::vector<S> kAll = {S::kPending, S::kBooting, S::kRunning, S::kSucceeded,
+                             S::kFailed,  S::kTimedOut, S::kError};
+
+// The legal transitions, as documented in manager/types.h:
+//   pending -> booting -> running -> succeeded | failed | timed_out
+//   pending | booting | running -> error
+const std::set<std::pair<S, S>> kLegal = {
+    {S::kPending, S::kBooting},   {S::kPending, S::kError},
+    {S::kBooting, S::kRunning},   {S::kBooting, S::kError},
+    {S::kRunning, S::kSucceeded}, {S::kRunning, S::kFailed},
+    {S::kRunning, S::kTimedOut},  {S::kRunning, S::kError},
+};
+
+TEST(ExecStateTest, TransitionTableIsExactlyTheDocumentedOne) {
+  int legal = 0;
+  for (S from : kAll) {
+    for (S to : kAll) {
+      const bool expected = kLegal.count({from, to}) > 0;
+      EXPECT_EQ(CanTransition(from, to), expected)
+          << ExecStateName(from) << " -> " << ExecStateName(to);
+      legal += CanTransition(from, to) ? 1 : 0;
+    }
+  }
+  EXPECT_EQ(legal, 8);
+}
+
+TEST(ExecStateTest, NoSelfTransitionsAndNothingLeavesATerminalState) {
+  for (S s : kAll) EXPECT_FALSE(CanTransition(s, s)) << ExecStateName(s);
+  for (S from : kAll) {
+    if (!IsTerminal(from)) continue;
+    for (S to : kAll) EXPECT_FALSE(CanTransition(from, to)) << ExecStateName(from) << " -> " << ExecStateName(to);
+  }
+  // Nothing goes back to pending, and no state is skipped on the happy path.
+  for (S from : kAll) EXPECT_FALSE(CanTransition(from, S::kPending));
+  EXPECT_FALSE(CanTransition(S::kPending, S::kRunning));
+  EXPECT_FALSE(CanTransition(S::kPending, S::kSucceeded));
+  EXPECT_FALSE(CanTransition(S::kBooting, S::kSucceeded));
+  EXPECT_FALSE(CanTransition(S::kBooting, S::kTimedOut));
+}
+
+TEST(ExecStateTest, EveryNonTerminalStateCanReachError) {
+  for (S s : kAll) {
+    if (IsTerminal(s)) continue;
+    EXPECT_TRUE(CanTransition(s, S::kError)) << ExecStateName(s);
+  }
+}
+
+TEST(ExecStateTest, IsTerminal) {
+  EXPECT_FALSE(IsTerminal(S::kPending));
+  EXPECT_FALSE(IsTerminal(S::kBooting));
+  EXPECT_FALSE(IsTerminal(S::kRunning));
+  EXPECT_TRUE(IsTerminal(S::kSucceeded));
+  EXPECT_TRUE(IsTerminal(S::kFailed));
+  EXPECT_TRUE(IsTerminal(S::kTimedOut));
+  EXPECT_TRUE(IsTerminal(S::kError));
+}
+
+TEST(ExecStateTest, NamesAreTheApiSpellings) {
+  EXPECT_STREQ(ExecStateName(S::kPending), "pending");
+  EXPECT_STREQ(ExecStateName(S::kBooting), "booting");
+  EXPECT_STREQ(ExecStateName(S::kRunning), "running");
+  EXPECT_STREQ(ExecStateName(S::kSucceeded), "succeeded");
+  EXPECT_STREQ(ExecStateName(S::kFailed), "failed");
+  EXPECT_STREQ(ExecStateName(S::kTimedOut), "timed_out");
+  EXPECT_STREQ(ExecStateName(S::kError), "error");
+}
+
+TEST(ExecStateTest, NamesRoundTripAndAreDistinct) {
+  std::set<std::string> names;
+  for (S s : kAll) {
+    const std::string name = ExecStateName(s);
+    names.insert(name);
+    auto parsed = ParseExecState(name);
+    ASSERT_TRUE(parsed.ok()) << name << ": " << parsed.status().ToString();
+    EXPECT_EQ(*parsed, s) << name;
+  }
+  EXPECT_EQ(names.size(), kAll.size());
+}
+
+TEST(ExecStateTest, UnknownNamesAreInvalidArgumentOnFieldStatus) {
+  for (const std::string& bad : std::vector<std::string>{"", "PENDING", "Running", "timed-out", "timedout", " pending", "pending ",
+                                "unknown", "done", std::string("error\0x", 7)}) {
+    auto parsed = ParseExecState(bad);
+    ASSERT_FALSE(parsed.ok()) << "'" << bad << "' parsed";
+    EXPECT_EQ(parsed.status().code(), Code::kInvalidArgument) << bad;
+    EXPECT_EQ(parsed.status().field(), "status") << bad;
+  }
+}
+
+}  // namespace
+}  // namespace berth::manager

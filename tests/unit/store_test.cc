@@ -1,0 +1,497 @@
+// manager::Store against a real SQLite file: images, functions, pids and
+// executions, durability across reopen, and WAL mode.
+#include "manager/store.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/env.h"
+
+namespace berth::manager {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/berth-store-XXXXXX";
+    const char* p = ::mkdtemp(tmpl);
+    path_ = p ? p : "";
+  }
+  ~TempDir() {
+    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string Sha(char c) { return std::string(64, c); }
+
+ImageMeta Image(char c, int64_t created, const std::string& name = "img") {
+  ImageMeta m;
+  m.id = Sha(c);
+  m.name = name;
+  m.format = "qcow2";
+  m.filesystem = "ext4";
+  m.size_bytes = 123456789012ull;
+  m.virtual_size_bytes = 10ull << 30;
+  m.tenant = "acme";
+  m.created_ms = created;
+  return m;
+}
+
+FunctionRecord Function(const std::string& name, const std::string& image, int64_t now) {
+  FunctionRecord fn;
+  fn.spec.name = name;
+  fn.spec.image = image;
+  fn.spec.entrypoint = {"/bin/sh", "-c", "echo \"$X\""};
+  fn.spec.vcpus = 3;
+  fn.spec.memory_mib = 768;
+  fn.spec.timeout_ms = 12'345;
+  fn.spec.env = {{"X", "1"}, {"UNICODE", "caf\xc3\xa9"}};
+  fn.spec.cwd = "/srv";
+  fn.spec.network = "none";
+  fn.tenant = "acme";
+  fn.version = 1;
+  fn.created_ms = now;
+  fn.updated_ms = now;
+  return fn;
+}
+
+ExecutionRecord Execution(const std::string& id, const std::string& function, int64_t pid, int64_t created,
+                          ExecState state = ExecState::kPending) {
+  ExecutionRecord ex;
+  ex.id = id;
+  ex.function = function;
+  ex.function_version = 2;
+  ex.tenant = "acme";
+  ex.image = Sha('a');
+  ex.state = state;
+  ex.node = "local";
+  ex.domain = "berth-" + id;
+  ex.pid = pid;
+  ex.ppid = 1;
+  ex.created_ms = created;
+  return ex;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(tmp_.path().empty());
+    db_path_ = tmp_.path() + "/berth.db";
+    Reopen();
+  }
+  void Reopen() {
+    store_.reset();
+    auto s = Store::Open(db_path_);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(*s);
+  }
+
+  TempDir tmp_;
+  std::string db_path_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(StoreTest, OpenFailsUnavailableForUnwritableLocation) {
+  auto s = Store::Open("/nonexistent/berth/dir/berth.db");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), Code::kUnavailable) << s.status().ToString();
+}
+
+TEST_F(StoreTest, ImagesPutGetListDelete) {
+  ASSERT_TRUE(store_->PutImage(Image('b', 200, "second")).ok());
+  ASSERT_TRUE(store_->PutImage(Image('a', 100, "first")).ok());
+
+  auto got = store_->GetImage(Sha('a'));
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->id, Sha('a'));
+  EXPECT_EQ(got->name, "first");
+  EXPECT_EQ(got->format, "qcow2");
+  EXPECT_EQ(got->filesystem, "ext4");
+  EXPECT_EQ(got->size_bytes, 123456789012ull);
+  EXPECT_EQ(got->virtual_size_bytes, 10ull << 30);
+  EXPECT_EQ(got->tenant, "acme");
+  EXPECT_EQ(got->created_ms, 100);
+
+  auto list = store_->ListImages();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].id, Sha('a')) << "oldest first";
+  EXPECT_EQ((*list)[1].id, Sha('b'));
+
+  ASSERT_TRUE(store_->DeleteImage(Sha('a')).ok());
+  auto missing = store_->GetImage(Sha('a'));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kNotFound);
+  Status again = store_->DeleteImage(Sha('a'));
+  EXPECT_EQ(again.code(), Code::kNotFound) << again.ToString();
+  EXPECT_EQ(store_->DeleteImage(Sha('c')).code(), Code::kNotFound);
+  list = store_->ListImages();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].id, Sha('b'));
+}
+
+TEST_F(StoreTest, PutImageTwiceKeepsOneRecordAndTheFirstMetadata) {
+  ASSERT_TRUE(store_->PutImage(Image('a', 100, "original")).ok());
+  ASSERT_TRUE(store_->PutImage(Image('a', 999, "renamed")).ok());
+  auto list = store_->ListImages();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "original");
+  EXPECT_EQ((*list)[0].created_ms, 100);
+}
+
+TEST_F(StoreTest, FunctionCreateGetAndDuplicate) {
+  const FunctionRecord fn = Function("resize", Sha('a'), 1000);
+  ASSERT_TRUE(store_->CreateFunction(fn).ok());
+  auto got = store_->GetFunction("resize");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->spec.name, "resize");
+  EXPECT_EQ(got->spec.image, Sha('a'));
+  EXPECT_EQ(got->spec.entrypoint, fn.spec.entrypoint);
+  EXPECT_EQ(got->spec.vcpus, 3u);
+  EXPECT_EQ(got->spec.memory_mib, 768u);
+  EXPECT_EQ(got->spec.timeout_ms, 12'345);
+  EXPECT_EQ(got->spec.env, fn.spec.env);
+  EXPECT_EQ(got->spec.cwd, "/srv");
+  EXPECT_EQ(got->spec.network, "none");
+  EXPECT_EQ(got->tenant, "acme");
+  EXPECT_EQ(got->version, 1);
+  EXPECT_EQ(got->created_ms, 1000);
+  EXPECT_EQ(got->updated_ms, 1000);
+
+  FunctionRecord dup = Function("resize", Sha('b'), 2000);
+  Status s = store_->CreateFunction(dup);
+  EXPECT_EQ(s.code(), Code::kAlreadyExists) << s.ToString();
+  // The original is untouched.
+  auto still = store_->GetFunction("resize");
+  ASSERT_TRUE(still.ok());
+  EXPECT_EQ(still->spec.image, Sha('a'));
+  EXPECT_EQ(still->created_ms, 1000);
+
+  auto missing = store_->GetFunction("nope");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kNotFound);
+}
+
+TEST_F(StoreTest, UpdateBumpsVersionKeepsCreatedAndTenant) {
+  ASSERT_TRUE(store_->CreateFunction(Function("f", Sha('a'), 1000)).ok());
+  FunctionSpec spec = Function("f", Sha('b'), 0).spec;
+  spec.memory_mib = 2048;
+  spec.env = {};
+  spec.entrypoint = {"/bin/true"};
+  auto u1 = store_->UpdateFunction(spec, 5000);
+  ASSERT_TRUE(u1.ok()) << u1.status().ToString();
+  EXPECT_EQ(u1->version, 2);
+  EXPECT_EQ(u1->created_ms, 1000);
+  EXPECT_EQ(u1->updated_ms, 5000);
+  EXPECT_EQ(u1->tenant, "acme");
+  EXPECT_EQ(u1->spec.image, Sha('b'));
+  EXPECT_EQ(u1->spec.memory_mib, 2048u);
+  EXPECT_TRUE(u1->spec.env.empty());
+  EXPECT_EQ(u1->spec.entrypoint, std::vector<std::string>{"/bin/true"});
+
+  auto u2 = store_->UpdateFunction(spec, 6000);
+  ASSERT_TRUE(u2.ok());
+  EXPECT_EQ(u2->version, 3);
+  EXPECT_EQ(u2->created_ms, 1000);
+  EXPECT_EQ(u2->updated_ms, 6000);
+  auto got = store_->GetFunction("f");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->version, 3);
+
+  spec.name = "missing";
+  auto none = store_->UpdateFunction(spec, 7000);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), Code::kNotFound);
+  EXPECT_EQ(store_->GetFunction("missing").status().code(), Code::kNotFound) << "update must not create";
+}
+
+TEST_F(StoreTest, ListFunctionsOrderedByNameAndDelete) {
+  for (const char* n : {"zeta", "alpha", "mid-1", "mid-0"}) {
+    ASSERT_TRUE(store_->CreateFunction(Function(n, Sha('a'), 1)).ok()) << n;
+  }
+  auto list = store_->ListFunctions();
+  ASSERT_TRUE(list.ok());
+  std::vector<std::string> names;
+  for (const auto& f : *list) names.push_back(f.spec.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"alpha", "mid-0", "mid-1", "zeta"}));
+
+  ASSERT_TRUE(store_->DeleteFunction("mid-0").ok());
+  EXPECT_EQ(store_->DeleteFunction("mid-0").code(), Code::kNotFound);
+  EXPECT_EQ(store_->GetFunction("mid-0").status().code(), Code::kNotFound);
+  list = store_->ListFunctions();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 3u);
+  // Re-creating a deleted function starts again at version 1.
+  ASSERT_TRUE(store_->CreateFunction(Function("mid-0", Sha('a'), 9)).ok());
+  EXPECT_EQ(store_->GetFunction("mid-0")->version, 1);
+}
+
+TEST_F(StoreTest, FunctionsUsingImage) {
+  ASSERT_TRUE(store_->CreateFunction(Function("b-fn", Sha('a'), 1)).ok());
+  ASSERT_TRUE(store_->CreateFunction(Function("a-fn", Sha('a'), 1)).ok());
+  ASSERT_TRUE(store_->CreateFunction(Function("other", Sha('b'), 1)).ok());
+  auto users = store_->FunctionsUsingImage(Sha('a'));
+  ASSERT_TRUE(users.ok());
+  EXPECT_EQ(*users, (std::vector<std::string>{"a-fn", "b-fn"}));
+  auto none = store_->FunctionsUsingImage(Sha('c'));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+
+  // Moving a function to another image moves it out of the list.
+  ASSERT_TRUE(store_->UpdateFunction(Function("b-fn", Sha('b'), 1).spec, 2).ok());
+  users = store_->FunctionsUsingImage(Sha('a'));
+  ASSERT_TRUE(users.ok());
+  EXPECT_EQ(*users, std::vector<std::string>{"a-fn"});
+  users = store_->FunctionsUsingImage(Sha('b'));
+  EXPECT_EQ(*users, (std::vector<std::string>{"b-fn", "other"}));
+  ASSERT_TRUE(store_->DeleteFunction("a-fn").ok());
+  EXPECT_TRUE(store_->FunctionsUsingImage(Sha('a'))->empty());
+}
+
+TEST_F(StoreTest, NewPidMonotonicUniqueAndDurableAcrossReopen) {
+  std::vector<int64_t> pids;
+  for (int i = 0; i < 20; ++i) {
+    auto p = store_->NewPid();
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    if (!pids.empty()) EXPECT_GT(*p, pids.back());
+    pids.push_back(*p);
+  }
+  EXPECT_GT(pids.front(), 0);
+  Reopen();
+  auto after = store_->NewPid();
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT(*after, pids.back()) << "a pid handed out before the reopen was reused";
+}
+
+TEST_F(StoreTest, NewPidUniqueUnderConcurrency) {
+  std::mutex mu;
+  std::set<int64_t> seen;
+  std::atomic<int> errors{0}, dups{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto p = store_->NewPid();
+        if (!p.ok()) {
+          ++errors;
+          continue;
+        }
+        std::lock_guard lock(mu);
+        if (!seen.insert(*p).second) ++dups;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(dups.load(), 0);
+  EXPECT_EQ(seen.size(), 400u);
+}
+
+TEST_F(StoreTest, RecordsSurviveCloseAndReopen) {
+  ASSERT_TRUE(store_->PutImage(Image('a', 1)).ok());
+  ASSERT_TRUE(store_->CreateFunction(Function("f", Sha('a'), 1)).ok());
+  ASSERT_TRUE(store_->UpdateFunction(Function("f", Sha('a'), 1).spec, 2).ok());
+  ExecutionRecord ex = Execution("e1", "f", 77, 10, ExecState::kSucceeded);
+  ex.exit_code = 0;
+  ex.stdout_data = std::string("out\0put", 7);
+  ASSERT_TRUE(store_->InsertExecution(ex).ok());
+  Reopen();
+  auto img = store_->GetImage(Sha('a'));
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  auto fn = store_->GetFunction("f");
+  ASSERT_TRUE(fn.ok());
+  EXPECT_EQ(fn->version, 2);
+  auto got = store_->GetExecution("e1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->state, ExecState::kSucceeded);
+  EXPECT_EQ(got->stdout_data, std::string("out\0put", 7));
+  ASSERT_TRUE(got->exit_code.has_value());
+  EXPECT_EQ(*got->exit_code, 0);
+}
+
+TEST_F(StoreTest, ExecutionInsertUpdateGetWithNullVersusZeroExitCode) {
+  ExecutionRecord ex = Execution("e1", "f", 42, 1000);
+  ASSERT_FALSE(ex.exit_code.has_value());
+  ASSERT_TRUE(store_->InsertExecution(ex).ok());
+  auto got = store_->GetExecution("e1");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_FALSE(got->exit_code.has_value()) << "no exit code must stay null, not become 0";
+  EXPECT_EQ(got->state, ExecState::kPending);
+  EXPECT_EQ(got->pid, 42);
+  EXPECT_EQ(got->ppid, 1);
+  EXPECT_EQ(got->function_version, 2);
+  EXPECT_EQ(got->domain, "berth-e1");
+  EXPECT_EQ(got->node, "local");
+
+  ex.state = ExecState::kSucceeded;
+  ex.exit_code = 0;
+  ex.signal = 0;
+  ex.duration_ms = 321;
+  ex.timings = {10, 20, 30, 40, 100};
+  ex.finished_ms = 2000;
+  ex.output_truncated = true;
+  ex.error_code = "";
+  ASSERT_TRUE(store_->UpdateExecution(ex).ok());
+  got = store_->GetExecution("e1");
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->exit_code.has_value()) << "exit code 0 must not read back as null";
+  EXPECT_EQ(*got->exit_code, 0);
+  EXPECT_EQ(got->state, ExecState::kSucceeded);
+  EXPECT_EQ(got->duration_ms, 321);
+  EXPECT_EQ(got->timings.prepare_ms, 10);
+  EXPECT_EQ(got->timings.boot_ms, 20);
+  EXPECT_EQ(got->timings.run_ms, 30);
+  EXPECT_EQ(got->timings.cleanup_ms, 40);
+  EXPECT_EQ(got->timings.total_ms, 100);
+  EXPECT_EQ(got->finished_ms, 2000);
+  EXPECT_EQ(got->created_ms, 1000);
+  EXPECT_TRUE(got->output_truncated);
+
+  ex.state = ExecState::kFailed;
+  ex.exit_code = -1;
+  ex.signal = 9;
+  ex.error_code = "killed";
+  ex.error = "signal 9";
+  ASSERT_TRUE(store_->UpdateExecution(ex).ok());
+  got = store_->GetExecution("e1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got->exit_code, -1);
+  EXPECT_EQ(got->signal, 9);
+  EXPECT_EQ(got->error_code, "killed");
+  EXPECT_EQ(got->error, "signal 9");
+  EXPECT_EQ(got->state, ExecState::kFailed);
+
+  // Updating must not duplicate the record.
+  auto list = store_->ListExecutions("", 100);
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 1u);
+
+  EXPECT_EQ(store_->GetExecution("nope").status().code(), Code::kNotFound);
+}
+
+TEST_F(StoreTest, InsertingADuplicateExecutionFails) {
+  ASSERT_TRUE(store_->InsertExecution(Execution("e1", "f", 1, 1)).ok());
+  EXPECT_FALSE(store_->InsertExecution(Execution("e1", "f", 2, 1)).ok()) << "duplicate id";
+  EXPECT_FALSE(store_->InsertExecution(Execution("e2", "f", 1, 1)).ok()) << "duplicate pid";
+  EXPECT_EQ(store_->GetExecution("e1")->pid, 1);
+}
+
+TEST_F(StoreTest, BinaryOutputRoundTripsByteForByte) {
+  std::string out;
+  for (int i = 0; i < 256; ++i) out.push_back(static_cast<char>(i));
+  out += std::string("\0\0\xff\xfe\xc3(\xed\xa0\x80 end", 13);
+  std::string err = std::string("\x80\x81", 2) + std::string(100'000, '\0') + "tail";
+  ExecutionRecord ex = Execution("bin", "f", 5, 1, ExecState::kFailed);
+  ex.stdout_data = out;
+  ex.stderr_data = err;
+  ex.exit_code = 1;
+  ASSERT_TRUE(store_->InsertExecution(ex).ok());
+  auto got = store_->GetExecution("bin");
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->stdout_data.size(), out.size());
+  EXPECT_TRUE(got->stdout_data == out);
+  ASSERT_EQ(got->stderr_data.size(), err.size());
+  EXPECT_TRUE(got->stderr_data == err);
+
+  // Empty output stays empty (not null / missing).
+  ExecutionRecord e2 = Execution("empty", "f", 6, 1);
+  ASSERT_TRUE(store_->InsertExecution(e2).ok());
+  auto g2 = store_->GetExecution("empty");
+  ASSERT_TRUE(g2.ok());
+  EXPECT_EQ(g2->stdout_data, "");
+  EXPECT_EQ(g2->stderr_data, "");
+}
+
+TEST_F(StoreTest, ListExecutionsByFunctionNewestFirstWithLimit) {
+  int64_t pid = 100;
+  for (int64_t created : {300, 100, 500, 200, 400}) {
+    ASSERT_TRUE(store_->InsertExecution(Execution("f-" + std::to_string(created), "f", pid++, created)).ok());
+  }
+  ASSERT_TRUE(store_->InsertExecution(Execution("g-1", "g", pid++, 1000)).ok());
+  ASSERT_TRUE(store_->InsertExecution(Execution("g-2", "g", pid++, 50)).ok());
+  // Two with the same timestamp: the later pid is newer.
+  ASSERT_TRUE(store_->InsertExecution(Execution("f-tie-a", "f", 900, 600)).ok());
+  ASSERT_TRUE(store_->InsertExecution(Execution("f-tie-b", "f", 901, 600)).ok());
+
+  auto ids = [](const std::vector<ExecutionRecord>& v) {
+    std::vector<std::string> out;
+    for (const auto& e : v) out.push_back(e.id);
+    return out;
+  };
+  auto top3 = store_->ListExecutions("f", 3);
+  ASSERT_TRUE(top3.ok());
+  EXPECT_EQ(ids(*top3), (std::vector<std::string>{"f-tie-b", "f-tie-a", "f-500"}));
+  auto all_f = store_->ListExecutions("f", 100);
+  ASSERT_TRUE(all_f.ok());
+  EXPECT_EQ(ids(*all_f),
+            (std::vector<std::string>{"f-tie-b", "f-tie-a", "f-500", "f-400", "f-300", "f-200", "f-100"}));
+  auto g = store_->ListExecutions("g", 10);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(ids(*g), (std::vector<std::string>{"g-1", "g-2"}));
+  auto everything = store_->ListExecutions("", 4);
+  ASSERT_TRUE(everything.ok());
+  EXPECT_EQ(ids(*everything), (std::vector<std::string>{"g-1", "f-tie-b", "f-tie-a", "f-500"}));
+  auto none = store_->ListExecutions("nobody", 10);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  auto zero = store_->ListExecutions("f", 0);
+  ASSERT_TRUE(zero.ok());
+  EXPECT_TRUE(zero->empty());
+}
+
+TEST_F(StoreTest, ListUnfinishedReturnsOnlyPendingBootingRunning) {
+  const std::vector<ExecState> states = {ExecState::kPending,   ExecState::kBooting, ExecState::kRunning,
+                                         ExecState::kSucceeded, ExecState::kFailed,  ExecState::kTimedOut,
+                                         ExecState::kError};
+  int64_t pid = 10;
+  for (ExecState s : states) {
+    ASSERT_TRUE(store_->InsertExecution(Execution(std::string("x-") + ExecStateName(s), "f", pid--, 1, s)).ok());
+  }
+  auto unfinished = store_->ListUnfinishedExecutions();
+  ASSERT_TRUE(unfinished.ok()) << unfinished.status().ToString();
+  std::vector<std::string> ids;
+  for (const auto& e : *unfinished) ids.push_back(e.id);
+  // Ordered by pid: running (8) < booting (9) < pending (10).
+  EXPECT_EQ(ids, (std::vector<std::string>{"x-running", "x-booting", "x-pending"}));
+  for (const auto& e : *unfinished) EXPECT_FALSE(IsTerminal(e.state)) << e.id;
+
+  // Finishing one removes it from the list.
+  ExecutionRecord r = *store_->GetExecution("x-running");
+  r.state = ExecState::kSucceeded;
+  r.exit_code = 0;
+  ASSERT_TRUE(store_->UpdateExecution(r).ok());
+  unfinished = store_->ListUnfinishedExecutions();
+  ASSERT_TRUE(unfinished.ok());
+  EXPECT_EQ(unfinished->size(), 2u);
+}
+
+TEST_F(StoreTest, WalModeIsOn) {
+  ASSERT_TRUE(store_->PutImage(Image('a', 1)).ok());
+  EXPECT_TRUE(Env::Default()->Exists(db_path_ + "-wal")) << "no -wal file next to the open database";
+  auto r = Env::Default()->Run({"sqlite3", db_path_, "PRAGMA journal_mode"}, "", 30'000);
+  if (!r.ok() && r.status().code() == Code::kUnavailable) GTEST_SKIP() << "sqlite3 CLI not installed";
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_EQ(FirstLine(r->out), "wal");
+  // An external reader sees the committed record while the store is open.
+  auto count = Env::Default()->Run({"sqlite3", db_path_, "SELECT count(*) FROM images"}, "", 30'000);
+  ASSERT_TRUE(count.ok());
+  EXPECT_EQ(FirstLine(count->out), "1") << count->err;
+}
+
+}  // namespace
+}  // namespace berth::manager
