@@ -9,7 +9,7 @@ die() { echo "[berth] error: $*" >&2; exit 1; }
 BERTH_PACKAGES=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates
   libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
-  libmicrohttpd-dev libpugixml-dev nlohmann-json3-dev libsqlite3-dev sqlite3 libboost-dev
+  libmicrohttpd-dev libpugixml-dev nlohmann-json3-dev libsqlite3-dev sqlite3
   libssl-dev libspdlog-dev libfmt-dev libcli11-dev libcurl4-openssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   e2fsprogs busybox-static cpio kmod iproute2 procps
