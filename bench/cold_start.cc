@@ -23,6 +23,7 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -171,6 +172,7 @@ struct BaselineSample {
   double create_ms = 0;   // `virsh create` returned
   double hello_ms = 0;    // virsh create returned -> agent hello
   double boot_ms = 0;     // virsh create started -> agent hello (create_ms + hello_ms)
+  double guest_ms = 0;    // the guest's own uptime when its agent said hello
   double exec_ms = 0;     // Exec sent -> Exit
   double destroy_ms = 0;  // `virsh destroy`
   double cleanup_ms = 0;  // overlay + console log removed
@@ -188,6 +190,56 @@ double MedianOf(const std::vector<S>& samples, double S::*field) {
   std::vector<double> v;
   for (const auto& s : samples) v.push_back(s.*field);
   return Median(v);
+}
+
+// Removes what run `id` left on the node: its domains (baseline names carry
+// the id; berthd's domains have their disks in the run's folder), its two
+// pools, its folder under work_root and its temp folder. Call it only once
+// that run's berthd is gone.
+void RemoveRun(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root, const std::string& id,
+               const std::string& tmp_dir) {
+  const std::string dir = work_root + "/" + id;
+  if (hv) {
+    auto doms = hv->ListDomains(berth::hv::kDomainNamePrefix);
+    if (doms.ok()) {
+      for (const auto& d : *doms) {
+        bool ours = d.rfind("berth-bench-" + id + "-", 0) == 0;
+        if (!ours) {
+          auto xml = hv->GetDomainXml(d);
+          ours = xml.ok() && xml->find(dir + "/") != std::string::npos;
+        }
+        if (ours) {
+          std::fprintf(stderr, "cleanup: destroying leftover domain %s\n", d.c_str());
+          (void)hv->DestroyDomain(d);
+        }
+      }
+    }
+  }
+  for (const auto& p : {"berth-bench-" + id, "berth-bench-" + id + "-logs"}) {
+    auto exists = Env::Default()->Run({"virsh", "-q", "-c", uri, "pool-info", p}, {}, 60'000);
+    if (!exists.ok() || exists->exit_code != 0) continue;
+    TryRun({"virsh", "-q", "-c", uri, "pool-destroy", p});
+    TryRun({"virsh", "-q", "-c", uri, "pool-undefine", p});
+  }
+  (void)Env::Default()->RemoveTree(dir);
+  if (tmp_dir.rfind("/tmp/berth-bench-", 0) == 0) (void)Env::Default()->RemoveTree(tmp_dir);
+}
+
+// A run killed outright (SIGKILL, crash) cannot clean up after itself. Each
+// run writes "<pid> <tmp dir>" to <work_root>/<id>/owner; runs whose process
+// is gone are removed here. (Their berthd got SIGTERM when they died.)
+void ReclaimStale(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(work_root, ec)) {
+    std::ifstream in(entry.path() / "owner");
+    pid_t pid = 0;
+    std::string tmp_dir;
+    if (!(in >> pid >> tmp_dir) || pid <= 0) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // still running
+    std::string id = entry.path().filename().string();
+    std::fprintf(stderr, "removing what an earlier run (pid %d, id %s) left behind\n", pid, id.c_str());
+    RemoveRun(hv, uri, work_root, id, tmp_dir);
+  }
 }
 
 // One benchmark run: owns berthd, the pools, the folders and the domains it
@@ -229,6 +281,11 @@ void ColdStartBench::Setup() {
   if (!mkdtemp(tmpl)) Fail(std::string("mkdtemp: ") + std::strerror(errno));
   tmp_dir_ = tmpl;
 
+  auto hv = berth::hv::ConnectLibvirt(opts_.uri);
+  Check(hv.status(), "connecting to " + opts_.uri);
+  hv_ = std::move(*hv);
+  ReclaimStale(hv_.get(), opts_.uri, opts_.work_root);
+
   // QEMU runs as libvirt-qemu: every folder above its files must be traversable.
   created_work_root_ = !std::filesystem::exists(opts_.work_root);
   Check(Env::Default()->CreateDirs(opts_.work_root, 0755), "creating " + opts_.work_root);
@@ -238,12 +295,10 @@ void ColdStartBench::Setup() {
   baseline_dir_ = work_dir_ + "/baseline";
   Check(Env::Default()->CreateDirs(baseline_dir_, 0755), "creating " + baseline_dir_);
   for (const auto& d : {opts_.work_root, work_dir_, baseline_dir_}) ::chmod(d.c_str(), 0755);
+  Check(Env::Default()->WriteFileAtomic(work_dir_ + "/owner", std::to_string(::getpid()) + " " + tmp_dir_ + "\n"),
+        "writing " + work_dir_ + "/owner");
   pool_ = "berth-bench-" + id_;
   log_pool_ = "berth-bench-" + id_ + "-logs";
-
-  auto hv = berth::hv::ConnectLibvirt(opts_.uri);
-  Check(hv.status(), "connecting to " + opts_.uri);
-  hv_ = std::move(*hv);
 
   std::printf("building the busybox root filesystem image from %s/rootfs-busybox\n", opts_.runtime_dir.c_str());
   berth::images::RootfsBuildOptions rootfs;
@@ -291,6 +346,7 @@ void ColdStartBench::StartBerthd() {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     setpgid(0, 0);  // a Ctrl-C on the terminal reaches us only; we stop berthd
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // and if we die without cleaning up, berthd stops too
     int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -420,6 +476,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   auto hello = agent.Hello(120'000);
   Check(hello.status(), "agent hello from " + name);
   auto t4 = Clock::now();
+  s.guest_ms = static_cast<double>(hello->boot_ms);
 
   berth::agent::ExecMsg msg;
   msg.argv = {"/bin/true"};
@@ -458,34 +515,8 @@ void ColdStartBench::Cleanup() {
   cleaned_ = true;
   if (!live_baseline_domain_.empty()) TryRun({"virsh", "-q", "-c", opts_.uri, "destroy", live_baseline_domain_});
   StopBerthd();
-  // Domains of this run only: baseline names carry our id, berthd's domains
-  // have their disks in our folder. A berthd stopped mid-invoke may leave one.
-  if (hv_ && !work_dir_.empty()) {
-    auto doms = hv_->ListDomains(berth::hv::kDomainNamePrefix);
-    if (doms.ok()) {
-      for (const auto& d : *doms) {
-        bool ours = d.rfind("berth-bench-" + id_ + "-", 0) == 0;
-        if (!ours) {
-          auto xml = hv_->GetDomainXml(d);
-          ours = xml.ok() && xml->find(work_dir_ + "/") != std::string::npos;
-        }
-        if (ours) {
-          std::fprintf(stderr, "cleanup: destroying leftover domain %s\n", d.c_str());
-          (void)hv_->DestroyDomain(d);
-        }
-      }
-    }
-  }
+  if (!work_dir_.empty()) RemoveRun(hv_.get(), opts_.uri, opts_.work_root, id_, tmp_dir_);
   hv_.reset();
-  if (!pool_.empty()) {
-    for (const auto& p : {pool_, log_pool_}) {
-      auto exists = Env::Default()->Run({"virsh", "-q", "-c", opts_.uri, "pool-info", p}, {}, 60'000);
-      if (!exists.ok() || exists->exit_code != 0) continue;
-      TryRun({"virsh", "-q", "-c", opts_.uri, "pool-destroy", p});
-      TryRun({"virsh", "-q", "-c", opts_.uri, "pool-undefine", p});
-    }
-  }
-  if (!work_dir_.empty()) (void)Env::Default()->RemoveTree(work_dir_);
   if (created_work_root_) ::rmdir(opts_.work_root.c_str());  // only if empty
   if (!tmp_dir_.empty()) (void)Env::Default()->RemoveTree(tmp_dir_);
 }
@@ -519,10 +550,10 @@ int Run(const Options& opts) {
       const auto& y = b.back();
       std::printf(
           "round %d/%d  berth %7.1f ms (prepare %.0f, boot %.0f, run %.0f, cleanup %.0f, total %.0f, outside executor "
-          "%.0f)  |  baseline %7.1f ms (overlay %.0f, xml %.0f, virsh create %.0f, hello %.0f, exec %.0f, "
+          "%.0f)  |  baseline %7.1f ms (overlay %.0f, xml %.0f, virsh create %.0f, hello %.0f [guest uptime %.0f], exec %.0f, "
           "virsh destroy %.0f, cleanup %.0f)\n",
           r + 1, opts.rounds, x.invoke_ms, x.prepare_ms, x.boot_ms, x.run_ms, x.cleanup_ms, x.total_ms,
-          x.invoke_ms - x.total_ms, y.total_ms, y.overlay_ms, y.xml_ms, y.create_ms, y.hello_ms, y.exec_ms,
+          x.invoke_ms - x.total_ms, y.total_ms, y.overlay_ms, y.xml_ms, y.create_ms, y.hello_ms, y.guest_ms, y.exec_ms,
           y.destroy_ms, y.cleanup_ms);
       std::fflush(stdout);
     }

@@ -250,7 +250,7 @@ mv -f "$WORK/manifest.json" "$MANIFEST"
 # QEMU (libvirt-qemu) must be able to reach the files.
 d="$OUT_DIR"
 while [[ "$d" != "/" ]]; do
-  if [[ "$(stat -c %A "$d" | cut -c10)" != "x" ]]; then
+  if [[ "$(stat -c %A "$d" | cut -c10)" != [xt] ]]; then
     log "warning: $d is not world-traversable; QEMU (libvirt-qemu) will not be able to open the runtime"
     break
   fi

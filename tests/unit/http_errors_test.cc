@@ -33,7 +33,9 @@ TEST(HttpErrorsTest, HttpStatusForEveryCode) {
   for (auto [code, http] : table) EXPECT_EQ(HttpStatusFor(code), http) << CodeName(code);
   // Every error code maps to an error status.
   for (auto [code, http] : table) {
-    if (code != Code::kOk) EXPECT_GE(HttpStatusFor(code), 400) << CodeName(code);
+    if (code != Code::kOk) {
+      EXPECT_GE(HttpStatusFor(code), 400) << CodeName(code);
+    }
   }
 }
 

@@ -267,7 +267,9 @@ TEST_F(StoreTest, NewPidMonotonicUniqueAndDurableAcrossReopen) {
   for (int i = 0; i < 20; ++i) {
     auto p = store_->NewPid();
     ASSERT_TRUE(p.ok()) << p.status().ToString();
-    if (!pids.empty()) EXPECT_GT(*p, pids.back());
+    if (!pids.empty()) {
+      EXPECT_GT(*p, pids.back());
+    }
     pids.push_back(*p);
   }
   EXPECT_GT(pids.front(), 0);

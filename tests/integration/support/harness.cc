@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -109,17 +110,27 @@ BerthdProcess::BerthdProcess(std::vector<std::string> extra_args) {
                                    "--pool", pool_,
                                    "--pool-dir", pool_dir_,
                                    "--log-pool", log_pool_,
-                                   "--log-dir", log_dir_,
-                                   "--accel", "tcg"};
+                                   "--log-dir", log_dir_};
+  // TCG unless the test picks: probing KVM costs seconds on every start.
+  if (std::find(extra_args.begin(), extra_args.end(), "--accel") == extra_args.end()) {
+    args.insert(args.end(), {"--accel", "tcg"});
+  }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  args_ = std::move(args);
+  Start();
+}
+
+bool BerthdProcess::Start() {
+  std::string port_file = dir_ + "/port";
+  std::remove(port_file.c_str());
   std::string log_path = dir_ + "/berthd.log";
   pid_ = fork();
   if (pid_ == 0) {
-    FILE* f = freopen(log_path.c_str(), "w", stderr);
+    FILE* f = freopen(log_path.c_str(), "a", stderr);
     (void)f;
     dup2(2, 1);
     std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
+    for (auto& a : args_) argv.push_back(a.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
@@ -128,18 +139,27 @@ BerthdProcess::BerthdProcess(std::vector<std::string> extra_args) {
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
-      return;
+      return false;
     }
     std::string port = ReadAll(port_file);
     if (!port.empty() && port.back() == '\n') {
       base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
-      if (HttpCall("GET", base_url_ + "/v1/health").status == 200) return;
+      if (HttpCall("GET", base_url_ + "/v1/health").status == 200) return true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  return false;
 }
 
 std::string BerthdProcess::log() const { return ReadAll(dir_ + "/berthd.log"); }
+
+void BerthdProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
 
 void BerthdProcess::Stop() {
   if (pid_ <= 0) return;

@@ -53,9 +53,14 @@ class BerthdProcess {
 
   // Stops berthd with SIGTERM and waits.
   void Stop();
+  // Kills berthd with SIGKILL (a crash: no cleanup runs) and waits.
+  void Kill();
+  // Starts berthd again on the same data dir and pools; false if it fails.
+  bool Start();
 
  private:
   int pid_ = -1;
+  std::vector<std::string> args_;
   std::string dir_, base_url_, pool_, log_pool_, pool_dir_, log_dir_;
 };
 
