@@ -37,6 +37,29 @@ MHD_Result Send(MHD_Connection* conn, const HttpResponse& r) {
   return ret;
 }
 
+// The answer for a request no route serves: 404, or 405 when the path exists.
+HttpResponse MissResponse(const std::string& method, const std::string& path, int miss_status) {
+  if (miss_status == 405) {
+    HttpResponse r = ErrorResponse(
+        Status::InvalidArgument("method", "method " + method + " is not allowed on " + path));
+    r.status = 405;
+    return r;
+  }
+  return ErrorResponse(Status::NotFound("no such endpoint: " + method + " " + path));
+}
+
+// Route code runs inside libmicrohttpd's C callbacks, where an exception
+// would terminate berthd: turn it into a 500 instead.
+template <typename Fn>
+auto Guarded(const char* what, Fn fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    spdlog::error("{} threw: {}", what, e.what());
+    return Status::Internal("internal error");
+  }
+}
+
 }  // namespace
 
 struct HttpServer::Impl {
@@ -54,12 +77,9 @@ struct HttpServer::Impl {
       int miss = 404;
       st->route = self->router_.Match(st->request.method, st->request.path, &st->request.params, &miss);
       if (!st->route) {
-        st->early = ErrorResponse(miss == 405 ? Status(Code::kInvalidArgument, "method " + st->request.method +
-                                                           " is not allowed on " + st->request.path, "method")
-                                              : Status::NotFound("no such endpoint: " + st->request.path));
-        if (miss == 405) st->early->status = 405;
+        st->early = MissResponse(st->request.method, st->request.path, miss);
       } else if (st->route->sink) {
-        auto sink = st->route->sink(st->request);
+        auto sink = Guarded("sink factory", [&]() -> Result<std::unique_ptr<BodySink>> { return st->route->sink(st->request); });
         if (sink.ok()) {
           st->sink = std::move(*sink);
         } else {
@@ -73,7 +93,7 @@ struct HttpServer::Impl {
       *upload_size = 0;
       if (st->early) return MHD_YES;  // discard the rest of a failed request
       if (st->sink) {
-        if (Status s = st->sink->Append(chunk); !s.ok()) {
+        if (Status s = Guarded("sink append", [&] { return st->sink->Append(chunk); }); !s.ok()) {
           st->sink.reset();  // aborts the upload: nothing half-written remains
           st->early = ErrorResponse(s);
         }
@@ -90,9 +110,9 @@ struct HttpServer::Impl {
     // The whole request arrived.
     if (st->early) return Send(conn, *st->early);
     if (st->sink) {
-      HttpResponse r = st->sink->Finish();
+      auto r = Guarded("sink finish", [&]() -> Result<HttpResponse> { return st->sink->Finish(); });
       st->sink.reset();
-      return Send(conn, r);
+      return Send(conn, r.ok() ? *r : ErrorResponse(r.status()));
     }
     return Send(conn, self->Dispatch(std::move(st->request)));
   }
@@ -116,10 +136,9 @@ HttpResponse HttpServer::Dispatch(HttpRequest request) const {
   int miss = 404;
   std::map<std::string, std::string> params;
   const Route* route = router_.Match(request.method, request.path, &params, &miss);
-  if (!route || !route->handler) {
-    HttpResponse r = ErrorResponse(Status::NotFound("no such endpoint: " + request.method + " " + request.path));
-    if (miss == 405) r.status = 405;
-    return r;
+  if (!route) return MissResponse(request.method, request.path, miss);
+  if (!route->handler) {
+    return ErrorResponse(Status::InvalidArgument("body", "this endpoint takes a streamed body; send it over HTTP"));
   }
   request.params = std::move(params);
   try {

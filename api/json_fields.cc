@@ -64,11 +64,13 @@ Status FieldReader::Int(const char* field, int64_t* out, int64_t min, int64_t ma
   const auto* v = Get(field, required, &s);
   if (!v) return s;
   if (!v->is_number_integer()) return Status::InvalidArgument(field, "must be an integer");
-  int64_t x = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                  ? INT64_MAX
-                  : v->get<int64_t>();
+  const std::string range = "must be between " + std::to_string(min) + " and " + std::to_string(max);
+  if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    return Status::InvalidArgument(field, range);
+  }
+  int64_t x = v->get<int64_t>();
   if (x < min || x > max) {
-    return Status::InvalidArgument(field, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    return Status::InvalidArgument(field, range);
   }
   *out = x;
   return Status::Ok();

@@ -163,6 +163,7 @@ struct Options {
 struct BerthSample {
   double invoke_ms = 0;  // client wall-clock of the POST
   double prepare_ms = 0, boot_ms = 0, run_ms = 0, cleanup_ms = 0, total_ms = 0;  // from the response
+  double berthd_cpu_ms = 0;  // CPU time berthd spent (user + system) during the invoke
 };
 
 struct BaselineSample {
@@ -176,7 +177,28 @@ struct BaselineSample {
   double exec_ms = 0;     // Exec sent -> Exit
   double destroy_ms = 0;  // `virsh destroy`
   double cleanup_ms = 0;  // overlay + console log removed
+  double self_cpu_ms = 0;  // CPU time of this process (not its children) during the round
 };
+
+// User + system CPU time of a process, in ms (-1 if unknown).
+double ProcessCpuMs(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  double utime = 0, stime = 0;
+  for (int i = 3; fields >> f; ++i) {  // field 3 is the state; 14 utime, 15 stime
+    if (i == 14) utime = std::stod(f);
+    if (i == 15) {
+      stime = std::stod(f);
+      return (utime + stime) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    }
+  }
+  return -1;
+}
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -264,7 +286,6 @@ class ColdStartBench {
   std::string id_;
   std::string tmp_dir_;    // /tmp/berth-bench-<id>: berthd data dir, log, image, XML files
   std::string work_dir_;   // <work_root>/<id>: world-traversable, QEMU opens files here
-  bool created_work_root_ = false;
   std::string pool_, log_pool_, pool_dir_, log_dir_, baseline_dir_;
   pid_t berthd_pid_ = -1;
   std::string base_url_;
@@ -287,7 +308,6 @@ void ColdStartBench::Setup() {
   ReclaimStale(hv_.get(), opts_.uri, opts_.work_root);
 
   // QEMU runs as libvirt-qemu: every folder above its files must be traversable.
-  created_work_root_ = !std::filesystem::exists(opts_.work_root);
   Check(Env::Default()->CreateDirs(opts_.work_root, 0755), "creating " + opts_.work_root);
   work_dir_ = opts_.work_root + "/" + id_;
   pool_dir_ = work_dir_ + "/pool";
@@ -415,9 +435,11 @@ void ColdStartBench::FindVolumes() {
 
 BerthSample ColdStartBench::RunBerth() {
   CheckStop();
+  double cpu0 = ProcessCpuMs(berthd_pid_);
   auto t0 = Clock::now();
   auto r = Http("POST", base_url_ + "/v1/functions/" + function_ + "/invoke", "{}");
   auto t1 = Clock::now();
+  double cpu1 = ProcessCpuMs(berthd_pid_);
   CheckStop();
   if (r.status != 200) {
     Fail("invoke: HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body + "\n--- berthd log (tail) ---\n" +
@@ -433,6 +455,7 @@ BerthSample ColdStartBench::RunBerth() {
   s.run_ms = t.at("run_ms").get<double>();
   s.cleanup_ms = t.at("cleanup_ms").get<double>();
   s.total_ms = t.at("total_ms").get<double>();
+  s.berthd_cpu_ms = cpu1 - cpu0;
   return s;
 }
 
@@ -445,6 +468,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   const std::string xml_path = tmp_dir_ + "/" + name + ".xml";
   BaselineSample s;
 
+  double cpu0 = ProcessCpuMs(::getpid());
   auto t0 = Clock::now();
   MustRun({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base_path_, overlay});
   auto t1 = Clock::now();
@@ -507,6 +531,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   s.destroy_ms = MsBetween(t5, t6);
   s.cleanup_ms = MsBetween(t6, t7);
   s.total_ms = MsBetween(t0, t7);
+  s.self_cpu_ms = ProcessCpuMs(::getpid()) - cpu0;
   return s;
 }
 
@@ -517,7 +542,7 @@ void ColdStartBench::Cleanup() {
   StopBerthd();
   if (!work_dir_.empty()) RemoveRun(hv_.get(), opts_.uri, opts_.work_root, id_, tmp_dir_);
   hv_.reset();
-  if (created_work_root_) ::rmdir(opts_.work_root.c_str());  // only if empty
+  ::rmdir(opts_.work_root.c_str());  // only if empty: other runs may be using it
   if (!tmp_dir_.empty()) (void)Env::Default()->RemoveTree(tmp_dir_);
 }
 
@@ -550,11 +575,11 @@ int Run(const Options& opts) {
       const auto& y = b.back();
       std::printf(
           "round %d/%d  berth %7.1f ms (prepare %.0f, boot %.0f, run %.0f, cleanup %.0f, total %.0f, outside executor "
-          "%.0f)  |  baseline %7.1f ms (overlay %.0f, xml %.0f, virsh create %.0f, hello %.0f [guest uptime %.0f], exec %.0f, "
-          "virsh destroy %.0f, cleanup %.0f)\n",
+          "%.0f, berthd cpu %.0f)  |  baseline %7.1f ms (overlay %.0f, xml %.0f, virsh create %.0f, hello %.0f [guest uptime %.0f], exec %.0f, "
+          "virsh destroy %.0f, cleanup %.0f, own cpu %.0f)\n",
           r + 1, opts.rounds, x.invoke_ms, x.prepare_ms, x.boot_ms, x.run_ms, x.cleanup_ms, x.total_ms,
-          x.invoke_ms - x.total_ms, y.total_ms, y.overlay_ms, y.xml_ms, y.create_ms, y.hello_ms, y.guest_ms, y.exec_ms,
-          y.destroy_ms, y.cleanup_ms);
+          x.invoke_ms - x.total_ms, x.berthd_cpu_ms, y.total_ms, y.overlay_ms, y.xml_ms, y.create_ms, y.hello_ms, y.guest_ms, y.exec_ms,
+          y.destroy_ms, y.cleanup_ms, y.self_cpu_ms);
       std::fflush(stdout);
     }
     bench.Cleanup();
@@ -584,8 +609,20 @@ int Run(const Options& opts) {
                   for (const auto& s : a) v.push_back(s.invoke_ms - s.total_ms);
                   return v;
                 }()));
-    std::printf("  whole cold start              %7.1f  %7.1f\n\n", ma(&BerthSample::invoke_ms),
+    std::printf("  whole cold start              %7.1f  %7.1f\n", ma(&BerthSample::invoke_ms),
                 mb(&BaselineSample::total_ms));
+    // Each round's pair ran back to back, so a per-round ratio is less
+    // exposed to slow drifts of the machine than the ratio of medians.
+    auto paired = [&](auto berth_of, auto base_of) {
+      std::vector<double> v;
+      for (size_t i = 0; i < a.size(); ++i) v.push_back(berth_of(a[i]) / base_of(b[i]));
+      return Median(v);
+    };
+    std::printf("  median of per-round ratios: invoke %.3f, boot %.3f\n\n",
+                paired([](const BerthSample& x) { return x.invoke_ms; },
+                       [](const BaselineSample& y) { return y.total_ms; }),
+                paired([](const BerthSample& x) { return x.boot_ms; },
+                       [](const BaselineSample& y) { return y.boot_ms; }));
     PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), mb(&BaselineSample::total_ms), opts.goal);
     PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), mb(&BaselineSample::boot_ms), opts.goal);
     return 0;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -50,7 +51,9 @@ class PosixEnv final : public Env {
   }
 
   Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
-    std::string tmp = path + ".tmp." + std::to_string(getpid());
+    // Unique per call: concurrent writers of one path must not share a temp file.
+    static std::atomic<uint64_t> counter{0};
+    std::string tmp = path + ".tmp." + std::to_string(getpid()) + "." + std::to_string(counter.fetch_add(1));
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return ErrnoStatus("cannot create " + tmp, errno);
     size_t off = 0;
@@ -197,8 +200,20 @@ Result<CommandResult> PosixEnv::Run(const std::vector<std::string>& argv, std::s
   for (int fd : {in_fd, out_fd, err_fd}) {
     if (fd >= 0) ::close(fd);
   }
+  // The child may have closed its output and still be running: the deadline
+  // covers the whole run, not just the reading.
   int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  for (;;) {
+    pid_t r = waitpid(pid, &wstatus, timed_out ? 0 : WNOHANG);
+    if (r == pid || (r < 0 && errno != EINTR)) break;
+    if (r == 0) {
+      if (MonotonicMs() >= deadline) {
+        timed_out = true;
+        kill(-pid, SIGKILL);
+      } else {
+        SleepMs(5);
+      }
+    }
   }
   if (exec_failed) {
     return Status(exec_errno == ENOENT ? Code::kUnavailable : Code::kInternal,

@@ -2,8 +2,12 @@
 
 #include <openssl/evp.h>
 
-#include <cstdio>
-#include <fstream>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace berth {
 
@@ -41,14 +45,27 @@ std::string Sha256::HexOf(std::string_view data) {
 }
 
 Result<std::string> Sha256::HexOfFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot open " + path);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::NotFound("cannot open " + path + ": " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidArgument("path", path + " is not a regular file");
+  }
   Sha256 h;
   std::string buf(1 << 20, '\0');
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    h.Update(std::string_view(buf.data(), static_cast<size_t>(in.gcount())));
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      return Status::Internal("reading " + path + ": " + std::strerror(e));
+    }
+    if (n == 0) break;
+    h.Update(std::string_view(buf.data(), static_cast<size_t>(n)));
   }
+  ::close(fd);
   return h.FinishHex();
 }
 

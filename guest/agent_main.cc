@@ -138,7 +138,7 @@ void Agent::CheckHost() {
     CloseFd(port_fd_);
     return;
   }
-  if (!(p.revents & POLLHUP)) {
+  if (!(p.revents & (POLLHUP | POLLERR))) {
     host_up_ = true;  // a host is connected; it speaks first (Hello)
   }
 }
@@ -505,6 +505,7 @@ void Agent::Step() {
 }
 
 int Serve() {
+  const int64_t init_started = BootTimeMs();
   EarlySetup();
   Log("boot (kernel " + KernelRelease() + ", agent " + AgentVersion() + ")");
   signal(SIGPIPE, SIG_IGN);
@@ -519,17 +520,22 @@ int Serve() {
     PowerOff("no signalfd");
   }
 
+  const int64_t modules_started = BootTimeMs();
   if (int failed = LoadModules("/lib/modules"); failed > 0) {
     Log(std::to_string(failed) + " required module(s) failed to load");
   }
   LoopbackUp();
+  const int64_t port_wait_started = BootTimeMs();
   std::string port = FindVirtioPort(kPortName, kPortWaitMs);
   if (port.empty()) {
     Log(std::string("virtio-serial port ") + kPortName + " did not appear within " +
         std::to_string(kPortWaitMs / 1000) + " s");
     PowerOff("no host channel");
   }
-  Log("ready in " + std::to_string(BootTimeMs()) + " ms");
+  const int64_t ready = BootTimeMs();
+  Log("ready in " + std::to_string(ready) + " ms (init at " + std::to_string(init_started) + " ms, modules " +
+      std::to_string(port_wait_started - modules_started) + " ms, port " + std::to_string(ready - port_wait_started) +
+      " ms)");
 
   Agent agent(port, sig_fd);
   for (;;) {

@@ -324,10 +324,15 @@ Status Store::InsertExecution(const ExecutionRecord& ex) {
 
 Status Store::UpdateExecution(const ExecutionRecord& ex) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, (std::string("REPLACE INTO executions(") + kExecCols +
-                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+  // Same column order as kExecCols; the id (first) goes into the WHERE clause.
+  Stmt st(db_,
+          "UPDATE executions SET id = ?1, function = ?2, function_version = ?3, tenant = ?4, image = ?5, state = ?6, "
+          "node = ?7, domain = ?8, pid = ?9, ppid = ?10, exit_code = ?11, signal = ?12, error_code = ?13, "
+          "error = ?14, stdout = ?15, stderr = ?16, output_truncated = ?17, duration_ms = ?18, timings = ?19, "
+          "created_ms = ?20, finished_ms = ?21 WHERE id = ?1");
   BindExecution(st, ex);
   if (st.Step() != SQLITE_DONE) return st.Error("updating execution");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("execution '" + ex.id + "' does not exist");
   return Status::Ok();
 }
 

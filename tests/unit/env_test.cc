@@ -199,12 +199,7 @@ TEST(EnvRunTest, TimeoutKeepsNothingRunningForSilentChild) {
 }
 
 TEST(EnvRunTest, TimeoutAppliesEvenWhenTheChildClosesItsOutput) {
-  if (!::getenv("BERTH_RUN_KNOWN_BUGS")) {
-    GTEST_SKIP() << "BUG: common/env.cc PosixEnv::Run: the timeout is enforced only inside the poll loop, "
-                    "which ends as soon as stdout and stderr reach EOF; a child that closes or redirects "
-                    "them (daemon-like tools, `exec >/dev/null 2>&1`) is then waited for with a blocking "
-                    "waitpid and is never killed. Set BERTH_RUN_KNOWN_BUGS=1 to run.";
-  }
+
   const int64_t t0 = Now();
   auto r = Env::Default()->Run({"sh", "-c", "exec >/dev/null 2>&1; sleep 6"}, "", 300);
   const int64_t elapsed = Now() - t0;
@@ -289,12 +284,7 @@ TEST(EnvFileTest, WriteFileAtomicIntoMissingDirectoryFails) {
 }
 
 TEST(EnvFileTest, ConcurrentAtomicWritersOfOnePathNeverProduceAMix) {
-  if (!::getenv("BERTH_RUN_KNOWN_BUGS")) {
-    GTEST_SKIP() << "BUG: common/env.cc PosixEnv::WriteFileAtomic names its temporary file "
-                    "<path>.tmp.<pid>, so two threads writing the same path share one temp file "
-                    "(O_TRUNC + interleaved writes, and the loser's rename fails with ENOENT), although "
-                    "Env promises thread safety. Set BERTH_RUN_KNOWN_BUGS=1 to run.";
-  }
+
   TempDir tmp;
   ASSERT_FALSE(tmp.path().empty());
   const std::string path = tmp.path() + "/shared";

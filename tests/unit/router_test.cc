@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -547,6 +548,63 @@ TEST_F(HttpServerTest, SlowHandlerDoesNotBlockOtherConnections) {
   slow.join();
   EXPECT_EQ(r.status, 200);
   EXPECT_LT(ms, 1000) << "a slow request blocked another connection";
+}
+
+// Runs one POST against a fresh server whose streaming route is `factory`;
+// returns the HTTP status (0 when the request itself failed).
+long PostToStreamingRoute(SinkFactory factory) {
+  Router r;
+  r.Add({"POST", "/v1/upload", "upload", {}, std::move(factory), 201});
+  HttpServerOptions opts;
+  opts.port = 0;
+  HttpServer server(std::move(r), opts);
+  if (!server.Start().ok()) return 0;
+  const std::string body(100'000, 'b');
+  CurlResult res = Call("POST", "http://127.0.0.1:" + std::to_string(server.port()) + "/v1/upload", &body);
+  return res.code == CURLE_OK ? res.status : 0;
+}
+
+class ThrowingSink : public BodySink {
+ public:
+  explicit ThrowingSink(bool in_append) : in_append_(in_append) {}
+  Status Append(std::string_view) override {
+    if (in_append_) throw std::runtime_error("append blew up");
+    return Status::Ok();
+  }
+  HttpResponse Finish() override { throw std::runtime_error("finish blew up"); }
+
+ private:
+  bool in_append_;
+};
+
+TEST(HttpServerStreamingExceptionsTest, ThrowingSinkBecomes500InsteadOfCrashing) {
+
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  // Each scenario runs in a child process: today it aborts there.
+  EXPECT_EXIT(
+      {
+        long st = PostToStreamingRoute([](const HttpRequest&) -> Result<std::unique_ptr<BodySink>> {
+          throw std::runtime_error("factory blew up");
+        });
+        std::exit(st == 500 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(
+      {
+        long st = PostToStreamingRoute([](const HttpRequest&) -> Result<std::unique_ptr<BodySink>> {
+          return std::unique_ptr<BodySink>(new ThrowingSink(true));
+        });
+        std::exit(st == 500 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(
+      {
+        long st = PostToStreamingRoute([](const HttpRequest&) -> Result<std::unique_ptr<BodySink>> {
+          return std::unique_ptr<BodySink>(new ThrowingSink(false));
+        });
+        std::exit(st == 500 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 TEST(HttpServerStartTest, BadBindAddressAndStopIsIdempotent) {
