@@ -609,6 +609,12 @@ int Run(const Options& opts) {
                   for (const auto& s : a) v.push_back(s.invoke_ms - s.total_ms);
                   return v;
                 }()));
+    std::printf("  berth bookkeeping             %7.1f      -     invoke - (prepare + boot + run + cleanup)\n",
+                Median([&] {
+                  std::vector<double> v;
+                  for (const auto& s : a) v.push_back(s.invoke_ms - s.prepare_ms - s.boot_ms - s.run_ms - s.cleanup_ms);
+                  return v;
+                }()));
     std::printf("  whole cold start              %7.1f  %7.1f\n", ma(&BerthSample::invoke_ms),
                 mb(&BaselineSample::total_ms));
     // Each round's pair ran back to back, so a per-round ratio is less

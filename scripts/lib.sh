@@ -12,7 +12,7 @@ BERTH_PACKAGES=(
   libmicrohttpd-dev libpugixml-dev nlohmann-json3-dev libsqlite3-dev sqlite3
   libssl-dev libspdlog-dev libfmt-dev libcli11-dev libcurl4-openssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  e2fsprogs busybox-static cpio kmod iproute2 procps
+  e2fsprogs busybox-static cpio kmod iproute2 procps debootstrap
 )
 
 install_packages() {

@@ -10,5 +10,7 @@ ensure_libvirt
 build_berth
 export BERTH_RUNTIME_DIR="$BERTH_BUILD/runtime"
 build_runtime "$BERTH_RUNTIME_DIR"
+export BERTH_DEBIAN_ROOTFS="$BERTH_BUILD/rootfs-debian"
+"$BERTH_ROOT/scripts/build-debian-rootfs.sh" "$BERTH_DEBIAN_ROOTFS"
 cd "$BERTH_BUILD"
 ctest --output-on-failure --timeout 1500 "$@"
