@@ -494,6 +494,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   live_baseline_domain_ = name;
   MustRun({"virsh", "-q", "-c", opts_.uri, "create", xml_path});
   auto t3 = Clock::now();
+  CheckStop();
   auto channel = hv_->OpenAgentChannel(name, spec.agent_channel.name);
   Check(channel.status(), "opening the agent channel of " + name);
   hv::AgentClient agent(std::move(*channel));
@@ -501,6 +502,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   Check(hello.status(), "agent hello from " + name);
   auto t4 = Clock::now();
   s.guest_ms = static_cast<double>(hello->boot_ms);
+  CheckStop();
 
   berth::agent::ExecMsg msg;
   msg.argv = {"/bin/true"};
@@ -582,6 +584,7 @@ int Run(const Options& opts) {
           y.destroy_ms, y.cleanup_ms, y.self_cpu_ms);
       std::fflush(stdout);
     }
+    CheckStop();
     bench.Cleanup();
 
     auto ma = [&](double BerthSample::*f) { return MedianOf(a, f); };
