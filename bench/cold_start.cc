@@ -3,13 +3,15 @@
 //
 //   A (berth):    POST /v1/functions/NAME/invoke on a real berthd, wall-clock
 //                 at the client. Includes overlay creation, domain start, agent
-//                 hello, exec of /bin/true, exit, destroy and volume cleanup,
-//                 plus HTTP and the execution record in SQLite.
+//                 hello, exec of /bin/true, exit, plus HTTP and the execution
+//                 record in SQLite. berthd answers before it destroys the VM
+//                 (teardown runs after the answer and is not timed here).
 //   B (baseline): qemu-img create (qcow2 overlay of the same base volume file)
 //                 -> domain XML from hv::WriteDomainXml with the DomainSpec
 //                 manager/executor.cc builds -> `virsh create` -> agent channel,
 //                 Hello, Exec ["/bin/true"], Exit -> `virsh destroy` -> overlay
-//                 and console log removed.
+//                 and console log removed. cold_start_invoke compares against
+//                 the time up to Exit: the earliest a caller has the answer.
 //
 // Rounds are interleaved (A B A B ...) so slow drifts of the machine hit both
 // sides alike; figures are medians. The last lines follow the project's
@@ -168,6 +170,7 @@ struct BerthSample {
 
 struct BaselineSample {
   double total_ms = 0;    // qemu-img create .. overlay removed
+  double answer_ms = 0;   // qemu-img create .. Exit received: when a caller could have its answer
   double overlay_ms = 0;  // qemu-img create
   double xml_ms = 0;      // WriteDomainXml + file written
   double create_ms = 0;   // `virsh create` returned
@@ -456,6 +459,14 @@ BerthSample ColdStartBench::RunBerth() {
   s.cleanup_ms = t.at("cleanup_ms").get<double>();
   s.total_ms = t.at("total_ms").get<double>();
   s.berthd_cpu_ms = cpu1 - cpu0;
+  // berthd answers before it tears the VM down; let that finish (untimed) so
+  // the next baseline round does not share the machine with it.
+  const std::string domain = j.value("domain", "");
+  for (int i = 0; i < 200; ++i) {
+    auto state = Env::Default()->Run({"virsh", "-q", "-c", opts_.uri, "domstate", domain}, {}, 10'000);
+    if (!state.ok() || state->exit_code != 0) break;  // the transient domain is gone
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   return s;
 }
 
@@ -533,6 +544,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   s.destroy_ms = MsBetween(t5, t6);
   s.cleanup_ms = MsBetween(t6, t7);
   s.total_ms = MsBetween(t0, t7);
+  s.answer_ms = MsBetween(t0, t5);
   s.self_cpu_ms = ProcessCpuMs(::getpid()) - cpu0;
   return s;
 }
@@ -618,8 +630,8 @@ int Run(const Options& opts) {
                   for (const auto& s : a) v.push_back(s.invoke_ms - s.prepare_ms - s.boot_ms - s.run_ms - s.cleanup_ms);
                   return v;
                 }()));
-    std::printf("  whole cold start              %7.1f  %7.1f\n", ma(&BerthSample::invoke_ms),
-                mb(&BaselineSample::total_ms));
+    std::printf("  whole cold start              %7.1f  %7.1f   berth answers before teardown; baseline to Exit\n",
+                ma(&BerthSample::invoke_ms), mb(&BaselineSample::answer_ms));
     // Each round's pair ran back to back, so a per-round ratio is less
     // exposed to slow drifts of the machine than the ratio of medians.
     auto paired = [&](auto berth_of, auto base_of) {
@@ -629,10 +641,10 @@ int Run(const Options& opts) {
     };
     std::printf("  median of per-round ratios: invoke %.3f, boot %.3f\n\n",
                 paired([](const BerthSample& x) { return x.invoke_ms; },
-                       [](const BaselineSample& y) { return y.total_ms; }),
+                       [](const BaselineSample& y) { return y.answer_ms; }),
                 paired([](const BerthSample& x) { return x.boot_ms; },
                        [](const BaselineSample& y) { return y.boot_ms; }));
-    PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), mb(&BaselineSample::total_ms), opts.goal);
+    PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), mb(&BaselineSample::answer_ms), opts.goal);
     PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), mb(&BaselineSample::boot_ms), opts.goal);
     return 0;
   } catch (const std::exception& e) {

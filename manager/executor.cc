@@ -2,42 +2,66 @@
 
 #include <spdlog/spdlog.h>
 
+#include <thread>
+
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
 
 namespace berth::manager {
 namespace {
 
-// Removes what one execution left on its node, in reverse order of creation.
-class Cleanup {
- public:
-  Cleanup(Node& node, std::string domain, std::string overlay, std::string console)
-      : node_(node), domain_(std::move(domain)), overlay_(std::move(overlay)), console_(std::move(console)) {}
-  ~Cleanup() { Run(); }
-
-  void Run() {
-    if (done_) return;
-    done_ = true;
-    auto& hv = node_.hypervisor();
-    if (started_) Log(hv.DestroyDomain(domain_), "destroying domain " + domain_);
-    if (overlay_created_) Log(hv.DeleteVolume(node_.config().pool, overlay_), "deleting overlay " + overlay_);
-    if (started_) Log(hv.DeleteVolume(node_.config().log_pool, console_), "deleting console log " + console_);
-  }
-  void overlay_created() { overlay_created_ = true; }
-  void started() { started_ = true; }
-
- private:
-  static void Log(const Status& s, const std::string& what) {
-    if (!s.ok()) spdlog::warn("cleanup: {}: {}", what, s.ToString());
-  }
-  Node& node_;
-  std::string domain_, overlay_, console_;
-  bool overlay_created_ = false, started_ = false, done_ = false;
-};
-
 std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
 
 }  // namespace
+
+std::string OverlayVolumeName(const std::string& execution_id) { return "ovl-" + execution_id + ".qcow2"; }
+std::string ConsoleLogVolumeName(const std::string& domain) { return domain + ".console.log"; }
+
+Executor::~Executor() { WaitForCleanups(); }
+
+void Executor::WaitForCleanups() {
+  std::unique_lock lock(cleanup_mu_);
+  cleanup_cv_.wait(lock, [this] { return pending_cleanups_ == 0; });
+}
+
+void Executor::Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRecord ex) {
+  auto run = [this, teardown, ex]() mutable {
+    int64_t c0 = env_->MonotonicMs();
+    teardown->Run();
+    ex.timings.cleanup_ms = env_->MonotonicMs() - c0;
+    if (Status s = store_->UpdateExecution(ex); !s.ok()) spdlog::warn("recording cleanup of {}: {}", ex.id, s.ToString());
+  };
+  if (!options_.async_cleanup) {
+    run();
+    return;
+  }
+  {
+    std::lock_guard lock(cleanup_mu_);
+    ++pending_cleanups_;
+  }
+  std::thread([this, run]() mutable {
+    run();
+    std::lock_guard lock(cleanup_mu_);
+    --pending_cleanups_;
+    cleanup_cv_.notify_all();
+  }).detach();
+}
+
+ExecutionTeardown::~ExecutionTeardown() { Run(); }
+
+void ExecutionTeardown::Run() {
+  if (done_) return;
+  done_ = true;
+  auto log = [](const Status& s, const std::string& what) {
+    if (!s.ok()) spdlog::warn("cleanup: {}: {}", what, s.ToString());
+  };
+  auto& hv = node_.hypervisor();
+  if (started_) log(hv.DestroyDomain(domain_), "destroying domain " + domain_);
+  if (overlay_created_) log(hv.DeleteVolume(node_.config().pool, overlay_), "deleting overlay " + overlay_);
+  if (started_) log(hv.DeleteVolume(node_.config().log_pool, console_), "deleting console log " + console_);
+  if (reserved_memory_mib_) node_.Release(reserved_vcpus_, reserved_memory_mib_);
+  reserved_memory_mib_ = 0;
+}
 
 Status Executor::Advance(ExecutionRecord& ex, ExecState to) {
   if (!CanTransition(ex.state, to)) {
@@ -65,23 +89,22 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   BERTH_ASSIGN_OR_RETURN(ex.pid, store_->NewPid());
   BERTH_RETURN_IF_ERROR(store_->InsertExecution(ex));
 
-  // Ends the execution in `to` (terminal), with cleanup done and timings set.
-  const std::string overlay = "ovl-" + ex.id + ".qcow2";
-  const std::string console = ex.domain + ".console.log";
-  Cleanup cleanup(node, ex.domain, overlay, console);
+  // Ends the execution in `to` (terminal); the VM and its volumes are torn
+  // down after the answer (Teardown), unless options say otherwise.
+  const std::string overlay = OverlayVolumeName(ex.id);
+  const std::string console = ConsoleLogVolumeName(ex.domain);
+  auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console);
   auto finish = [&](ExecState to, std::string error_code, std::string error) -> Result<ExecutionRecord> {
     if (to == ExecState::kError && !ex.domain.empty()) {
       // The console tells why a guest failed to boot or died.
       auto log = node.hypervisor().DownloadVolumeTail(node.config().log_pool, console, 2048);
       if (log.ok() && !log->empty()) error += "\n--- console (tail) ---\n" + Tail(*log, 2048);
     }
-    int64_t c0 = env_->MonotonicMs();
-    cleanup.Run();
-    ex.timings.cleanup_ms = env_->MonotonicMs() - c0;
     ex.timings.total_ms = env_->MonotonicMs() - t0;
     ex.error_code = std::move(error_code);
     ex.error = std::move(error);
     BERTH_RETURN_IF_ERROR(Advance(ex, to));
+    Teardown(std::move(cleanup), ex);
     return ex;
   };
 
@@ -89,18 +112,13 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   if (Status s = node.Reserve(fn.spec.vcpus, fn.spec.memory_mib); !s.ok()) {
     return finish(ExecState::kError, "no_capacity", s.message());
   }
-  struct Releaser {
-    Node& n;
-    uint32_t c;
-    uint64_t m;
-    ~Releaser() { n.Release(c, m); }
-  } release{node, fn.spec.vcpus, fn.spec.memory_mib};
+  cleanup->reserved(fn.spec.vcpus, fn.spec.memory_mib);  // held until the VM is gone
 
   auto base = node.EnsureImage(image);
   if (!base.ok()) return finish(ExecState::kError, "image_unavailable", base.status().message());
   auto ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
   if (!ovl.ok()) return finish(ExecState::kError, "overlay_failed", ovl.status().message());
-  cleanup.overlay_created();
+  cleanup->overlay_created();
   ex.timings.prepare_ms = env_->MonotonicMs() - t0;
 
   // Boot.
@@ -118,7 +136,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   spec.console_log_path = node.config().log_dir + "/" + console;
   spec.metadata = {ex.id, fn.spec.name, fn.tenant, ex.pid, ex.ppid, image.id, ex.created_ms};
   const int64_t b0 = env_->MonotonicMs();
-  cleanup.started();  // a failed start may still leave a console log
+  cleanup->started();  // a failed start may still leave a console log
   if (Status s = node.hypervisor().StartDomain(spec); !s.ok()) {
     return finish(ExecState::kError, "start_failed", s.message());
   }

@@ -5,6 +5,7 @@
 #include <cctype>
 
 #include "common/sha256.h"
+#include "hypervisor/domain_xml.h"
 
 namespace berth::manager {
 namespace {
@@ -93,21 +94,46 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
 }
 
 // Synchronous executions die with the berthd that ran them: end their
-// records and remove their domains and volumes so nothing is orphaned.
+// records and remove their domains and volumes so nothing is orphaned. Then
+// sweep the node for leftovers of this store's finished executions (a
+// teardown cut short by a crash). Domains and volumes of executions this
+// store does not know belong to someone else and are left alone.
 Status Service::Reconcile() {
+  auto& hv = node_->hypervisor();
+  auto remove = [&](const std::string& id, const std::string& domain) {
+    if (Status s = hv.DestroyDomain(domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
+    (void)hv.DeleteVolume(node_->config().pool, OverlayVolumeName(id));
+    (void)hv.DeleteVolume(node_->config().log_pool, ConsoleLogVolumeName(domain));
+  };
   BERTH_ASSIGN_OR_RETURN(auto unfinished, store_->ListUnfinishedExecutions());
   for (auto& ex : unfinished) {
     spdlog::warn("execution {} (pid {}) was {} when berthd stopped; cleaning up", ex.id, ex.pid,
                  ExecStateName(ex.state));
-    auto& hv = node_->hypervisor();
-    if (Status s = hv.DestroyDomain(ex.domain); !s.ok()) spdlog::warn("{}", s.ToString());
-    (void)hv.DeleteVolume(node_->config().pool, "ovl-" + ex.id + ".qcow2");
-    (void)hv.DeleteVolume(node_->config().log_pool, ex.domain + ".console.log");
+    remove(ex.id, ex.domain);
     ex.state = ExecState::kError;
     ex.error_code = "manager_restarted";
     ex.error = "berthd stopped while this execution was running";
     ex.finished_ms = env_->NowUnixMs();
     BERTH_RETURN_IF_ERROR(store_->UpdateExecution(ex));
+  }
+  BERTH_ASSIGN_OR_RETURN(auto domains, hv.ListDomains(hv::kDomainNamePrefix));
+  for (const auto& domain : domains) {
+    auto xml = hv.GetDomainXml(domain);
+    if (!xml.ok()) continue;
+    auto md = hv::ParseDomainMetadata(*xml);
+    if (!md.ok() || !store_->GetExecution(md->execution_id).ok()) continue;
+    spdlog::warn("reconcile: removing leftover domain {} of finished execution {}", domain, md->execution_id);
+    remove(md->execution_id, domain);
+  }
+  BERTH_ASSIGN_OR_RETURN(auto volumes, hv.ListVolumes(node_->config().pool));
+  for (const auto& vol : volumes) {
+    const std::string& n = vol.name;
+    if (n.rfind("ovl-", 0) != 0 || n.size() < 11 || n.substr(n.size() - 6) != ".qcow2") continue;
+    std::string id = n.substr(4, n.size() - 10);
+    auto ex = store_->GetExecution(id);
+    if (!ex.ok() || !IsTerminal(ex->state)) continue;
+    spdlog::warn("reconcile: removing leftover overlay {}", n);
+    remove(id, ex->domain);
   }
   return Status::Ok();
 }

@@ -30,15 +30,17 @@ class InvokeTest : public ::testing::Test {
     auto r = daemon_->Post("/v1/functions/" + name + "/invoke", invoke_body.dump());
     json j = r.json();
     json ex = j.contains("execution") ? j["execution"] : j;
-    if (ex.contains("domain")) {
-      std::string domain = ex["domain"].get<std::string>();
-      EXPECT_EQ(domain.rfind("berth-", 0), 0u);
-      EXPECT_FALSE(DomainRunning(domain)) << domain << " still running after the execution";
+    EXPECT_TRUE(ex.contains("execution_id")) << r.body;
+    if (ex.contains("execution_id")) {
+      EXPECT_EQ(ex["domain"], "berth-" + ex["execution_id"].get<std::string>());
+      EXPECT_EQ(WaitForTeardown(*daemon_, ex["execution_id"]), "") << "left behind after the execution";
     }
+    // Nothing of any execution is left, not only of this one.
     for (const auto& vol : PoolVolumes(daemon_->pool())) {
       EXPECT_EQ(vol.rfind("ovl-", 0), std::string::npos) << "overlay volume left behind: " << vol;
     }
     EXPECT_TRUE(PoolVolumes(daemon_->log_pool()).empty()) << "console log left behind";
+    EXPECT_EQ(Shell("virsh -q -c qemu:///system list --name | grep -c '^berth-' || true"), "0\n");
     return r;
   }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <iostream>
 #include <thread>
 
 #include "tests/integration/support/harness.h"
@@ -51,6 +52,24 @@ TEST(RestartTest, CrashDuringExecutionIsReconciledOnRestart) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.json()["stdout"], "still here\n");
   EXPECT_GT(r.json()["pid"].get<int64_t>(), rec["pid"].get<int64_t>());
+}
+
+// The answer comes before teardown; a berthd killed right after answering
+// leaves the VM behind, and its restart removes it.
+TEST(RestartTest, CrashDuringTeardownLeavesNothingAfterRestart) {
+  BerthdProcess daemon;
+  ASSERT_TRUE(daemon.running()) << daemon.log();
+  std::string image = daemon.UploadBusybox();
+  ASSERT_EQ(daemon.CreateFunction("quick", image, {{"entrypoint", {"true"}}}).status, 201);
+  auto r = daemon.Post("/v1/functions/quick/invoke", "{}");
+  daemon.Kill();
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::string id = r.json()["execution_id"];
+  // Usually still there: teardown takes a second or more under TCG.
+  std::cout << "left behind by the crash:" << WaitForTeardown(daemon, id, 0) << "\n";
+  ASSERT_TRUE(daemon.Start()) << daemon.log();
+  EXPECT_EQ(WaitForTeardown(daemon, id, 0), "") << "restart did not remove the leftovers";
+  EXPECT_EQ(daemon.Get("/v1/executions/" + id).json()["status"], "succeeded");
 }
 
 }  // namespace

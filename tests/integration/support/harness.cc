@@ -193,6 +193,23 @@ HttpResult BerthdProcess::CreateFunction(const std::string& name, const std::str
   return Post("/v1/functions", spec.dump());
 }
 
+std::string WaitForTeardown(const BerthdProcess& daemon, const std::string& execution_id, int timeout_ms) {
+  const std::string domain = "berth-" + execution_id;
+  std::string left;
+  for (int waited = 0;; waited += 250) {
+    left.clear();
+    if (DomainRunning(domain)) left += " domain " + domain;
+    for (const auto& v : PoolVolumes(daemon.pool())) {
+      if (v.find(execution_id) != std::string::npos) left += " volume " + v;
+    }
+    for (const auto& v : PoolVolumes(daemon.log_pool())) {
+      if (v.find(execution_id) != std::string::npos) left += " console log " + v;
+    }
+    if (left.empty() || waited >= timeout_ms) return left;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
 bool DomainRunning(const std::string& name) {
   std::string names = Shell("virsh -q -c qemu:///system list --name");
   std::istringstream in(names);

@@ -64,6 +64,11 @@ class BerthdProcess {
   std::string dir_, base_url_, pool_, log_pool_, pool_dir_, log_dir_;
 };
 
+// Waits (at most timeout_ms) until the execution's domain, overlay and
+// console log are gone from the node: teardown runs after the answer.
+// Returns what is still there ("" when all is gone).
+std::string WaitForTeardown(const BerthdProcess& daemon, const std::string& execution_id, int timeout_ms = 20000);
+
 // True if `virsh list` shows a running domain with this name.
 bool DomainRunning(const std::string& name);
 // Names of volumes in a pool (after a refresh).
