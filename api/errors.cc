@@ -15,6 +15,7 @@ int HttpStatusFor(Code code) {
     case Code::kDeadlineExceeded: return 504;
     case Code::kUnavailable: return 503;
     case Code::kPermissionDenied: return 403;
+    case Code::kUnauthenticated: return 401;
     case Code::kAborted: return 409;
     case Code::kUnimplemented: return 501;
     case Code::kInternal: return 500;

@@ -13,6 +13,7 @@ const char* CodeName(Code code) {
     case Code::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
     case Code::kUnavailable: return "UNAVAILABLE";
     case Code::kPermissionDenied: return "PERMISSION_DENIED";
+    case Code::kUnauthenticated: return "UNAUTHENTICATED";
     case Code::kAborted: return "ABORTED";
     case Code::kUnimplemented: return "UNIMPLEMENTED";
     case Code::kInternal: return "INTERNAL";

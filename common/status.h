@@ -21,7 +21,8 @@ enum class Code {
   kResourceExhausted,   // no capacity, payload too large
   kDeadlineExceeded,    // a timeout fired
   kUnavailable,         // a dependency (libvirtd, a node) cannot be reached
-  kPermissionDenied,
+  kPermissionDenied,   // authenticated, but not allowed to do this
+  kUnauthenticated,    // no, malformed, unknown or revoked credentials
   kAborted,
   kUnimplemented,
   kInternal,            // a bug or an unexpected failure of the OS/libvirt
@@ -49,6 +50,8 @@ class [[nodiscard]] Status {
   static Status ResourceExhausted(std::string message) { return {Code::kResourceExhausted, std::move(message)}; }
   static Status Internal(std::string message) { return {Code::kInternal, std::move(message)}; }
   static Status Unimplemented(std::string message) { return {Code::kUnimplemented, std::move(message)}; }
+  static Status PermissionDenied(std::string message) { return {Code::kPermissionDenied, std::move(message)}; }
+  static Status Unauthenticated(std::string message) { return {Code::kUnauthenticated, std::move(message)}; }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

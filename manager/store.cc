@@ -9,14 +9,23 @@ namespace {
 
 using json = nlohmann::json;
 
+// The current schema (version 2: tenants and tokens; images and functions
+// keyed by tenant). Idempotent, so it also runs on every open.
 constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+  admin INTEGER NOT NULL, created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE INDEX IF NOT EXISTS tokens_by_tenant ON tokens(tenant, created_ms);
 CREATE TABLE IF NOT EXISTS images (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT NOT NULL, filesystem TEXT NOT NULL,
-  size_bytes INTEGER NOT NULL, virtual_size_bytes INTEGER NOT NULL, tenant TEXT NOT NULL,
-  created_ms INTEGER NOT NULL);
+  tenant TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, format TEXT NOT NULL, filesystem TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL, virtual_size_bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, id));
+CREATE INDEX IF NOT EXISTS images_by_id ON images(id);
 CREATE TABLE IF NOT EXISTS functions (
-  name TEXT PRIMARY KEY, tenant TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
-  image TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+  tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+  image TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (tenant, name));
+CREATE INDEX IF NOT EXISTS functions_by_image ON functions(image);
 CREATE TABLE IF NOT EXISTS executions (
   id TEXT PRIMARY KEY, function TEXT NOT NULL, function_version INTEGER NOT NULL,
   tenant TEXT NOT NULL, image TEXT NOT NULL, state TEXT NOT NULL, node TEXT NOT NULL,
@@ -25,9 +34,32 @@ CREATE TABLE IF NOT EXISTS executions (
   stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
   timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
+CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions(tenant, created_ms);
 CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
+)sql";
+
+// Version 1 -> 2, run inside one transaction around kSchema: the old images
+// (primary key id) and functions (primary key name) tables are set aside,
+// the new ones created by kSchema, the rows copied (they keep their tenant
+// column's value, "default" for everything an old berthd wrote), and the
+// tenants table filled from every tenant the data names.
+constexpr const char* kMigrateV1Before = R"sql(
+ALTER TABLE images RENAME TO images_v1;
+ALTER TABLE functions RENAME TO functions_v1;
+)sql";
+constexpr const char* kMigrateV1After = R"sql(
+INSERT INTO images(tenant, id, name, format, filesystem, size_bytes, virtual_size_bytes, created_ms)
+  SELECT tenant, id, name, format, filesystem, size_bytes, virtual_size_bytes, created_ms FROM images_v1;
+INSERT INTO functions(tenant, name, version, spec, image, created_ms, updated_ms)
+  SELECT tenant, name, version, spec, image, created_ms, updated_ms FROM functions_v1;
+INSERT OR IGNORE INTO tenants(name, created_ms)
+  SELECT tenant, MIN(created_ms) FROM (
+    SELECT tenant, created_ms FROM images_v1 UNION ALL SELECT tenant, created_ms FROM functions_v1
+    UNION ALL SELECT tenant, created_ms FROM executions) GROUP BY tenant;
+DROP TABLE images_v1;
+DROP TABLE functions_v1;
 )sql";
 
 // A prepared statement bound positionally; finalized on scope exit.
@@ -170,11 +202,44 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   sqlite3_busy_timeout(db, 5000);
   std::unique_ptr<Store> store(new Store(db));
   BERTH_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"));
-  BERTH_RETURN_IF_ERROR(store->Exec(kSchema));
+  BERTH_RETURN_IF_ERROR(store->Migrate().WithContext("migrating " + path));
   return store;
 }
 
 Store::~Store() { sqlite3_close(db_); }
+
+Result<int> Store::SchemaVersion() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "PRAGMA user_version");
+  if (st.Step() != SQLITE_ROW) return st.Error("reading schema version");
+  return static_cast<int>(st.Int(0));
+}
+
+Status Store::Migrate() {
+  BERTH_ASSIGN_OR_RETURN(int version, SchemaVersion());
+  if (version == 0) {
+    // Before versioning: a database with tables is version 1, else it is new.
+    Stmt st(db_, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'functions'");
+    if (st.Step() != SQLITE_ROW) return st.Error("inspecting schema");
+    version = st.Int(0) > 0 ? 1 : kSchemaVersion;
+  }
+  if (version > kSchemaVersion) {
+    return Status::FailedPrecondition("database schema version " + std::to_string(version) +
+                                      " is newer than this berthd understands (" + std::to_string(kSchemaVersion) +
+                                      ")");
+  }
+  std::string sql = "BEGIN IMMEDIATE;\n";
+  if (version == 1) sql += kMigrateV1Before;
+  sql += kSchema;
+  if (version == 1) sql += kMigrateV1After;
+  sql += "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";\nCOMMIT;";
+  Status s = Exec(sql);
+  if (!s.ok()) {
+    (void)Exec("ROLLBACK");
+    return s;
+  }
+  return Status::Ok();
+}
 
 Status Store::Exec(const std::string& sql) {
   char* err = nullptr;
@@ -215,19 +280,20 @@ constexpr const char* kImageSelect =
     "SELECT id, name, format, filesystem, size_bytes, virtual_size_bytes, tenant, created_ms FROM images";
 }  // namespace
 
-Result<ImageMeta> Store::GetImage(const std::string& id) {
+Result<ImageMeta> Store::GetImage(const std::string& tenant, const std::string& id) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, (std::string(kImageSelect) + " WHERE id = ?").c_str());
-  st.Bind(id);
+  Stmt st(db_, (std::string(kImageSelect) + " WHERE tenant = ? AND id = ?").c_str());
+  st.Bind(tenant).Bind(id);
   int rc = st.Step();
   if (rc == SQLITE_ROW) return ImageFromRow(st);
   if (rc == SQLITE_DONE) return Status::NotFound("image '" + id + "' does not exist");
   return st.Error("reading image");
 }
 
-Result<std::vector<ImageMeta>> Store::ListImages() {
+Result<std::vector<ImageMeta>> Store::ListImages(const std::string& tenant) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, (std::string(kImageSelect) + " ORDER BY created_ms").c_str());
+  Stmt st(db_, (std::string(kImageSelect) + " WHERE tenant = ? ORDER BY created_ms, id").c_str());
+  st.Bind(tenant);
   std::vector<ImageMeta> out;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ImageFromRow(st));
@@ -235,19 +301,27 @@ Result<std::vector<ImageMeta>> Store::ListImages() {
   return out;
 }
 
-Status Store::DeleteImage(const std::string& id) {
+Status Store::DeleteImage(const std::string& tenant, const std::string& id) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "DELETE FROM images WHERE id = ?");
-  st.Bind(id);
+  Stmt st(db_, "DELETE FROM images WHERE tenant = ? AND id = ?");
+  st.Bind(tenant).Bind(id);
   if (st.Step() != SQLITE_DONE) return st.Error("deleting image");
   if (sqlite3_changes(db_) == 0) return Status::NotFound("image '" + id + "' does not exist");
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> Store::FunctionsUsingImage(const std::string& image_id) {
+Result<int64_t> Store::ImageRecordCount(const std::string& id) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "SELECT name FROM functions WHERE image = ? ORDER BY name");
-  st.Bind(image_id);
+  Stmt st(db_, "SELECT count(*) FROM images WHERE id = ?");
+  st.Bind(id);
+  if (st.Step() != SQLITE_ROW) return st.Error("counting image records");
+  return st.Int(0);
+}
+
+Result<std::vector<std::string>> Store::FunctionsUsingImage(const std::string& tenant, const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT name FROM functions WHERE tenant = ? AND image = ? ORDER BY name");
+  st.Bind(tenant).Bind(image_id);
   std::vector<std::string> out;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Text(0));
@@ -266,30 +340,33 @@ Status Store::CreateFunction(const FunctionRecord& fn) {
   return Status::Ok();
 }
 
-Result<FunctionRecord> Store::UpdateFunction(const FunctionSpec& spec, int64_t now_ms) {
+Result<FunctionRecord> Store::UpdateFunction(const std::string& tenant, const FunctionSpec& spec, int64_t now_ms) {
   {
     std::lock_guard lock(mu_);
-    Stmt st(db_, "UPDATE functions SET version = version + 1, spec = ?, image = ?, updated_ms = ? WHERE name = ?");
-    st.Bind(SpecToJson(spec).dump()).Bind(spec.image).Bind(now_ms).Bind(spec.name);
+    Stmt st(db_,
+            "UPDATE functions SET version = version + 1, spec = ?, image = ?, updated_ms = ? "
+            "WHERE tenant = ? AND name = ?");
+    st.Bind(SpecToJson(spec).dump()).Bind(spec.image).Bind(now_ms).Bind(tenant).Bind(spec.name);
     if (st.Step() != SQLITE_DONE) return st.Error("updating function");
     if (sqlite3_changes(db_) == 0) return Status::NotFound("function '" + spec.name + "' does not exist");
   }
-  return GetFunction(spec.name);
+  return GetFunction(tenant, spec.name);
 }
 
-Result<FunctionRecord> Store::GetFunction(const std::string& name) {
+Result<FunctionRecord> Store::GetFunction(const std::string& tenant, const std::string& name) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions WHERE name = ?").c_str());
-  st.Bind(name);
+  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions WHERE tenant = ? AND name = ?").c_str());
+  st.Bind(tenant).Bind(name);
   int rc = st.Step();
   if (rc == SQLITE_ROW) return FunctionFromRow(st);
   if (rc == SQLITE_DONE) return Status::NotFound("function '" + name + "' does not exist");
   return st.Error("reading function");
 }
 
-Result<std::vector<FunctionRecord>> Store::ListFunctions() {
+Result<std::vector<FunctionRecord>> Store::ListFunctions(const std::string& tenant) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions ORDER BY name").c_str());
+  Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions WHERE tenant = ? ORDER BY name").c_str());
+  st.Bind(tenant);
   std::vector<FunctionRecord> out;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) out.push_back(FunctionFromRow(st));
@@ -297,13 +374,99 @@ Result<std::vector<FunctionRecord>> Store::ListFunctions() {
   return out;
 }
 
-Status Store::DeleteFunction(const std::string& name) {
+Status Store::DeleteFunction(const std::string& tenant, const std::string& name) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "DELETE FROM functions WHERE name = ?");
-  st.Bind(name);
+  Stmt st(db_, "DELETE FROM functions WHERE tenant = ? AND name = ?");
+  st.Bind(tenant).Bind(name);
   if (st.Step() != SQLITE_DONE) return st.Error("deleting function");
   if (sqlite3_changes(db_) == 0) return Status::NotFound("function '" + name + "' does not exist");
   return Status::Ok();
+}
+
+namespace {
+constexpr const char* kTokenSelect = "SELECT id, tenant, name, sha256, admin, created_ms, revoked_ms FROM tokens";
+TokenRecord TokenFromRow(const Stmt& st) {
+  TokenRecord t;
+  t.id = st.Text(0);
+  t.tenant = st.Text(1);
+  t.name = st.Text(2);
+  t.sha256 = st.Text(3);
+  t.admin = st.Int(4) != 0;
+  t.created_ms = st.Int(5);
+  if (!st.IsNull(6)) t.revoked_ms = st.Int(6);
+  return t;
+}
+}  // namespace
+
+Status Store::PutTenant(const std::string& name, int64_t now_ms) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT OR IGNORE INTO tenants(name, created_ms) VALUES (?, ?)");
+  st.Bind(name).Bind(now_ms);
+  if (st.Step() != SQLITE_DONE) return st.Error("storing tenant");
+  return Status::Ok();
+}
+
+Status Store::InsertToken(const TokenRecord& t) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT INTO tokens(id, tenant, name, sha256, admin, created_ms, revoked_ms) VALUES (?,?,?,?,?,?,?)");
+  st.Bind(t.id).Bind(t.tenant).Bind(t.name).Bind(t.sha256).Bind(int64_t{t.admin ? 1 : 0}).Bind(t.created_ms);
+  if (t.revoked_ms) {
+    st.Bind(*t.revoked_ms);
+  } else {
+    st.BindNull();
+  }
+  int rc = st.Step();
+  if (rc == SQLITE_CONSTRAINT) return Status::AlreadyExists("token '" + t.id + "' already exists");
+  if (rc != SQLITE_DONE) return st.Error("storing token");
+  return Status::Ok();
+}
+
+Result<TokenRecord> Store::FindTokenBySha256(const std::string& sha256) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kTokenSelect) + " WHERE sha256 = ?").c_str());
+  st.Bind(sha256);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return TokenFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("no such token");
+  return st.Error("reading token");
+}
+
+Result<TokenRecord> Store::GetToken(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kTokenSelect) + " WHERE id = ?").c_str());
+  st.Bind(id);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return TokenFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("token '" + id + "' does not exist");
+  return st.Error("reading token");
+}
+
+Result<std::vector<TokenRecord>> Store::ListTokens(const std::string& tenant) {
+  std::lock_guard lock(mu_);
+  std::string sql = std::string(kTokenSelect) + (tenant.empty() ? "" : " WHERE tenant = ?") + " ORDER BY created_ms, id";
+  Stmt st(db_, sql.c_str());
+  if (!tenant.empty()) st.Bind(tenant);
+  std::vector<TokenRecord> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(TokenFromRow(st));
+  if (rc != SQLITE_DONE) return st.Error("listing tokens");
+  return out;
+}
+
+Status Store::RevokeToken(const std::string& id, int64_t now_ms) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "UPDATE tokens SET revoked_ms = coalesce(revoked_ms, ?) WHERE id = ?");
+  st.Bind(now_ms).Bind(id);
+  if (st.Step() != SQLITE_DONE) return st.Error("revoking token");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("token '" + id + "' does not exist");
+  return Status::Ok();
+}
+
+Result<int64_t> Store::TokenCount() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT count(*) FROM tokens");
+  if (st.Step() != SQLITE_ROW) return st.Error("counting tokens");
+  return st.Int(0);
 }
 
 Result<int64_t> Store::NewPid() {
@@ -346,11 +509,13 @@ Result<ExecutionRecord> Store::GetExecution(const std::string& id) {
   return st.Error("reading execution");
 }
 
-Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& function, size_t limit) {
+Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& tenant, const std::string& function,
+                                                            size_t limit) {
   std::lock_guard lock(mu_);
-  std::string sql = std::string("SELECT ") + kExecCols + " FROM executions" +
-                    (function.empty() ? "" : " WHERE function = ?") + " ORDER BY created_ms DESC, pid DESC LIMIT ?";
+  std::string sql = std::string("SELECT ") + kExecCols + " FROM executions WHERE tenant = ?" +
+                    (function.empty() ? "" : " AND function = ?") + " ORDER BY created_ms DESC, pid DESC LIMIT ?";
   Stmt st(db_, sql.c_str());
+  st.Bind(tenant);
   if (!function.empty()) st.Bind(function);
   st.Bind(static_cast<int64_t>(limit));
   std::vector<ExecutionRecord> out;

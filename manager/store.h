@@ -25,20 +25,42 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Images.
-  Status PutImage(const ImageMeta& image);  // insert or keep existing (content-addressed)
-  Result<ImageMeta> GetImage(const std::string& id);
-  Result<std::vector<ImageMeta>> ListImages();
-  Status DeleteImage(const std::string& id);
-  // Functions referencing an image (an image in use cannot be deleted).
-  Result<std::vector<std::string>> FunctionsUsingImage(const std::string& image_id);
+  // The schema version this code writes (PRAGMA user_version). Version 1 is
+  // the pre-tenancy schema (user_version 0 with tables present); Open
+  // migrates older databases in place, in one transaction.
+  static constexpr int kSchemaVersion = 2;
+  Result<int> SchemaVersion();
 
-  // Functions. Create fails kAlreadyExists; Update bumps the version.
+  // Images: one record per (tenant, id); the file behind them is shared
+  // (content-addressed), so the same bytes uploaded by two tenants give two
+  // records and one file.
+  Status PutImage(const ImageMeta& image);  // insert, or keep the tenant's existing record
+  Result<ImageMeta> GetImage(const std::string& tenant, const std::string& id);
+  Result<std::vector<ImageMeta>> ListImages(const std::string& tenant);
+  Status DeleteImage(const std::string& tenant, const std::string& id);
+  // How many records (of any tenant) reference this image id.
+  Result<int64_t> ImageRecordCount(const std::string& id);
+  // The tenant's functions referencing an image (an image in use cannot be deleted).
+  Result<std::vector<std::string>> FunctionsUsingImage(const std::string& tenant, const std::string& image_id);
+
+  // Functions, unique per (tenant, name). Create fails kAlreadyExists; Update bumps the version.
   Status CreateFunction(const FunctionRecord& fn);
-  Result<FunctionRecord> UpdateFunction(const FunctionSpec& spec, int64_t now_ms);
-  Result<FunctionRecord> GetFunction(const std::string& name);
-  Result<std::vector<FunctionRecord>> ListFunctions();
-  Status DeleteFunction(const std::string& name);
+  Result<FunctionRecord> UpdateFunction(const std::string& tenant, const FunctionSpec& spec, int64_t now_ms);
+  Result<FunctionRecord> GetFunction(const std::string& tenant, const std::string& name);
+  Result<std::vector<FunctionRecord>> ListFunctions(const std::string& tenant);
+  Status DeleteFunction(const std::string& tenant, const std::string& name);
+
+  // Tenants and tokens.
+  Status PutTenant(const std::string& name, int64_t now_ms);  // insert or keep
+  Status InsertToken(const TokenRecord& token);
+  // The token whose secret hashes to sha256 (revoked ones too); NotFound otherwise.
+  Result<TokenRecord> FindTokenBySha256(const std::string& sha256);
+  Result<TokenRecord> GetToken(const std::string& id);
+  // All tokens ("" tenant) or one tenant's, oldest first.
+  Result<std::vector<TokenRecord>> ListTokens(const std::string& tenant);
+  // Sets revoked_ms (keeps an earlier revocation time). NotFound if unknown.
+  Status RevokeToken(const std::string& id, int64_t now_ms);
+  Result<int64_t> TokenCount();
 
   // Executions. NewPid hands out the next process id (monotonic, never reused).
   Result<int64_t> NewPid();
@@ -46,13 +68,16 @@ class Store {
   // Writes the full record; the caller has checked the state transition.
   Status UpdateExecution(const ExecutionRecord& ex);
   Result<ExecutionRecord> GetExecution(const std::string& id);
-  Result<std::vector<ExecutionRecord>> ListExecutions(const std::string& function, size_t limit);
+  // One tenant's executions ("" function: all of them), newest first.
+  Result<std::vector<ExecutionRecord>> ListExecutions(const std::string& tenant, const std::string& function,
+                                                       size_t limit);
   // Executions that were not terminal when berthd stopped (for reconciliation).
   Result<std::vector<ExecutionRecord>> ListUnfinishedExecutions();
 
  private:
   explicit Store(sqlite3* db) : db_(db) {}
   Status Exec(const std::string& sql);
+  Status Migrate();
 
   std::mutex mu_;
   sqlite3* db_;

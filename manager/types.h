@@ -14,6 +14,28 @@ namespace berth::manager {
 
 inline constexpr const char* kDefaultTenant = "default";
 
+// Who is calling: the tenant a token belongs to, the token's id, and whether
+// it is an admin token. Every Service method touching tenant data takes one;
+// objects of other tenants are invisible to it (NotFound, never "forbidden").
+// Admin tokens act within their own tenant and may also manage tokens.
+struct Principal {
+  std::string tenant = kDefaultTenant;
+  std::string token_id;
+  bool admin = false;
+};
+
+// An API token. Only the sha256 of its secret is stored; the secret itself is
+// shown once, when the token is created.
+struct TokenRecord {
+  std::string id;      // short random id, used to list and revoke
+  std::string tenant;
+  std::string name;    // human label
+  std::string sha256;  // hex digest of the secret
+  bool admin = false;
+  int64_t created_ms = 0;
+  std::optional<int64_t> revoked_ms;
+};
+
 struct FunctionSpec {
   std::string name;
   std::string image;                    // sha256 of a registered image

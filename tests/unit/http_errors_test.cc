@@ -24,6 +24,7 @@ TEST(HttpErrorsTest, HttpStatusForEveryCode) {
       {Code::kDeadlineExceeded, 504},
       {Code::kUnavailable, 503},
       {Code::kPermissionDenied, 403},
+      {Code::kUnauthenticated, 401},
       {Code::kAborted, 409},
       {Code::kUnimplemented, 501},
       {Code::kInternal, 500},
