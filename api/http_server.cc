@@ -32,6 +32,7 @@ MHD_Result Send(MHD_Connection* conn, const HttpResponse& r) {
   MHD_Response* resp =
       MHD_create_response_from_buffer(r.body.size(), const_cast<char*>(r.body.data()), MHD_RESPMEM_MUST_COPY);
   MHD_add_response_header(resp, "Content-Type", r.content_type.c_str());
+  if (r.status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"berth\"");
   MHD_Result ret = MHD_queue_response(conn, static_cast<unsigned>(r.status), resp);
   MHD_destroy_response(resp);
   return ret;
@@ -74,10 +75,17 @@ struct HttpServer::Impl {
       st->request.path = url;
       MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND,
                                 reinterpret_cast<MHD_KeyValueIterator>(&CollectQuery), &st->request.query);
+      if (const char* auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)) {
+        st->request.authorization = auth;
+      }
       int miss = 404;
       st->route = self->router_.Match(st->request.method, st->request.path, &st->request.params, &miss);
+      Status auth;
+      if (st->route) auth = Guarded("authorize", [&] { return self->router_.Authorize(*st->route, &st->request); });
       if (!st->route) {
         st->early = MissResponse(st->request.method, st->request.path, miss);
+      } else if (!auth.ok()) {
+        st->early = ErrorResponse(auth);
       } else if (st->route->sink) {
         auto sink = Guarded("sink factory", [&]() -> Result<std::unique_ptr<BodySink>> { return st->route->sink(st->request); });
         if (sink.ok()) {
@@ -137,6 +145,7 @@ HttpResponse HttpServer::Dispatch(HttpRequest request) const {
   std::map<std::string, std::string> params;
   const Route* route = router_.Match(request.method, request.path, &params, &miss);
   if (!route) return MissResponse(request.method, request.path, miss);
+  if (Status s = router_.Authorize(*route, &request); !s.ok()) return ErrorResponse(s);
   if (!route->handler) {
     return ErrorResponse(Status::InvalidArgument("body", "this endpoint takes a streamed body; send it over HTTP"));
   }

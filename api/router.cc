@@ -50,10 +50,45 @@ const Route* Router::Match(const std::string& method, const std::string& path,
   return nullptr;
 }
 
+std::string BearerToken(const std::string& authorization) {
+  constexpr size_t kScheme = 7;  // "Bearer "
+  if (authorization.size() <= kScheme) return "";
+  std::string scheme = authorization.substr(0, kScheme);
+  for (auto& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (scheme != "bearer ") return "";
+  std::string token = authorization.substr(kScheme);
+  while (!token.empty() && token.front() == ' ') token.erase(0, 1);
+  while (!token.empty() && token.back() == ' ') token.pop_back();
+  for (char c : token) {
+    if (c <= ' ' || c > '~') return "";
+  }
+  return token;
+}
+
+Status Router::Authorize(const Route& route, HttpRequest* request) const {
+  if (route.is_public || !authenticator_) return Status::Ok();
+  if (request->authorization.empty()) {
+    return Status::Unauthenticated("missing Authorization header; send 'Authorization: Bearer <token>'");
+  }
+  std::string token = BearerToken(request->authorization);
+  if (token.empty()) return Status::Unauthenticated("malformed Authorization header; expected 'Bearer <token>'");
+  auto caller = authenticator_(token);
+  if (!caller.ok()) {
+    if (caller.status().code() == Code::kUnauthenticated) return caller.status();
+    return caller.status().WithContext("authenticating");
+  }
+  request->caller = std::move(*caller);
+  return Status::Ok();
+}
+
 std::string Router::OpenApiJson() const {
   nlohmann::json doc = {{"openapi", "3.0.3"},
                         {"info", {{"title", "berth API"}, {"version", "1"}}},
                         {"paths", nlohmann::json::object()}};
+  if (authenticator_) {
+    doc["components"] = {{"securitySchemes", {{"bearerAuth", {{"type", "http"}, {"scheme", "bearer"}}}}}};
+    doc["security"] = nlohmann::json::array({{{"bearerAuth", nlohmann::json::array()}}});
+  }
   for (const auto& r : routes_) {
     std::string method = r.method;
     for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -69,6 +104,13 @@ std::string Router::OpenApiJson() const {
       }
     }
     if (!params.empty()) op["parameters"] = params;
+    if (authenticator_) {
+      if (r.is_public) {
+        op["security"] = nlohmann::json::array();
+      } else {
+        op["responses"]["401"] = {{"description", "missing, malformed, unknown or revoked bearer token"}};
+      }
+    }
     if (r.sink) {
       op["requestBody"] = {{"content", {{"application/octet-stream", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}};
     }

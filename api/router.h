@@ -14,12 +14,21 @@
 
 namespace berth::api {
 
+// Who sent a request, as the authenticator established it.
+struct Caller {
+  std::string tenant;
+  std::string token_id;
+  bool admin = false;
+};
+
 struct HttpRequest {
   std::string method;
   std::string path;
   std::map<std::string, std::string> query;
   std::map<std::string, std::string> params;  // from {placeholders} in the pattern
   std::string body;
+  std::string authorization;  // the Authorization header, as sent
+  Caller caller;              // filled in before a non-public route's handler runs
 };
 
 struct HttpResponse {
@@ -48,7 +57,15 @@ struct Route {
   Handler handler;      // set for buffered routes
   SinkFactory sink;     // set for streaming routes
   int success_status = 200;
+  bool is_public = false;  // true: served without credentials (only /v1/health)
 };
+
+// Turns a bearer token into the caller, or fails (kUnauthenticated -> 401).
+using Authenticator = std::function<Result<Caller>(const std::string& bearer)>;
+
+// Extracts the token of "Bearer <token>" (scheme case-insensitive); "" when
+// the header is missing or malformed.
+std::string BearerToken(const std::string& authorization);
 
 class Router {
  public:
@@ -58,11 +75,17 @@ class Router {
   const Route* Match(const std::string& method, const std::string& path,
                      std::map<std::string, std::string>* params, int* miss_status) const;
   const std::vector<Route>& routes() const { return routes_; }
+  // Without an authenticator every route is served without credentials.
+  void set_authenticator(Authenticator a) { authenticator_ = std::move(a); }
+  // Authenticates `request` for `route` (filling request->caller), unless the
+  // route is public or no authenticator is set. The one place auth happens.
+  Status Authorize(const Route& route, HttpRequest* request) const;
   // OpenAPI 3 document of all routes.
   std::string OpenApiJson() const;
 
  private:
   std::vector<Route> routes_;
+  Authenticator authenticator_;
 };
 
 }  // namespace berth::api

@@ -129,6 +129,20 @@ Result<manager::InvokeRequest> ParseInvoke(const std::string& body) {
   return req;
 }
 
+manager::Principal Who(const HttpRequest& req) {
+  return manager::Principal{req.caller.tenant, req.caller.token_id, req.caller.admin};
+}
+
+json TokenJson(const manager::TokenRecord& t) {
+  return {{"id", t.id},
+          {"tenant", t.tenant},
+          {"name", t.name},
+          {"admin", t.admin},
+          {"created_ms", t.created_ms},
+          {"revoked", t.revoked_ms.has_value()},
+          {"revoked_ms", t.revoked_ms ? json(*t.revoked_ms) : json(nullptr)}};
+}
+
 template <typename T, typename Render>
 HttpResponse Respond(const Result<T>& result, int status, Render render) {
   if (!result.ok()) return ErrorResponse(result.status());
@@ -137,15 +151,17 @@ HttpResponse Respond(const Result<T>& result, int status, Render render) {
 
 class ImageUploadSink final : public BodySink {
  public:
-  ImageUploadSink(manager::Service& svc, std::unique_ptr<images::ImageUpload> upload, std::string name)
-      : svc_(svc), upload_(std::move(upload)), name_(std::move(name)) {}
+  ImageUploadSink(manager::Service& svc, manager::Principal caller, std::unique_ptr<images::ImageUpload> upload,
+                  std::string name)
+      : svc_(svc), caller_(std::move(caller)), upload_(std::move(upload)), name_(std::move(name)) {}
   Status Append(std::string_view chunk) override { return upload_->Append(chunk); }
   HttpResponse Finish() override {
-    return Respond(svc_.CommitImageUpload(std::move(upload_), name_), 201, ImageJson);
+    return Respond(svc_.CommitImageUpload(caller_, std::move(upload_), name_), 201, ImageJson);
   }
 
  private:
   manager::Service& svc_;
+  manager::Principal caller_;
   std::unique_ptr<images::ImageUpload> upload_;
   std::string name_;
 };
@@ -154,7 +170,12 @@ class ImageUploadSink final : public BodySink {
 
 Router BuildRouter(manager::Service& svc) {
   Router router;
-  router.Add({"GET", "/v1/health", "Liveness and node status", [&svc](const HttpRequest&) {
+  router.set_authenticator([&svc](const std::string& bearer) -> Result<Caller> {
+    auto p = svc.Authenticate(bearer);
+    if (!p.ok()) return p.status();
+    return Caller{p->tenant, p->token_id, p->admin};
+  });
+  Route health{"GET", "/v1/health", "Liveness and node status (no credentials needed)", [&svc](const HttpRequest&) {
                 auto h = svc.Health();
                 json j = {{"status", h.libvirt_ok ? "ok" : "degraded"},
                           {"node", h.node},
@@ -163,7 +184,9 @@ Router BuildRouter(manager::Service& svc) {
                           {"libvirt", h.libvirt_ok ? "connected" : h.libvirt_error},
                           {"kernel", h.kernel_version}};
                 return Json(h.libvirt_ok ? 200 : 503, j);
-              }});
+              }};
+  health.is_public = true;
+  router.Add(std::move(health));
 
   Route upload{"POST", "/v1/images", "Upload a disk image (raw ext2/3/4 or self-contained qcow2) as the body"};
   upload.success_status = 201;
@@ -172,55 +195,55 @@ Router BuildRouter(manager::Service& svc) {
     if (auto it = req.query.find("name"); it != req.query.end()) name = it->second;
     if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
     BERTH_ASSIGN_OR_RETURN(auto up, svc.BeginImageUpload());
-    return std::unique_ptr<BodySink>(new ImageUploadSink(svc, std::move(up), name));
+    return std::unique_ptr<BodySink>(new ImageUploadSink(svc, Who(req), std::move(up), name));
   };
   router.Add(std::move(upload));
-  router.Add({"GET", "/v1/images", "List images", [&svc](const HttpRequest&) {
-                return Respond(svc.ListImages(), 200, [](const auto& v) {
+  router.Add({"GET", "/v1/images", "List images", [&svc](const HttpRequest& req) {
+                return Respond(svc.ListImages(Who(req)), 200, [](const auto& v) {
                   json arr = json::array();
                   for (const auto& m : v) arr.push_back(ImageJson(m));
                   return json{{"images", arr}};
                 });
               }});
   router.Add({"GET", "/v1/images/{id}", "Inspect an image", [&svc](const HttpRequest& req) {
-                return Respond(svc.GetImage(req.params.at("id")), 200, ImageJson);
+                return Respond(svc.GetImage(Who(req), req.params.at("id")), 200, ImageJson);
               }});
   router.Add({"DELETE", "/v1/images/{id}", "Delete an image no function uses", [&svc](const HttpRequest& req) {
-                Status s = svc.DeleteImage(req.params.at("id"));
+                Status s = svc.DeleteImage(Who(req), req.params.at("id"));
                 return s.ok() ? Json(200, {{"deleted", req.params.at("id")}}) : ErrorResponse(s);
               }});
 
   Route create{"POST", "/v1/functions", "Register a function", [&svc](const HttpRequest& req) {
                  auto spec = ParseFunctionSpec(req.body, nullptr);
                  if (!spec.ok()) return ErrorResponse(spec.status());
-                 return Respond(svc.CreateFunction(*spec), 201, FunctionJson);
+                 return Respond(svc.CreateFunction(Who(req), *spec), 201, FunctionJson);
                }};
   create.success_status = 201;
   router.Add(std::move(create));
-  router.Add({"GET", "/v1/functions", "List functions", [&svc](const HttpRequest&) {
-                return Respond(svc.ListFunctions(), 200, [](const auto& v) {
+  router.Add({"GET", "/v1/functions", "List functions", [&svc](const HttpRequest& req) {
+                return Respond(svc.ListFunctions(Who(req)), 200, [](const auto& v) {
                   json arr = json::array();
                   for (const auto& f : v) arr.push_back(FunctionJson(f));
                   return json{{"functions", arr}};
                 });
               }});
   router.Add({"GET", "/v1/functions/{name}", "Get a function", [&svc](const HttpRequest& req) {
-                return Respond(svc.GetFunction(req.params.at("name")), 200, FunctionJson);
+                return Respond(svc.GetFunction(Who(req), req.params.at("name")), 200, FunctionJson);
               }});
   router.Add({"PUT", "/v1/functions/{name}", "Update a function (new version)", [&svc](const HttpRequest& req) {
                 auto spec = ParseFunctionSpec(req.body, &req.params.at("name"));
                 if (!spec.ok()) return ErrorResponse(spec.status());
-                return Respond(svc.UpdateFunction(*spec), 200, FunctionJson);
+                return Respond(svc.UpdateFunction(Who(req), *spec), 200, FunctionJson);
               }});
   router.Add({"DELETE", "/v1/functions/{name}", "Delete a function", [&svc](const HttpRequest& req) {
-                Status s = svc.DeleteFunction(req.params.at("name"));
+                Status s = svc.DeleteFunction(Who(req), req.params.at("name"));
                 return s.ok() ? Json(200, {{"deleted", req.params.at("name")}}) : ErrorResponse(s);
               }});
   router.Add({"POST", "/v1/functions/{name}/invoke", "Invoke synchronously; answers when the execution ended",
               [&svc](const HttpRequest& req) {
                 auto inv = ParseInvoke(req.body);
                 if (!inv.ok()) return ErrorResponse(inv.status());
-                auto ex = svc.Invoke(req.params.at("name"), *inv);
+                auto ex = svc.Invoke(Who(req), req.params.at("name"), *inv);
                 if (!ex.ok()) return ErrorResponse(ex.status());
                 return ExecutionResponse(*ex);
               }});
@@ -238,14 +261,46 @@ Router BuildRouter(manager::Service& svc) {
                 }
                 std::string fn;
                 if (auto it = req.query.find("function"); it != req.query.end()) fn = it->second;
-                return Respond(svc.ListExecutions(fn, limit), 200, [](const auto& v) {
+                return Respond(svc.ListExecutions(Who(req), fn, limit), 200, [](const auto& v) {
                   json arr = json::array();
                   for (const auto& e : v) arr.push_back(ExecutionJson(e));
                   return json{{"executions", arr}};
                 });
               }});
   router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {
-                return Respond(svc.GetExecution(req.params.at("id")), 200, ExecutionJson);
+                return Respond(svc.GetExecution(Who(req), req.params.at("id")), 200, ExecutionJson);
+              }});
+
+  Route create_token{"POST", "/v1/tokens",
+                     "Create a token for a tenant {tenant, name} (admin only; the secret is answered once)",
+                     [&svc](const HttpRequest& req) {
+                       auto j = ParseJsonObject(req.body);
+                       if (!j.ok()) return ErrorResponse(j.status());
+                       FieldReader r(*j);
+                       std::string tenant, name;
+                       Status s = r.String("tenant", &tenant, true);
+                       if (s.ok()) s = r.String("name", &name);
+                       if (s.ok()) s = r.NoUnknownFields();
+                       if (!s.ok()) return ErrorResponse(s);
+                       auto created = svc.CreateToken(Who(req), tenant, name);
+                       if (!created.ok()) return ErrorResponse(created.status());
+                       json out = TokenJson(created->record);
+                       out["token"] = created->secret;
+                       return Json(201, out);
+                     }};
+  create_token.success_status = 201;
+  router.Add(std::move(create_token));
+  router.Add({"GET", "/v1/tokens", "List tokens (admin: all; others: their tenant's); never secrets",
+              [&svc](const HttpRequest& req) {
+                return Respond(svc.ListTokens(Who(req)), 200, [](const auto& v) {
+                  json arr = json::array();
+                  for (const auto& t : v) arr.push_back(TokenJson(t));
+                  return json{{"tokens", arr}};
+                });
+              }});
+  router.Add({"DELETE", "/v1/tokens/{id}", "Revoke a token (admin: any; others: their tenant's)",
+              [&svc](const HttpRequest& req) {
+                return Respond(svc.RevokeToken(Who(req), req.params.at("id")), 200, TokenJson);
               }});
   return router;
 }

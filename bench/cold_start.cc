@@ -119,12 +119,16 @@ size_t Collect(char* data, size_t size, size_t n, void* out) {
 
 int AbortOnStop(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return g_stop.load() ? 1 : 0; }
 
+// berthd's admin token (read from <data dir>/admin.token once berthd is up).
+std::string g_token;
+
 HttpResult Http(const std::string& method, const std::string& url, const std::string& body = {},
                 const std::string& content_type = "application/json") {
   HttpResult result;
   CURL* curl = curl_easy_init();
   if (!curl) Fail("curl_easy_init failed");
   curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
+  if (!g_token.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + g_token).c_str());
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
@@ -391,6 +395,8 @@ void ColdStartBench::StartBerthd() {
     if (!port.empty() && port.back() == '\n') {
       base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
       if (Http("GET", base_url_ + "/v1/health").status == 200) {
+        g_token = ReadAll(tmp_dir_ + "/data/admin.token");
+        while (!g_token.empty() && (g_token.back() == '\n' || g_token.back() == ' ')) g_token.pop_back();
         std::printf("berthd %s (pid %d, pools %s, %s)\n", base_url_.c_str(), berthd_pid_, pool_.c_str(),
                     log_pool_.c_str());
         return;

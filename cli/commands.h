@@ -11,7 +11,7 @@ namespace berth::cli {
 // `berth image build|inspect` (cli/image_commands.cc).
 void AddImageCommands(CLI::App& app, int& exit_code);
 
-// `berth image push|ls`, `berth fn ...`, `berth invoke`, `berth ps`: HTTP
+// `berth image push|ls`, `berth fn ...`, `berth invoke`, `berth ps`, `berth token ...`: HTTP
 // commands against berthd (cli/remote_commands.cc). Call after AddImageCommands.
 void AddRemoteCommands(CLI::App& app, int& exit_code);
 

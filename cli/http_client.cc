@@ -38,20 +38,25 @@ CURL* Init(const std::string& url) {
   return curl;
 }
 
+curl_slist* WithAuth(curl_slist* headers, const std::string& token) {
+  if (token.empty()) return headers;
+  return curl_slist_append(headers, ("Authorization: Bearer " + token).c_str());
+}
+
 }  // namespace
 
-HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& body,
-                      const std::string& content_type) {
+HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& token,
+                      const std::string& body, const std::string& content_type) {
   CURL* curl = Init(url);
   curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
   if (method == "POST" || method == "PUT") {
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   }
-  return Perform(curl, curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str()));
+  return Perform(curl, WithAuth(curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str()), token));
 }
 
-HttpReply HttpUploadFile(const std::string& url, const std::string& path) {
+HttpReply HttpUploadFile(const std::string& url, const std::string& token, const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return {0, "", "cannot open " + path};
   std::fseek(f, 0, SEEK_END);
@@ -63,6 +68,7 @@ HttpReply HttpUploadFile(const std::string& url, const std::string& path) {
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(size));
   auto* headers = curl_slist_append(nullptr, "Content-Type: application/octet-stream");
   headers = curl_slist_append(headers, "Expect:");
+  headers = WithAuth(headers, token);
   HttpReply reply = Perform(curl, headers);
   std::fclose(f);
   return reply;

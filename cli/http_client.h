@@ -11,9 +11,10 @@ struct HttpReply {
   std::string error;   // transport error, when status == 0
 };
 
-HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& body = {},
-                      const std::string& content_type = "application/json");
+// `token` (when not empty) is sent as "Authorization: Bearer <token>".
+HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& token,
+                      const std::string& body = {}, const std::string& content_type = "application/json");
 // Streams a file as the request body (image uploads never sit in memory).
-HttpReply HttpUploadFile(const std::string& url, const std::string& path);
+HttpReply HttpUploadFile(const std::string& url, const std::string& token, const std::string& path);
 
 }  // namespace berth::cli

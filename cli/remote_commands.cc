@@ -15,8 +15,28 @@ namespace {
 
 using json = nlohmann::json;
 
+constexpr const char* kDefaultTokenFile = "/var/lib/berth/admin.token";
+
 struct Remote {
   std::string api = "http://127.0.0.1:8470";
+  std::string token;  // --token or BERTH_TOKEN
+
+  // The token to send: --token, else $BERTH_TOKEN, else the local admin
+  // token file when it is readable, else none (berthd answers 401).
+  std::string Token() const {
+    if (!token.empty()) return token;
+    std::ifstream in(kDefaultTokenFile);
+    std::string t;
+    if (in) std::getline(in, t);
+    while (!t.empty() && (t.back() == '\r' || t.back() == ' ')) t.pop_back();
+    return t;
+  }
+  HttpReply Call(const std::string& method, const std::string& path, const std::string& body = {}) const {
+    return HttpRequest(method, api + path, Token(), body);
+  }
+  HttpReply Upload(const std::string& path, const std::string& file) const {
+    return HttpUploadFile(api + path, Token(), file);
+  }
 };
 
 // Prints an API error (or a transport failure) on stderr; returns an exit code.
@@ -24,6 +44,10 @@ int Fail(const HttpReply& r) {
   if (r.status == 0) {
     std::cerr << "berth: cannot reach berthd: " << r.error << " (is berthd running? see --api / BERTH_API)\n";
     return 1;
+  }
+  if (r.status == 401) {
+    std::cerr << "berth: not authenticated (pass --token, set BERTH_TOKEN, or make " << kDefaultTokenFile
+              << " readable)\n";
   }
   auto j = json::parse(r.body, nullptr, false);
   if (j.is_object() && j.contains("error")) {
@@ -47,8 +71,12 @@ int PrintJson(const HttpReply& r) {
 
 void AddRemoteCommands(CLI::App& app, int& exit_code) {
   auto remote = std::make_shared<Remote>();
+  if (const char* env = std::getenv("BERTH_URL")) remote->api = env;
   if (const char* env = std::getenv("BERTH_API")) remote->api = env;
-  app.add_option("--api", remote->api, "berthd address (env BERTH_API)")->capture_default_str();
+  if (const char* env = std::getenv("BERTH_TOKEN")) remote->token = env;
+  app.add_option("--api", remote->api, "berthd address (env BERTH_API or BERTH_URL)")->capture_default_str();
+  app.add_option("--token", remote->token,
+                 std::string("API token (env BERTH_TOKEN; default: ") + kDefaultTokenFile + " if readable)");
 
   // image push / ls (the image group itself is made by AddImageCommands).
   CLI::App* image = app.get_subcommand("image");
@@ -58,10 +86,10 @@ void AddRemoteCommands(CLI::App& app, int& exit_code) {
   push->add_option("file", *push_file, "qcow2 or raw ext4 image")->required()->check(CLI::ExistingFile);
   push->add_option("--name", *push_name, "Human-readable name");
   push->callback([=, &exit_code] {
-    exit_code = PrintJson(HttpUploadFile(remote->api + "/v1/images?name=" + *push_name, *push_file));
+    exit_code = PrintJson(remote->Upload("/v1/images?name=" + *push_name, *push_file));
   });
   image->add_subcommand("ls", "List images")->callback([=, &exit_code] {
-    exit_code = PrintJson(HttpRequest("GET", remote->api + "/v1/images"));
+    exit_code = PrintJson(remote->Call("GET", "/v1/images"));
   });
 
   // fn create / update / ls / get / rm
@@ -102,20 +130,20 @@ void AddRemoteCommands(CLI::App& app, int& exit_code) {
         env[kv.substr(0, eq)] = kv.substr(eq + 1);
       }
       if (!env.empty()) spec["env"] = env;
-      exit_code = create ? PrintJson(HttpRequest("POST", remote->api + "/v1/functions", spec.dump()))
-                         : PrintJson(HttpRequest("PUT", remote->api + "/v1/functions/" + fa->name, spec.dump()));
+      exit_code = create ? PrintJson(remote->Call("POST", "/v1/functions", spec.dump()))
+                         : PrintJson(remote->Call("PUT", "/v1/functions/" + fa->name, spec.dump()));
     });
   }
   fn->add_subcommand("ls", "List functions")->callback([=, &exit_code] {
-    exit_code = PrintJson(HttpRequest("GET", remote->api + "/v1/functions"));
+    exit_code = PrintJson(remote->Call("GET", "/v1/functions"));
   });
   auto fn_name = std::make_shared<std::string>();
   auto* get = fn->add_subcommand("get", "Show a function");
   get->add_option("name", *fn_name)->required();
-  get->callback([=, &exit_code] { exit_code = PrintJson(HttpRequest("GET", remote->api + "/v1/functions/" + *fn_name)); });
+  get->callback([=, &exit_code] { exit_code = PrintJson(remote->Call("GET", "/v1/functions/" + *fn_name)); });
   auto* rm = fn->add_subcommand("rm", "Delete a function");
   rm->add_option("name", *fn_name)->required();
-  rm->callback([=, &exit_code] { exit_code = PrintJson(HttpRequest("DELETE", remote->api + "/v1/functions/" + *fn_name)); });
+  rm->callback([=, &exit_code] { exit_code = PrintJson(remote->Call("DELETE", "/v1/functions/" + *fn_name)); });
 
   // invoke NAME [ARGS...]: stdout/stderr of the command on ours, its exit code as ours.
   struct InvokeArgs {
@@ -141,7 +169,7 @@ void AddRemoteCommands(CLI::App& app, int& exit_code) {
       }
       body["stdin"] = ss.str();
     }
-    auto r = HttpRequest("POST", remote->api + "/v1/functions/" + ia->name + "/invoke", body.dump());
+    auto r = remote->Call("POST", "/v1/functions/" + ia->name + "/invoke", body.dump());
     if (ia->json_out) {
       exit_code = PrintJson(r);
       return;
@@ -158,12 +186,45 @@ void AddRemoteCommands(CLI::App& app, int& exit_code) {
     exit_code = j["exit_code"].is_number() ? j["exit_code"].get<int>() : 1;
   });
 
+  // token create / ls / rm
+  auto* token = app.add_subcommand("token", "Manage API tokens");
+  token->require_subcommand(1);
+  struct TokenArgs {
+    std::string tenant, name, id;
+  };
+  auto ta = std::make_shared<TokenArgs>();
+  auto* tcreate = token->add_subcommand("create", "Create a token for a tenant (admin only; prints the secret once)");
+  tcreate->add_option("tenant", ta->tenant, "Tenant (created if new)")->required();
+  tcreate->add_option("--name", ta->name, "Label of the token");
+  tcreate->callback([=, &exit_code] {
+    json body = {{"tenant", ta->tenant}};
+    if (!ta->name.empty()) body["name"] = ta->name;
+    exit_code = PrintJson(remote->Call("POST", "/v1/tokens", body.dump()));
+  });
+  token->add_subcommand("ls", "List tokens (never their secrets)")->callback([=, &exit_code] {
+    auto r = remote->Call("GET", "/v1/tokens");
+    if (r.status != 200) {
+      exit_code = Fail(r);
+      return;
+    }
+    std::printf("%-14s %-20s %-20s %-6s %s\n", "ID", "TENANT", "NAME", "ADMIN", "STATE");
+    const json list = json::parse(r.body, nullptr, false);
+    for (const auto& t : list.value("tokens", json::array())) {
+      std::printf("%-14s %-20s %-20s %-6s %s\n", t.value("id", "").c_str(), t.value("tenant", "").c_str(),
+                  t.value("name", "").c_str(), t.value("admin", false) ? "yes" : "no",
+                  t.value("revoked", false) ? "revoked" : "active");
+    }
+  });
+  auto* trm = token->add_subcommand("rm", "Revoke a token");
+  trm->add_option("id", ta->id)->required();
+  trm->callback([=, &exit_code] { exit_code = PrintJson(remote->Call("DELETE", "/v1/tokens/" + ta->id)); });
+
   // ps: executions, newest first.
   auto limit = std::make_shared<int>(20);
   auto* ps = app.add_subcommand("ps", "List executions (newest first)");
   ps->add_option("-n,--limit", *limit)->capture_default_str();
   ps->callback([=, &exit_code] {
-    auto r = HttpRequest("GET", remote->api + "/v1/executions?limit=" + std::to_string(*limit));
+    auto r = remote->Call("GET", "/v1/executions?limit=" + std::to_string(*limit));
     if (r.status != 200) {
       exit_code = Fail(r);
       return;

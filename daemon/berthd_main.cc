@@ -46,6 +46,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "berthd: %s\n", service.status().message().c_str());
     return 1;
   }
+  auto created = (*service)->EnsureAdminToken();
+  if (!created.ok()) {
+    std::fprintf(stderr, "berthd: creating the admin token: %s\n", created.status().message().c_str());
+    return 1;
+  }
+  if (*created) {
+    spdlog::info("admin token created; it is in {} (mode 0600)", (*service)->admin_token_path());
+  } else {
+    spdlog::info("API tokens exist; the first admin token was written to {}", (*service)->admin_token_path());
+  }
   berth::api::HttpServer server(berth::api::BuildRouter(**service), http);
   if (auto s = server.Start(); !s.ok()) {
     std::fprintf(stderr, "berthd: %s\n", s.message().c_str());

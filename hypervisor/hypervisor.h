@@ -93,6 +93,11 @@ class Hypervisor {
   // Names of running domains that start with `prefix`.
   virtual Result<std::vector<std::string>> ListDomains(const std::string& prefix) = 0;
   virtual Result<std::string> GetDomainXml(const std::string& name) = 0;
+  // Saves a running domain's memory and device state to `path` on the node
+  // (virDomainSave); the domain stops. The file is a libvirt save image.
+  virtual Status SaveDomain(const std::string& name, const std::string& path) = 0;
+  // Starts a domain from a save image on the node (virDomainRestore), running.
+  virtual Status RestoreDomain(const std::string& path) = 0;
   // kNotFound once a transient domain is gone.
   virtual Result<DomainState> GetDomainState(const std::string& name) = 0;
   virtual Result<std::unique_ptr<AgentChannel>> OpenAgentChannel(const std::string& domain,

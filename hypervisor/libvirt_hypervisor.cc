@@ -384,6 +384,22 @@ class LibvirtHypervisor final : public Hypervisor {
     return TakeString(xml);
   }
 
+  Status SaveDomain(const std::string& name, const std::string& path) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    if (virDomainSave(dom.get(), path.c_str()) < 0) return LastLibvirtError("saving domain '" + name + "'");
+    return Status::Ok();
+  }
+
+  Status RestoreDomain(const std::string& path) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    if (virDomainRestoreFlags(conn.get(), path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
+      return LastLibvirtError("restoring " + path);
+    }
+    return Status::Ok();
+  }
+
   Result<DomainState> GetDomainState(const std::string& name) override {
     BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
     DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));

@@ -4,6 +4,7 @@
 
 #include <cctype>
 
+#include "common/ids.h"
 #include "common/sha256.h"
 #include "hypervisor/domain_xml.h"
 
@@ -32,21 +33,28 @@ ImageMeta MetaFrom(const images::ImageRecord& r, const std::string& name, int64_
 
 }  // namespace
 
-Status ValidateFunctionName(const std::string& name) {
+namespace {
+Status ValidateName(const char* field, const std::string& name) {
   if (name.empty() || name.size() > 63) {
-    return Status::InvalidArgument("name", "must be 1 to 63 characters");
+    return Status::InvalidArgument(field, "must be 1 to 63 characters");
   }
   if (!std::islower(static_cast<unsigned char>(name[0])) && !std::isdigit(static_cast<unsigned char>(name[0]))) {
-    return Status::InvalidArgument("name", "must start with a lowercase letter or digit");
+    return Status::InvalidArgument(field, "must start with a lowercase letter or digit");
   }
   for (char c : name) {
     if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-' ||
           c == '_')) {
-      return Status::InvalidArgument("name", "may contain only lowercase letters, digits, '-' and '_'");
+      return Status::InvalidArgument(field, "may contain only lowercase letters, digits, '-' and '_'");
     }
   }
   return Status::Ok();
 }
+}  // namespace
+
+Status ValidateFunctionName(const std::string& name) { return ValidateName("name", name); }
+Status ValidateTenantName(const std::string& name) { return ValidateName("tenant", name); }
+
+std::string NewTokenSecret() { return "brt_" + RandomHex(40); }
 
 Status ValidateFunctionSpec(const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(spec.name));
@@ -138,80 +146,163 @@ Status Service::Reconcile() {
   return Status::Ok();
 }
 
+Result<Principal> Service::Authenticate(const std::string& bearer) {
+  if (bearer.empty()) return Status::Unauthenticated("missing bearer token");
+  auto token = store_->FindTokenBySha256(Sha256::HexOf(bearer));
+  if (!token.ok()) {
+    if (token.status().code() == Code::kNotFound) return Status::Unauthenticated("unknown token");
+    return token.status();
+  }
+  if (token->revoked_ms) return Status::Unauthenticated("token has been revoked");
+  return Principal{token->tenant, token->id, token->admin};
+}
+
+Result<CreatedToken> Service::CreateToken(const Principal& caller, const std::string& tenant, const std::string& name) {
+  if (!caller.admin) return Status::PermissionDenied("only an admin token may create tokens");
+  BERTH_RETURN_IF_ERROR(ValidateTenantName(tenant));
+  if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
+  int64_t now = env_->NowUnixMs();
+  BERTH_RETURN_IF_ERROR(store_->PutTenant(tenant, now));
+  CreatedToken out;
+  out.secret = NewTokenSecret();
+  out.record.id = RandomHex(12);
+  out.record.tenant = tenant;
+  out.record.name = name;
+  out.record.sha256 = Sha256::HexOf(out.secret);
+  out.record.admin = false;
+  out.record.created_ms = now;
+  BERTH_RETURN_IF_ERROR(store_->InsertToken(out.record));
+  spdlog::info("token {} created for tenant {} by token {}", out.record.id, tenant, caller.token_id);
+  return out;
+}
+
+Result<std::vector<TokenRecord>> Service::ListTokens(const Principal& caller) {
+  return store_->ListTokens(caller.admin ? "" : caller.tenant);
+}
+
+Result<TokenRecord> Service::RevokeToken(const Principal& caller, const std::string& id) {
+  auto token = store_->GetToken(id);
+  if (!token.ok()) return token.status();
+  if (!caller.admin && token->tenant != caller.tenant) {
+    return Status::NotFound("token '" + id + "' does not exist");
+  }
+  BERTH_RETURN_IF_ERROR(store_->RevokeToken(id, env_->NowUnixMs()));
+  spdlog::info("token {} of tenant {} revoked by token {}", id, token->tenant, caller.token_id);
+  return store_->GetToken(id);
+}
+
+Result<bool> Service::EnsureAdminToken() {
+  BERTH_ASSIGN_OR_RETURN(int64_t count, store_->TokenCount());
+  if (count > 0) return false;
+  // The file first: a crash in between leaves no token, and the next start
+  // writes a new file.
+  std::string secret = NewTokenSecret();
+  BERTH_RETURN_IF_ERROR(env_->WriteFileAtomic(admin_token_path(), secret + "\n", 0600));
+  int64_t now = env_->NowUnixMs();
+  BERTH_RETURN_IF_ERROR(store_->PutTenant(kDefaultTenant, now));
+  TokenRecord t;
+  t.id = RandomHex(12);
+  t.tenant = kDefaultTenant;
+  t.name = "admin";
+  t.sha256 = Sha256::HexOf(secret);
+  t.admin = true;
+  t.created_ms = now;
+  BERTH_RETURN_IF_ERROR(store_->InsertToken(t));
+  return true;
+}
+
 Result<std::unique_ptr<images::ImageUpload>> Service::BeginImageUpload() {
   return images_->BeginUpload(config_.max_image_bytes);
 }
 
-Result<ImageMeta> Service::CommitImageUpload(std::unique_ptr<images::ImageUpload> upload, const std::string& name) {
+Result<ImageMeta> Service::RecordImage(const Principal& caller, const images::ImageRecord& record,
+                                       const std::string& name) {
+  ImageMeta meta = MetaFrom(record, name, env_->NowUnixMs());
+  meta.tenant = caller.tenant;
+  BERTH_RETURN_IF_ERROR(store_->PutTenant(caller.tenant, meta.created_ms));
+  BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
+  return store_->GetImage(caller.tenant, meta.id);
+}
+
+Result<ImageMeta> Service::CommitImageUpload(const Principal& caller, std::unique_ptr<images::ImageUpload> upload,
+                                             const std::string& name) {
+  std::lock_guard lock(image_mu_);
   BERTH_ASSIGN_OR_RETURN(auto record, upload->Commit());
-  ImageMeta meta = MetaFrom(record, name, env_->NowUnixMs());
-  BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
-  return store_->GetImage(meta.id);
+  return RecordImage(caller, record, name);
 }
 
-Result<ImageMeta> Service::ImportImageFile(const std::string& path, const std::string& name) {
+Result<ImageMeta> Service::ImportImageFile(const Principal& caller, const std::string& path, const std::string& name) {
+  std::lock_guard lock(image_mu_);
   BERTH_ASSIGN_OR_RETURN(auto record, images_->ImportFile(path));
-  ImageMeta meta = MetaFrom(record, name, env_->NowUnixMs());
-  BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
-  return store_->GetImage(meta.id);
+  return RecordImage(caller, record, name);
 }
 
-Result<std::vector<ImageMeta>> Service::ListImages() { return store_->ListImages(); }
+Result<std::vector<ImageMeta>> Service::ListImages(const Principal& caller) { return store_->ListImages(caller.tenant); }
 
-Result<ImageMeta> Service::GetImage(const std::string& id) {
+Result<ImageMeta> Service::GetImage(const Principal& caller, const std::string& id) {
   if (!IsSha256Hex(id)) return Status::InvalidArgument("id", "image ids are 64 lowercase hex characters");
-  return store_->GetImage(id);
+  return store_->GetImage(caller.tenant, id);
 }
 
-Status Service::DeleteImage(const std::string& id) {
-  BERTH_ASSIGN_OR_RETURN(auto meta, GetImage(id));
-  BERTH_ASSIGN_OR_RETURN(auto users, store_->FunctionsUsingImage(id));
+Status Service::DeleteImage(const Principal& caller, const std::string& id) {
+  std::lock_guard lock(image_mu_);
+  BERTH_ASSIGN_OR_RETURN(auto meta, GetImage(caller, id));
+  BERTH_ASSIGN_OR_RETURN(auto users, store_->FunctionsUsingImage(caller.tenant, id));
   if (!users.empty()) {
     return Status::FailedPrecondition("image is used by function '" + users.front() + "'", "id");
   }
-  BERTH_RETURN_IF_ERROR(store_->DeleteImage(id));
+  BERTH_RETURN_IF_ERROR(store_->DeleteImage(caller.tenant, id));
+  // Another tenant's record still needs the file (and the node's copy).
+  BERTH_ASSIGN_OR_RETURN(int64_t others, store_->ImageRecordCount(id));
+  if (others > 0) return Status::Ok();
   (void)node_->hypervisor().DeleteVolume(node_->config().pool, Node::ImageVolumeName(id, meta.format));
   return images_->Remove(id);
 }
 
-Status Service::CheckImageExists(const std::string& image) {
-  auto meta = store_->GetImage(image);
+Status Service::CheckImageExists(const std::string& tenant, const std::string& image) {
+  auto meta = store_->GetImage(tenant, image);
   if (!meta.ok() && meta.status().code() == Code::kNotFound) {
     return Status::InvalidArgument("image", "image '" + image + "' does not exist; upload it first");
   }
   return meta.status();
 }
 
-Result<FunctionRecord> Service::CreateFunction(const FunctionSpec& spec) {
+Result<FunctionRecord> Service::CreateFunction(const Principal& caller, const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionSpec(spec));
-  BERTH_RETURN_IF_ERROR(CheckImageExists(spec.image));
+  BERTH_RETURN_IF_ERROR(CheckImageExists(caller.tenant, spec.image));
   FunctionRecord fn;
   fn.spec = spec;
+  fn.tenant = caller.tenant;
   fn.created_ms = fn.updated_ms = env_->NowUnixMs();
   BERTH_RETURN_IF_ERROR(store_->CreateFunction(fn));
-  return store_->GetFunction(spec.name);
+  return store_->GetFunction(caller.tenant, spec.name);
 }
 
-Result<FunctionRecord> Service::UpdateFunction(const FunctionSpec& spec) {
+Result<FunctionRecord> Service::UpdateFunction(const Principal& caller, const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionSpec(spec));
-  BERTH_RETURN_IF_ERROR(CheckImageExists(spec.image));
-  return store_->UpdateFunction(spec, env_->NowUnixMs());
+  // Another tenant's function is not there: NotFound before any image check.
+  BERTH_RETURN_IF_ERROR(store_->GetFunction(caller.tenant, spec.name).status());
+  BERTH_RETURN_IF_ERROR(CheckImageExists(caller.tenant, spec.image));
+  return store_->UpdateFunction(caller.tenant, spec, env_->NowUnixMs());
 }
 
-Result<FunctionRecord> Service::GetFunction(const std::string& name) {
+Result<FunctionRecord> Service::GetFunction(const Principal& caller, const std::string& name) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(name));
-  return store_->GetFunction(name);
+  return store_->GetFunction(caller.tenant, name);
 }
 
-Result<std::vector<FunctionRecord>> Service::ListFunctions() { return store_->ListFunctions(); }
+Result<std::vector<FunctionRecord>> Service::ListFunctions(const Principal& caller) {
+  return store_->ListFunctions(caller.tenant);
+}
 
-Status Service::DeleteFunction(const std::string& name) {
+Status Service::DeleteFunction(const Principal& caller, const std::string& name) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(name));
-  return store_->DeleteFunction(name);
+  return store_->DeleteFunction(caller.tenant, name);
 }
 
-Result<ExecutionRecord> Service::Invoke(const std::string& function, const InvokeRequest& request) {
-  BERTH_ASSIGN_OR_RETURN(auto fn, GetFunction(function));
+Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::string& function,
+                                        const InvokeRequest& request) {
+  BERTH_ASSIGN_OR_RETURN(auto fn, GetFunction(caller, function));
   for (const auto& [k, v] : request.env) {
     if (!IsEnvName(k)) return Status::InvalidArgument("env", "variable name '" + k + "' is not a valid identifier");
   }
@@ -222,10 +313,15 @@ Result<ExecutionRecord> Service::Invoke(const std::string& function, const Invok
   return executor_->Run(*node_, fn, *image, request);
 }
 
-Result<ExecutionRecord> Service::GetExecution(const std::string& id) { return store_->GetExecution(id); }
+Result<ExecutionRecord> Service::GetExecution(const Principal& caller, const std::string& id) {
+  auto ex = store_->GetExecution(id);
+  if (ex.ok() && ex->tenant != caller.tenant) return Status::NotFound("execution '" + id + "' does not exist");
+  return ex;
+}
 
-Result<std::vector<ExecutionRecord>> Service::ListExecutions(const std::string& function, size_t limit) {
-  return store_->ListExecutions(function, limit);
+Result<std::vector<ExecutionRecord>> Service::ListExecutions(const Principal& caller, const std::string& function,
+                                                             size_t limit) {
+  return store_->ListExecutions(caller.tenant, function, limit);
 }
 
 HealthReport Service::Health() {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,17 @@ struct ServiceConfig {
 Status ValidateFunctionSpec(const FunctionSpec& spec);
 Status ValidateFunctionName(const std::string& name);
 
+// A new token: its record and its secret, which is shown only this once.
+struct CreatedToken {
+  TokenRecord record;
+  std::string secret;
+};
+
+// Token secrets: "brt_" + 40 random lowercase hex characters.
+std::string NewTokenSecret();
+// Tenant names follow the function name rules (lowercase, digits, '-', '_').
+Status ValidateTenantName(const std::string& name);
+
 struct HealthReport {
   std::string node;
   std::string uri;
@@ -45,25 +57,49 @@ class Service {
   // reconciles executions left unfinished by an earlier berthd.
   static Result<std::unique_ptr<Service>> Start(Env* env, ServiceConfig config);
 
-  // Images.
-  Result<std::unique_ptr<images::ImageUpload>> BeginImageUpload();
-  Result<ImageMeta> CommitImageUpload(std::unique_ptr<images::ImageUpload> upload, const std::string& name);
-  Result<ImageMeta> ImportImageFile(const std::string& path, const std::string& name);
-  Result<std::vector<ImageMeta>> ListImages();
-  Result<ImageMeta> GetImage(const std::string& id);
-  Status DeleteImage(const std::string& id);
+  // Authentication: `bearer` is the token secret from "Authorization: Bearer
+  // <secret>". kUnauthenticated when it is empty, unknown or revoked.
+  Result<Principal> Authenticate(const std::string& bearer);
 
-  // Functions.
-  Result<FunctionRecord> CreateFunction(const FunctionSpec& spec);
-  Result<FunctionRecord> UpdateFunction(const FunctionSpec& spec);
-  Result<FunctionRecord> GetFunction(const std::string& name);
-  Result<std::vector<FunctionRecord>> ListFunctions();
-  Status DeleteFunction(const std::string& name);
+  // Tokens. Create: admin only; makes the tenant if it is new; the secret is
+  // returned here and never again (only its sha256 is stored). List: an admin
+  // sees all tokens, others their own tenant's. Revoke: an admin any token,
+  // others only their own tenant's (another tenant's token is NotFound).
+  Result<CreatedToken> CreateToken(const Principal& caller, const std::string& tenant, const std::string& name);
+  Result<std::vector<TokenRecord>> ListTokens(const Principal& caller);
+  Result<TokenRecord> RevokeToken(const Principal& caller, const std::string& id);
+  // If the store holds no token at all: creates an admin token of tenant
+  // "default" and writes its secret to admin_token_path() (mode 0600,
+  // atomically) before recording it. Returns true if it created one.
+  Result<bool> EnsureAdminToken();
+  std::string admin_token_path() const { return config_.data_dir + "/admin.token"; }
+
+  // Everything below acts within caller.tenant only: another tenant's
+  // images, functions and executions are NotFound.
+
+  // Images. The same bytes uploaded by two tenants are stored once (the
+  // image store is content-addressed) and recorded once per tenant; the
+  // file goes when the last tenant's record is deleted.
+  Result<std::unique_ptr<images::ImageUpload>> BeginImageUpload();
+  Result<ImageMeta> CommitImageUpload(const Principal& caller, std::unique_ptr<images::ImageUpload> upload,
+                                      const std::string& name);
+  Result<ImageMeta> ImportImageFile(const Principal& caller, const std::string& path, const std::string& name);
+  Result<std::vector<ImageMeta>> ListImages(const Principal& caller);
+  Result<ImageMeta> GetImage(const Principal& caller, const std::string& id);
+  Status DeleteImage(const Principal& caller, const std::string& id);
+
+  // Functions (names are unique per tenant).
+  Result<FunctionRecord> CreateFunction(const Principal& caller, const FunctionSpec& spec);
+  Result<FunctionRecord> UpdateFunction(const Principal& caller, const FunctionSpec& spec);
+  Result<FunctionRecord> GetFunction(const Principal& caller, const std::string& name);
+  Result<std::vector<FunctionRecord>> ListFunctions(const Principal& caller);
+  Status DeleteFunction(const Principal& caller, const std::string& name);
 
   // Executions. Invoke blocks until the execution ends.
-  Result<ExecutionRecord> Invoke(const std::string& function, const InvokeRequest& request);
-  Result<ExecutionRecord> GetExecution(const std::string& id);
-  Result<std::vector<ExecutionRecord>> ListExecutions(const std::string& function, size_t limit);
+  Result<ExecutionRecord> Invoke(const Principal& caller, const std::string& function, const InvokeRequest& request);
+  Result<ExecutionRecord> GetExecution(const Principal& caller, const std::string& id);
+  Result<std::vector<ExecutionRecord>> ListExecutions(const Principal& caller, const std::string& function,
+                                                      size_t limit);
 
   HealthReport Health();
   const ServiceConfig& config() const { return config_; }
@@ -71,7 +107,8 @@ class Service {
  private:
   Service(Env* env, ServiceConfig config) : env_(env), config_(std::move(config)) {}
   Status Reconcile();
-  Status CheckImageExists(const std::string& image);
+  Status CheckImageExists(const std::string& tenant, const std::string& image);
+  Result<ImageMeta> RecordImage(const Principal& caller, const images::ImageRecord& record, const std::string& name);
 
   Env* env_;
   ServiceConfig config_;
@@ -80,6 +117,9 @@ class Service {
   std::unique_ptr<Node> node_;
   std::unique_ptr<Executor> executor_;
   RuntimeArtifacts runtime_;
+  // Serializes image record changes against file removal, so a file is never
+  // removed while another tenant's record for it is being written.
+  std::mutex image_mu_;
 };
 
 }  // namespace berth::manager
