@@ -227,6 +227,12 @@ void Agent::ReadPort() {
 void Agent::HandleFrame(const Frame& f) {
   switch (f.type) {
     case MsgType::kHello: {
+      // A restored clone must not share random streams or a stale clock with
+      // its siblings: take the host's entropy and time with every hello.
+      if (auto host = ParseBody<HelloMsg>(f.payload)) {
+        if (!host->entropy_hex.empty() && !MixHostEntropy(host->entropy_hex)) Log("malformed host entropy ignored");
+        if (host->host_time_ms > 0) SetClockMs(host->host_time_ms);
+      }
       HelloMsg reply;
       reply.agent_version = AgentVersion();
       reply.boot_ms = BootTimeMs();

@@ -67,12 +67,16 @@ std::optional<Frame> FrameDecoder::Next() {
 
 void to_json(nlohmann::json& j, const HelloMsg& m) {
   j = {{"protocol", m.protocol}, {"agent_version", m.agent_version}, {"boot_ms", m.boot_ms}, {"kernel", m.kernel}};
+  if (!m.entropy_hex.empty()) j["entropy_hex"] = m.entropy_hex;
+  if (m.host_time_ms) j["host_time_ms"] = m.host_time_ms;
 }
 void from_json(const nlohmann::json& j, HelloMsg& m) {
   m.protocol = j.at("protocol").get<uint32_t>();
   m.agent_version = j.value("agent_version", "");
   m.boot_ms = j.value("boot_ms", int64_t{0});
   m.kernel = j.value("kernel", "");
+  m.entropy_hex = j.value("entropy_hex", "");
+  m.host_time_ms = j.value("host_time_ms", int64_t{0});
 }
 void to_json(nlohmann::json& j, const ExecMsg& m) {
   j = {{"argv", m.argv}, {"env", m.env}, {"cwd", m.cwd}, {"timeout_ms", m.timeout_ms}, {"has_stdin", m.has_stdin}};

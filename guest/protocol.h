@@ -11,7 +11,7 @@
 // the session.
 //
 // Session:
-//   host  -> Hello {protocol}
+//   host  -> Hello {protocol, entropy_hex, host_time_ms}
 //   agent -> Hello {protocol, agent_version, boot_ms, kernel}
 //   host  -> Exec {argv, env, cwd, timeout_ms, has_stdin}
 //   host  -> Stdin bytes ... Stdin (empty = EOF)       [only if has_stdin]
@@ -85,6 +85,12 @@ class FrameDecoder {
 
 struct HelloMsg {
   uint32_t protocol = kProtocolVersion;
+  // Host only, optional: fresh randomness and wall-clock time. A guest
+  // restored from a snapshot shares its RNG state and clock with every other
+  // clone of it; the agent mixes this entropy into the kernel's pool, reseeds
+  // the CRNG and sets the clock, so no two clones share random streams.
+  std::string entropy_hex;    // 32..512 hex chars
+  int64_t host_time_ms = 0;   // Unix ms; 0 = leave the clock alone
   std::string agent_version;  // agent only
   int64_t boot_ms = 0;        // agent only: guest uptime when hello was sent
   std::string kernel;         // agent only: uname -r

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "common/ids.h"
+
 namespace berth::hv {
 namespace {
 
@@ -14,6 +16,10 @@ int64_t NowMs() {
 
 Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) {
   agent::HelloMsg mine;
+  mine.entropy_hex = RandomHex(64);  // 256 bits from the host's CSPRNG
+  mine.host_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
   BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kHello, nlohmann::json(mine).dump()));
   int64_t deadline = NowMs() + timeout_ms;
   for (;;) {

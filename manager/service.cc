@@ -4,7 +4,6 @@
 
 #include <cctype>
 
-#include "common/ids.h"
 #include "common/sha256.h"
 #include "hypervisor/domain_xml.h"
 
@@ -54,7 +53,6 @@ Status ValidateName(const char* field, const std::string& name) {
 Status ValidateFunctionName(const std::string& name) { return ValidateName("name", name); }
 Status ValidateTenantName(const std::string& name) { return ValidateName("tenant", name); }
 
-std::string NewTokenSecret() { return "brt_" + RandomHex(40); }
 
 Status ValidateFunctionSpec(const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(spec.name));
@@ -90,6 +88,7 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   std::unique_ptr<Service> svc(new Service(env, config));
   BERTH_RETURN_IF_ERROR(env->CreateDirs(config.data_dir, 0755));
   BERTH_ASSIGN_OR_RETURN(svc->store_, Store::Open(config.data_dir + "/berth.db"));
+  svc->auth_ = std::make_unique<Auth>(env, svc->store_.get());
   svc->images_ = std::make_unique<images::ImageStore>(env, config.data_dir + "/images");
   BERTH_RETURN_IF_ERROR(svc->images_->init_status());
   BERTH_ASSIGN_OR_RETURN(svc->runtime_, LoadRuntime(env, config.runtime_dir));
@@ -146,70 +145,19 @@ Status Service::Reconcile() {
   return Status::Ok();
 }
 
-Result<Principal> Service::Authenticate(const std::string& bearer) {
-  if (bearer.empty()) return Status::Unauthenticated("missing bearer token");
-  auto token = store_->FindTokenBySha256(Sha256::HexOf(bearer));
-  if (!token.ok()) {
-    if (token.status().code() == Code::kNotFound) return Status::Unauthenticated("unknown token");
-    return token.status();
-  }
-  if (token->revoked_ms) return Status::Unauthenticated("token has been revoked");
-  return Principal{token->tenant, token->id, token->admin};
-}
+Result<Principal> Service::Authenticate(const std::string& bearer) { return auth_->Authenticate(bearer); }
 
 Result<CreatedToken> Service::CreateToken(const Principal& caller, const std::string& tenant, const std::string& name) {
-  if (!caller.admin) return Status::PermissionDenied("only an admin token may create tokens");
-  BERTH_RETURN_IF_ERROR(ValidateTenantName(tenant));
-  if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
-  int64_t now = env_->NowUnixMs();
-  BERTH_RETURN_IF_ERROR(store_->PutTenant(tenant, now));
-  CreatedToken out;
-  out.secret = NewTokenSecret();
-  out.record.id = RandomHex(12);
-  out.record.tenant = tenant;
-  out.record.name = name;
-  out.record.sha256 = Sha256::HexOf(out.secret);
-  out.record.admin = false;
-  out.record.created_ms = now;
-  BERTH_RETURN_IF_ERROR(store_->InsertToken(out.record));
-  spdlog::info("token {} created for tenant {} by token {}", out.record.id, tenant, caller.token_id);
-  return out;
+  return auth_->CreateToken(caller, tenant, name);
 }
 
-Result<std::vector<TokenRecord>> Service::ListTokens(const Principal& caller) {
-  return store_->ListTokens(caller.admin ? "" : caller.tenant);
-}
+Result<std::vector<TokenRecord>> Service::ListTokens(const Principal& caller) { return auth_->ListTokens(caller); }
 
 Result<TokenRecord> Service::RevokeToken(const Principal& caller, const std::string& id) {
-  auto token = store_->GetToken(id);
-  if (!token.ok()) return token.status();
-  if (!caller.admin && token->tenant != caller.tenant) {
-    return Status::NotFound("token '" + id + "' does not exist");
-  }
-  BERTH_RETURN_IF_ERROR(store_->RevokeToken(id, env_->NowUnixMs()));
-  spdlog::info("token {} of tenant {} revoked by token {}", id, token->tenant, caller.token_id);
-  return store_->GetToken(id);
+  return auth_->RevokeToken(caller, id);
 }
 
-Result<bool> Service::EnsureAdminToken() {
-  BERTH_ASSIGN_OR_RETURN(int64_t count, store_->TokenCount());
-  if (count > 0) return false;
-  // The file first: a crash in between leaves no token, and the next start
-  // writes a new file.
-  std::string secret = NewTokenSecret();
-  BERTH_RETURN_IF_ERROR(env_->WriteFileAtomic(admin_token_path(), secret + "\n", 0600));
-  int64_t now = env_->NowUnixMs();
-  BERTH_RETURN_IF_ERROR(store_->PutTenant(kDefaultTenant, now));
-  TokenRecord t;
-  t.id = RandomHex(12);
-  t.tenant = kDefaultTenant;
-  t.name = "admin";
-  t.sha256 = Sha256::HexOf(secret);
-  t.admin = true;
-  t.created_ms = now;
-  BERTH_RETURN_IF_ERROR(store_->InsertToken(t));
-  return true;
-}
+Result<bool> Service::EnsureAdminToken() { return auth_->EnsureAdminToken(admin_token_path()); }
 
 Result<std::unique_ptr<images::ImageUpload>> Service::BeginImageUpload() {
   return images_->BeginUpload(config_.max_image_bytes);

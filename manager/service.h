@@ -10,6 +10,7 @@
 
 #include "common/env.h"
 #include "images/image_store.h"
+#include "manager/auth.h"
 #include "manager/executor.h"
 #include "manager/node.h"
 #include "manager/runtime.h"
@@ -30,17 +31,6 @@ struct ServiceConfig {
 // exactly as the JSON API spells it.
 Status ValidateFunctionSpec(const FunctionSpec& spec);
 Status ValidateFunctionName(const std::string& name);
-
-// A new token: its record and its secret, which is shown only this once.
-struct CreatedToken {
-  TokenRecord record;
-  std::string secret;
-};
-
-// Token secrets: "brt_" + 40 random lowercase hex characters.
-std::string NewTokenSecret();
-// Tenant names follow the function name rules (lowercase, digits, '-', '_').
-Status ValidateTenantName(const std::string& name);
 
 struct HealthReport {
   std::string node;
@@ -113,6 +103,7 @@ class Service {
   Env* env_;
   ServiceConfig config_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<Auth> auth_;
   std::unique_ptr<images::ImageStore> images_;
   std::unique_ptr<Node> node_;
   std::unique_ptr<Executor> executor_;

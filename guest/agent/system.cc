@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <linux/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -257,6 +258,41 @@ void PowerOff(const std::string& why) {
   reboot(RB_POWER_OFF);
   LogErrno("reboot(RB_POWER_OFF)", errno);
   for (;;) pause();
+}
+
+bool MixHostEntropy(const std::string& hex) {
+  if (hex.size() < 32 || hex.size() > 512 || hex.size() % 2) return false;
+  std::string bytes;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    auto nibble = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    bytes.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  int fd = ::open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    LogErrno("open /dev/urandom", errno);
+    return false;
+  }
+  // rand_pool_info ends in a flexible array: lay it out in a plain buffer.
+  alignas(rand_pool_info) unsigned char raw[sizeof(rand_pool_info) + 256] = {};
+  auto* info = reinterpret_cast<rand_pool_info*>(raw);
+  info->entropy_count = static_cast<int>(bytes.size() * 8);
+  info->buf_size = static_cast<int>(bytes.size());
+  std::memcpy(raw + sizeof(rand_pool_info), bytes.data(), bytes.size());
+  if (::ioctl(fd, RNDADDENTROPY, info) != 0) LogErrno("RNDADDENTROPY", errno);
+  if (::ioctl(fd, RNDRESEEDCRNG) != 0) LogErrno("RNDRESEEDCRNG", errno);
+  ::close(fd);
+  return true;
+}
+
+void SetClockMs(int64_t unix_ms) {
+  timespec ts{static_cast<time_t>(unix_ms / 1000), static_cast<long>((unix_ms % 1000) * 1000000)};
+  if (::clock_settime(CLOCK_REALTIME, &ts) != 0) LogErrno("clock_settime", errno);
 }
 
 }  // namespace berth::agent

@@ -22,6 +22,11 @@ void LogErrno(const std::string& msg, int err);
 int64_t MonotonicMs();
 int64_t BootTimeMs();  // CLOCK_BOOTTIME: guest uptime
 std::string KernelRelease();
+// Credits host-provided randomness to the kernel pool (RNDADDENTROPY) and
+// forces a CRNG reseed (RNDRESEEDCRNG). Returns false on malformed input.
+bool MixHostEntropy(const std::string& hex);
+// Sets CLOCK_REALTIME to the host's time (Unix ms).
+void SetClockMs(int64_t unix_ms);
 
 // Mounts /proc, /sys, /dev (devtmpfs), /tmp (tmpfs) and makes sure fds 0-2
 // are open. Errors are logged; nothing here is fatal.

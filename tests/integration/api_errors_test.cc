@@ -53,11 +53,11 @@ TEST_F(ApiErrorsTest, UnknownFunction) {
 }
 
 TEST_F(ApiErrorsTest, NotADiskImage) {
-  auto r = HttpCall("POST", daemon_->base_url() + "/v1/images", std::string(4096, 'x') + "this is not a disk image",
-                    "application/octet-stream");
+  auto r = daemon_->Call("POST", "/v1/images", std::string(4096, 'x') + "this is not a disk image",
+                         "application/octet-stream");
   ExpectError(r, 400, "image");
-  auto vmdk = HttpCall("POST", daemon_->base_url() + "/v1/images",
-                       "# Disk DescriptorFile\nversion=1\nRW 100 FLAT \"/etc/shadow\" 0\n", "application/octet-stream");
+  auto vmdk = daemon_->Call("POST", "/v1/images", "# Disk DescriptorFile\nversion=1\nRW 100 FLAT \"/etc/shadow\" 0\n",
+                            "application/octet-stream");
   ExpectError(vmdk, 400, "image");
   // Nothing was registered by the rejected uploads.
   auto list = daemon_->Get("/v1/images").json()["images"];
@@ -81,10 +81,10 @@ TEST_F(ApiErrorsTest, DuplicateFunctionAndVersions) {
   ASSERT_EQ(daemon_->CreateFunction("dup", image_, json::object()).status, 201);
   ExpectError(daemon_->CreateFunction("dup", image_, json::object()), 409, "");
   json spec = {{"image", image_}, {"entrypoint", {"/bin/echo", "v2"}}};
-  auto updated = HttpCall("PUT", daemon_->base_url() + "/v1/functions/dup", spec.dump());
+  auto updated = daemon_->Call("PUT", "/v1/functions/dup", spec.dump());
   ASSERT_EQ(updated.status, 200) << updated.body;
   EXPECT_EQ(updated.json()["version"], 2);
-  EXPECT_EQ(HttpCall("DELETE", daemon_->base_url() + "/v1/functions/dup").status, 200);
+  EXPECT_EQ(daemon_->Call("DELETE", "/v1/functions/dup").status, 200);
   ExpectError(daemon_->Get("/v1/functions/dup"), 404, "");
 }
 
@@ -99,7 +99,7 @@ TEST_F(ApiErrorsTest, InvokeBodyIsChecked) {
 
 TEST_F(ApiErrorsTest, UnknownRoutesAndMethods) {
   ExpectError(daemon_->Get("/v1/nothing-here"), 404, "");
-  ExpectError(HttpCall("PATCH", daemon_->base_url() + "/v1/functions"), 405, "method");
+  ExpectError(daemon_->Call("PATCH", "/v1/functions"), 405, "method");
   ExpectError(daemon_->Get("/v1/images/NOT-A-SHA256"), 400, "id");
   // Encoded slashes are decoded before routing: a traversal never reaches a handler.
   ExpectError(daemon_->Get("/v1/images/..%2F..%2Fetc%2Fpasswd"), 404, "");

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 
 #include "common/ids.h"
@@ -139,6 +140,23 @@ TEST_F(CloneRestoreTest, TwoClonesOfOneTemplateRunAtOnceWithTheirOwnDisks) {
   auto r = agents[1]->Exec(read, "", 1 << 16, 60'000);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->stdout_data, "absent\n");
+
+  // Both clones resumed the same saved RNG state; the agent's hello mixed in
+  // fresh host entropy, so their random streams differ. Their clocks follow
+  // the host's, not the template's save time.
+  agent::ExecMsg rnd;
+  rnd.argv = {"sh", "-c", "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s"};
+  auto r0 = agents[0]->Exec(rnd, "", 1 << 16, 60'000);
+  auto r1 = agents[1]->Exec(rnd, "", 1 << 16, 60'000);
+  ASSERT_TRUE(r0.ok() && r1.ok());
+  std::string rand0 = r0->stdout_data.substr(0, r0->stdout_data.find('\n'));
+  std::string rand1 = r1->stdout_data.substr(0, r1->stdout_data.find('\n'));
+  EXPECT_EQ(rand0.size(), 32u) << r0->stdout_data << r0->stderr_data;
+  EXPECT_NE(rand0, rand1);
+  int64_t guest_now = std::stoll(r0->stdout_data.substr(r0->stdout_data.find('\n') + 1));
+  int64_t host_now = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_LE(std::abs(guest_now - host_now), 5);
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ TEST(DebianRootfsTest, Python3FunctionRunsInADebianImage) {
   BerthdProcess daemon;
   ASSERT_TRUE(daemon.running()) << daemon.log();
   std::string bytes = Shell("cat " + opts.output_path);
-  auto up = HttpCall("POST", daemon.base_url() + "/v1/images?name=debian", bytes, "application/octet-stream");
+  auto up = daemon.Call("POST", "/v1/images?name=debian", bytes, "application/octet-stream");
   Shell("rm -rf " + tmp);
   ASSERT_EQ(up.status, 201) << up.body;
   EXPECT_EQ(up.json()["format"], "qcow2");

@@ -22,7 +22,9 @@ TEST(RestartTest, CrashDuringExecutionIsReconciledOnRestart) {
             201);
 
   // The invocation's HTTP call dies with the daemon; run it on the side.
-  std::thread caller([url = daemon.base_url()] { HttpCall("POST", url + "/v1/functions/long/invoke", "{}"); });
+  std::thread caller([url = daemon.base_url(), token = daemon.admin_token()] {
+    HttpCall("POST", url + "/v1/functions/long/invoke", "{}", "application/json", token);
+  });
   std::string id, domain;
   for (int i = 0; i < 600 && id.empty(); ++i) {
     auto list = daemon.Get("/v1/executions").json()["executions"];

@@ -113,7 +113,7 @@ TEST_F(StoreTest, ImagesPutGetListDelete) {
   ASSERT_TRUE(store_->PutImage(Image('b', 200, "second")).ok());
   ASSERT_TRUE(store_->PutImage(Image('a', 100, "first")).ok());
 
-  auto got = store_->GetImage(Sha('a'));
+  auto got = store_->GetImage("acme", Sha('a'));
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_EQ(got->id, Sha('a'));
   EXPECT_EQ(got->name, "first");
@@ -124,20 +124,20 @@ TEST_F(StoreTest, ImagesPutGetListDelete) {
   EXPECT_EQ(got->tenant, "acme");
   EXPECT_EQ(got->created_ms, 100);
 
-  auto list = store_->ListImages();
+  auto list = store_->ListImages("acme");
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 2u);
   EXPECT_EQ((*list)[0].id, Sha('a')) << "oldest first";
   EXPECT_EQ((*list)[1].id, Sha('b'));
 
-  ASSERT_TRUE(store_->DeleteImage(Sha('a')).ok());
-  auto missing = store_->GetImage(Sha('a'));
+  ASSERT_TRUE(store_->DeleteImage("acme", Sha('a')).ok());
+  auto missing = store_->GetImage("acme", Sha('a'));
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), Code::kNotFound);
-  Status again = store_->DeleteImage(Sha('a'));
+  Status again = store_->DeleteImage("acme", Sha('a'));
   EXPECT_EQ(again.code(), Code::kNotFound) << again.ToString();
-  EXPECT_EQ(store_->DeleteImage(Sha('c')).code(), Code::kNotFound);
-  list = store_->ListImages();
+  EXPECT_EQ(store_->DeleteImage("acme", Sha('c')).code(), Code::kNotFound);
+  list = store_->ListImages("acme");
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 1u);
   EXPECT_EQ((*list)[0].id, Sha('b'));
@@ -146,7 +146,7 @@ TEST_F(StoreTest, ImagesPutGetListDelete) {
 TEST_F(StoreTest, PutImageTwiceKeepsOneRecordAndTheFirstMetadata) {
   ASSERT_TRUE(store_->PutImage(Image('a', 100, "original")).ok());
   ASSERT_TRUE(store_->PutImage(Image('a', 999, "renamed")).ok());
-  auto list = store_->ListImages();
+  auto list = store_->ListImages("acme");
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 1u);
   EXPECT_EQ((*list)[0].name, "original");
@@ -156,7 +156,7 @@ TEST_F(StoreTest, PutImageTwiceKeepsOneRecordAndTheFirstMetadata) {
 TEST_F(StoreTest, FunctionCreateGetAndDuplicate) {
   const FunctionRecord fn = Function("resize", Sha('a'), 1000);
   ASSERT_TRUE(store_->CreateFunction(fn).ok());
-  auto got = store_->GetFunction("resize");
+  auto got = store_->GetFunction("acme", "resize");
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_EQ(got->spec.name, "resize");
   EXPECT_EQ(got->spec.image, Sha('a'));
@@ -176,12 +176,12 @@ TEST_F(StoreTest, FunctionCreateGetAndDuplicate) {
   Status s = store_->CreateFunction(dup);
   EXPECT_EQ(s.code(), Code::kAlreadyExists) << s.ToString();
   // The original is untouched.
-  auto still = store_->GetFunction("resize");
+  auto still = store_->GetFunction("acme", "resize");
   ASSERT_TRUE(still.ok());
   EXPECT_EQ(still->spec.image, Sha('a'));
   EXPECT_EQ(still->created_ms, 1000);
 
-  auto missing = store_->GetFunction("nope");
+  auto missing = store_->GetFunction("acme", "nope");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), Code::kNotFound);
 }
@@ -192,7 +192,7 @@ TEST_F(StoreTest, UpdateBumpsVersionKeepsCreatedAndTenant) {
   spec.memory_mib = 2048;
   spec.env = {};
   spec.entrypoint = {"/bin/true"};
-  auto u1 = store_->UpdateFunction(spec, 5000);
+  auto u1 = store_->UpdateFunction("acme", spec, 5000);
   ASSERT_TRUE(u1.ok()) << u1.status().ToString();
   EXPECT_EQ(u1->version, 2);
   EXPECT_EQ(u1->created_ms, 1000);
@@ -203,63 +203,63 @@ TEST_F(StoreTest, UpdateBumpsVersionKeepsCreatedAndTenant) {
   EXPECT_TRUE(u1->spec.env.empty());
   EXPECT_EQ(u1->spec.entrypoint, std::vector<std::string>{"/bin/true"});
 
-  auto u2 = store_->UpdateFunction(spec, 6000);
+  auto u2 = store_->UpdateFunction("acme", spec, 6000);
   ASSERT_TRUE(u2.ok());
   EXPECT_EQ(u2->version, 3);
   EXPECT_EQ(u2->created_ms, 1000);
   EXPECT_EQ(u2->updated_ms, 6000);
-  auto got = store_->GetFunction("f");
+  auto got = store_->GetFunction("acme", "f");
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->version, 3);
 
   spec.name = "missing";
-  auto none = store_->UpdateFunction(spec, 7000);
+  auto none = store_->UpdateFunction("acme", spec, 7000);
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.status().code(), Code::kNotFound);
-  EXPECT_EQ(store_->GetFunction("missing").status().code(), Code::kNotFound) << "update must not create";
+  EXPECT_EQ(store_->GetFunction("acme", "missing").status().code(), Code::kNotFound) << "update must not create";
 }
 
 TEST_F(StoreTest, ListFunctionsOrderedByNameAndDelete) {
   for (const char* n : {"zeta", "alpha", "mid-1", "mid-0"}) {
     ASSERT_TRUE(store_->CreateFunction(Function(n, Sha('a'), 1)).ok()) << n;
   }
-  auto list = store_->ListFunctions();
+  auto list = store_->ListFunctions("acme");
   ASSERT_TRUE(list.ok());
   std::vector<std::string> names;
   for (const auto& f : *list) names.push_back(f.spec.name);
   EXPECT_EQ(names, (std::vector<std::string>{"alpha", "mid-0", "mid-1", "zeta"}));
 
-  ASSERT_TRUE(store_->DeleteFunction("mid-0").ok());
-  EXPECT_EQ(store_->DeleteFunction("mid-0").code(), Code::kNotFound);
-  EXPECT_EQ(store_->GetFunction("mid-0").status().code(), Code::kNotFound);
-  list = store_->ListFunctions();
+  ASSERT_TRUE(store_->DeleteFunction("acme", "mid-0").ok());
+  EXPECT_EQ(store_->DeleteFunction("acme", "mid-0").code(), Code::kNotFound);
+  EXPECT_EQ(store_->GetFunction("acme", "mid-0").status().code(), Code::kNotFound);
+  list = store_->ListFunctions("acme");
   ASSERT_TRUE(list.ok());
   EXPECT_EQ(list->size(), 3u);
   // Re-creating a deleted function starts again at version 1.
   ASSERT_TRUE(store_->CreateFunction(Function("mid-0", Sha('a'), 9)).ok());
-  EXPECT_EQ(store_->GetFunction("mid-0")->version, 1);
+  EXPECT_EQ(store_->GetFunction("acme", "mid-0")->version, 1);
 }
 
 TEST_F(StoreTest, FunctionsUsingImage) {
   ASSERT_TRUE(store_->CreateFunction(Function("b-fn", Sha('a'), 1)).ok());
   ASSERT_TRUE(store_->CreateFunction(Function("a-fn", Sha('a'), 1)).ok());
   ASSERT_TRUE(store_->CreateFunction(Function("other", Sha('b'), 1)).ok());
-  auto users = store_->FunctionsUsingImage(Sha('a'));
+  auto users = store_->FunctionsUsingImage("acme", Sha('a'));
   ASSERT_TRUE(users.ok());
   EXPECT_EQ(*users, (std::vector<std::string>{"a-fn", "b-fn"}));
-  auto none = store_->FunctionsUsingImage(Sha('c'));
+  auto none = store_->FunctionsUsingImage("acme", Sha('c'));
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
 
   // Moving a function to another image moves it out of the list.
-  ASSERT_TRUE(store_->UpdateFunction(Function("b-fn", Sha('b'), 1).spec, 2).ok());
-  users = store_->FunctionsUsingImage(Sha('a'));
+  ASSERT_TRUE(store_->UpdateFunction("acme", Function("b-fn", Sha('b'), 1).spec, 2).ok());
+  users = store_->FunctionsUsingImage("acme", Sha('a'));
   ASSERT_TRUE(users.ok());
   EXPECT_EQ(*users, std::vector<std::string>{"a-fn"});
-  users = store_->FunctionsUsingImage(Sha('b'));
+  users = store_->FunctionsUsingImage("acme", Sha('b'));
   EXPECT_EQ(*users, (std::vector<std::string>{"b-fn", "other"}));
-  ASSERT_TRUE(store_->DeleteFunction("a-fn").ok());
-  EXPECT_TRUE(store_->FunctionsUsingImage(Sha('a'))->empty());
+  ASSERT_TRUE(store_->DeleteFunction("acme", "a-fn").ok());
+  EXPECT_TRUE(store_->FunctionsUsingImage("acme", Sha('a'))->empty());
 }
 
 TEST_F(StoreTest, NewPidMonotonicUniqueAndDurableAcrossReopen) {
@@ -306,15 +306,15 @@ TEST_F(StoreTest, NewPidUniqueUnderConcurrency) {
 TEST_F(StoreTest, RecordsSurviveCloseAndReopen) {
   ASSERT_TRUE(store_->PutImage(Image('a', 1)).ok());
   ASSERT_TRUE(store_->CreateFunction(Function("f", Sha('a'), 1)).ok());
-  ASSERT_TRUE(store_->UpdateFunction(Function("f", Sha('a'), 1).spec, 2).ok());
+  ASSERT_TRUE(store_->UpdateFunction("acme", Function("f", Sha('a'), 1).spec, 2).ok());
   ExecutionRecord ex = Execution("e1", "f", 77, 10, ExecState::kSucceeded);
   ex.exit_code = 0;
   ex.stdout_data = std::string("out\0put", 7);
   ASSERT_TRUE(store_->InsertExecution(ex).ok());
   Reopen();
-  auto img = store_->GetImage(Sha('a'));
+  auto img = store_->GetImage("acme", Sha('a'));
   ASSERT_TRUE(img.ok()) << img.status().ToString();
-  auto fn = store_->GetFunction("f");
+  auto fn = store_->GetFunction("acme", "f");
   ASSERT_TRUE(fn.ok());
   EXPECT_EQ(fn->version, 2);
   auto got = store_->GetExecution("e1");
@@ -378,7 +378,7 @@ TEST_F(StoreTest, ExecutionInsertUpdateGetWithNullVersusZeroExitCode) {
   EXPECT_EQ(got->state, ExecState::kFailed);
 
   // Updating must not duplicate the record.
-  auto list = store_->ListExecutions("", 100);
+  auto list = store_->ListExecutions("acme", "", 100);
   ASSERT_TRUE(list.ok());
   EXPECT_EQ(list->size(), 1u);
 
@@ -434,23 +434,23 @@ TEST_F(StoreTest, ListExecutionsByFunctionNewestFirstWithLimit) {
     for (const auto& e : v) out.push_back(e.id);
     return out;
   };
-  auto top3 = store_->ListExecutions("f", 3);
+  auto top3 = store_->ListExecutions("acme", "f", 3);
   ASSERT_TRUE(top3.ok());
   EXPECT_EQ(ids(*top3), (std::vector<std::string>{"f-tie-b", "f-tie-a", "f-500"}));
-  auto all_f = store_->ListExecutions("f", 100);
+  auto all_f = store_->ListExecutions("acme", "f", 100);
   ASSERT_TRUE(all_f.ok());
   EXPECT_EQ(ids(*all_f),
             (std::vector<std::string>{"f-tie-b", "f-tie-a", "f-500", "f-400", "f-300", "f-200", "f-100"}));
-  auto g = store_->ListExecutions("g", 10);
+  auto g = store_->ListExecutions("acme", "g", 10);
   ASSERT_TRUE(g.ok());
   EXPECT_EQ(ids(*g), (std::vector<std::string>{"g-1", "g-2"}));
-  auto everything = store_->ListExecutions("", 4);
+  auto everything = store_->ListExecutions("acme", "", 4);
   ASSERT_TRUE(everything.ok());
   EXPECT_EQ(ids(*everything), (std::vector<std::string>{"g-1", "f-tie-b", "f-tie-a", "f-500"}));
-  auto none = store_->ListExecutions("nobody", 10);
+  auto none = store_->ListExecutions("acme", "nobody", 10);
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
-  auto zero = store_->ListExecutions("f", 0);
+  auto zero = store_->ListExecutions("acme", "f", 0);
   ASSERT_TRUE(zero.ok());
   EXPECT_TRUE(zero->empty());
 }

@@ -37,12 +37,13 @@ std::string ReadAll(const std::string& path) {
 }  // namespace
 
 HttpResult HttpCall(const std::string& method, const std::string& url, const std::string& body,
-                    const std::string& content_type) {
+                    const std::string& content_type, const std::string& token) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   HttpResult result;
   CURL* curl = curl_easy_init();
   curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
+  if (!token.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + token).c_str());
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
@@ -97,13 +98,14 @@ BerthdProcess::BerthdProcess(std::vector<std::string> extra_args) {
   std::string id = RandomHex(8);
   char tmpl[] = "/tmp/berthd-it-XXXXXX";
   dir_ = mkdtemp(tmpl);
+  data_dir_ = dir_ + "/data";
   pool_ = "berth-it-" + id;
   log_pool_ = "berth-it-" + id + "-logs";
   pool_dir_ = "/var/lib/berth/it/" + id + "/pool";
   log_dir_ = "/var/lib/berth/it/" + id + "/logs";
   std::string port_file = dir_ + "/port";
   std::vector<std::string> args = {std::string(BERTH_BINARY_DIR) + "/daemon/berthd",
-                                   "--data-dir", dir_ + "/data",
+                                   "--data-dir", data_dir_,
                                    "--runtime-dir", RuntimeDir(),
                                    "--port", "0",
                                    "--port-file", port_file,
@@ -144,7 +146,13 @@ bool BerthdProcess::Start() {
     std::string port = ReadAll(port_file);
     if (!port.empty() && port.back() == '\n') {
       base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
-      if (HttpCall("GET", base_url_ + "/v1/health").status == 200) return true;
+      if (HttpCall("GET", base_url_ + "/v1/health").status == 200) {
+        admin_token_ = ReadAll(data_dir_ + "/admin.token");
+        while (!admin_token_.empty() && (admin_token_.back() == '\n' || admin_token_.back() == ' ')) {
+          admin_token_.pop_back();
+        }
+        return true;
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -178,19 +186,25 @@ BerthdProcess::~BerthdProcess() {
   Shell("rm -rf " + pool_dir_ + " " + log_dir_ + " " + dir_);
 }
 
-std::string BerthdProcess::UploadBusybox() const {
+std::string BerthdProcess::CreateToken(const std::string& tenant, const std::string& name) const {
+  auto r = Post("/v1/tokens", nlohmann::json{{"tenant", tenant}, {"name", name}}.dump());
+  if (r.status != 201) throw std::runtime_error("token creation failed: " + std::to_string(r.status) + " " + r.body);
+  return r.json()["token"].get<std::string>();
+}
+
+std::string BerthdProcess::UploadBusybox(const std::string& token) const {
   std::string bytes = ReadAll(BusyboxImagePath());
-  auto r = HttpCall("POST", base_url_ + "/v1/images?name=busybox", bytes, "application/octet-stream");
+  auto r = CallAs(token, "POST", "/v1/images?name=busybox", bytes, "application/octet-stream");
   if (r.status != 201) throw std::runtime_error("upload failed: " + std::to_string(r.status) + " " + r.body);
   return r.json()["id"].get<std::string>();
 }
 
-HttpResult BerthdProcess::CreateFunction(const std::string& name, const std::string& image,
-                                         const nlohmann::json& fields) const {
+HttpResult BerthdProcess::CreateFunctionAs(const std::string& token, const std::string& name, const std::string& image,
+                                           const nlohmann::json& fields) const {
   nlohmann::json spec = {{"name", name}, {"image", image}, {"entrypoint", {"/bin/true"}},
                          {"memory_mib", 192}, {"timeout_ms", 30000}};
   for (auto it = fields.begin(); it != fields.end(); ++it) spec[it.key()] = it.value();
-  return Post("/v1/functions", spec.dump());
+  return CallAs(token, "POST", "/v1/functions", spec.dump());
 }
 
 std::string WaitForTeardown(const BerthdProcess& daemon, const std::string& execution_id, int timeout_ms) {

@@ -19,8 +19,9 @@ struct HttpResult {
   nlohmann::json json() const { return nlohmann::json::parse(body, nullptr, false); }
 };
 
+// One HTTP request; a non-empty `token` is sent as "Authorization: Bearer <token>".
 HttpResult HttpCall(const std::string& method, const std::string& url, const std::string& body = {},
-                    const std::string& content_type = "application/json");
+                    const std::string& content_type = "application/json", const std::string& token = {});
 
 // Runs a command through the shell; returns stdout (exit status in *code).
 std::string Shell(const std::string& cmd, int* code = nullptr);
@@ -42,14 +43,34 @@ class BerthdProcess {
   const std::string& log_pool() const { return log_pool_; }
   std::string log() const;
 
-  HttpResult Get(const std::string& path) const { return HttpCall("GET", base_url_ + path); }
-  HttpResult Post(const std::string& path, const std::string& body) const {
-    return HttpCall("POST", base_url_ + path, body);
+  const std::string& data_dir() const { return data_dir_; }
+  // The admin token berthd wrote to <data dir>/admin.token (read after each start).
+  const std::string& admin_token() const { return admin_token_; }
+
+  // Requests with the admin token.
+  HttpResult Call(const std::string& method, const std::string& path, const std::string& body = {},
+                  const std::string& content_type = "application/json") const {
+    return HttpCall(method, base_url_ + path, body, content_type, admin_token_);
   }
-  // Uploads the busybox image; returns its id.
-  std::string UploadBusybox() const;
+  HttpResult Get(const std::string& path) const { return Call("GET", path); }
+  HttpResult Post(const std::string& path, const std::string& body) const { return Call("POST", path, body); }
+  // Requests with another token ("" sends no Authorization header).
+  HttpResult CallAs(const std::string& token, const std::string& method, const std::string& path,
+                    const std::string& body = {}, const std::string& content_type = "application/json") const {
+    return HttpCall(method, base_url_ + path, body, content_type, token);
+  }
+  // Creates a token for `tenant` with the admin token; returns its secret.
+  std::string CreateToken(const std::string& tenant, const std::string& name = "test") const;
+
+  // Uploads the busybox image (with `token`, default the admin's); returns its id.
+  std::string UploadBusybox() const { return UploadBusybox(admin_token_); }
+  std::string UploadBusybox(const std::string& token) const;
   // Registers a function (JSON fields merged over sane defaults).
-  HttpResult CreateFunction(const std::string& name, const std::string& image, const nlohmann::json& fields) const;
+  HttpResult CreateFunction(const std::string& name, const std::string& image, const nlohmann::json& fields) const {
+    return CreateFunctionAs(admin_token_, name, image, fields);
+  }
+  HttpResult CreateFunctionAs(const std::string& token, const std::string& name, const std::string& image,
+                              const nlohmann::json& fields) const;
 
   // Stops berthd with SIGTERM and waits.
   void Stop();
@@ -61,7 +82,8 @@ class BerthdProcess {
  private:
   int pid_ = -1;
   std::vector<std::string> args_;
-  std::string dir_, base_url_, pool_, log_pool_, pool_dir_, log_dir_;
+  std::string dir_, data_dir_, base_url_, pool_, log_pool_, pool_dir_, log_dir_;
+  std::string admin_token_;
 };
 
 // Waits (at most timeout_ms) until the execution's domain, overlay and
