@@ -7,8 +7,6 @@
 
 namespace berth::manager {
 
-Status ValidateFunctionName(const std::string& name);  // service.cc
-
 std::string NewTokenSecret() { return "brt_" + RandomHex(40); }
 
 Result<Principal> Auth::Authenticate(const std::string& bearer) {

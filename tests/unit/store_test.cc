@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "common/env.h"
 
 namespace berth::manager {
@@ -493,6 +495,218 @@ TEST_F(StoreTest, WalModeIsOn) {
   auto count = Env::Default()->Run({"sqlite3", db_path_, "SELECT count(*) FROM images"}, "", 30'000);
   ASSERT_TRUE(count.ok());
   EXPECT_EQ(FirstLine(count->out), "1") << count->err;
+}
+
+TEST_F(StoreTest, FreshDatabaseIsAtTheCurrentSchemaVersion) {
+  auto v = store_->SchemaVersion();
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(*v, Store::kSchemaVersion);
+  Reopen();
+  EXPECT_EQ(*store_->SchemaVersion(), Store::kSchemaVersion);
+}
+
+TEST_F(StoreTest, FunctionsAndImagesArePerTenant) {
+  ImageMeta a = Image('a', 1, "mine");
+  ImageMeta b = Image('a', 2, "theirs");
+  b.tenant = "other";
+  ASSERT_TRUE(store_->PutImage(a).ok());
+  ASSERT_TRUE(store_->PutImage(b).ok());
+  EXPECT_EQ(*store_->ImageRecordCount(Sha('a')), 2);
+  EXPECT_EQ(store_->GetImage("acme", Sha('a'))->name, "mine");
+  EXPECT_EQ(store_->GetImage("other", Sha('a'))->name, "theirs");
+  EXPECT_EQ(store_->GetImage("nobody", Sha('a')).status().code(), Code::kNotFound);
+  EXPECT_EQ(store_->ListImages("other")->size(), 1u);
+  ASSERT_TRUE(store_->DeleteImage("acme", Sha('a')).ok());
+  EXPECT_EQ(store_->DeleteImage("acme", Sha('a')).code(), Code::kNotFound);
+  EXPECT_EQ(*store_->ImageRecordCount(Sha('a')), 1) << "the other tenant's record stays";
+  EXPECT_TRUE(store_->GetImage("other", Sha('a')).ok());
+
+  FunctionRecord mine = Function("same", Sha('a'), 1);
+  FunctionRecord theirs = Function("same", Sha('b'), 2);
+  theirs.tenant = "other";
+  ASSERT_TRUE(store_->CreateFunction(mine).ok());
+  ASSERT_TRUE(store_->CreateFunction(theirs).ok()) << "names are unique per tenant only";
+  EXPECT_EQ(store_->CreateFunction(theirs).code(), Code::kAlreadyExists);
+  EXPECT_EQ(store_->GetFunction("acme", "same")->spec.image, Sha('a'));
+  EXPECT_EQ(store_->GetFunction("other", "same")->spec.image, Sha('b'));
+  EXPECT_EQ(store_->ListFunctions("acme")->size(), 1u);
+  EXPECT_EQ(*store_->FunctionsUsingImage("other", Sha('a')), std::vector<std::string>{});
+  auto upd = store_->UpdateFunction("nobody", mine.spec, 5);
+  EXPECT_EQ(upd.status().code(), Code::kNotFound);
+  EXPECT_EQ(store_->DeleteFunction("nobody", "same").code(), Code::kNotFound);
+  ASSERT_TRUE(store_->DeleteFunction("other", "same").ok());
+  EXPECT_TRUE(store_->GetFunction("acme", "same").ok());
+
+  ExecutionRecord ex = Execution("e-other", "same", 7, 1);
+  ex.tenant = "other";
+  ASSERT_TRUE(store_->InsertExecution(ex).ok());
+  ASSERT_TRUE(store_->InsertExecution(Execution("e-acme", "same", 8, 2)).ok());
+  auto acme = store_->ListExecutions("acme", "", 10);
+  ASSERT_TRUE(acme.ok());
+  ASSERT_EQ(acme->size(), 1u);
+  EXPECT_EQ((*acme)[0].id, "e-acme");
+  EXPECT_EQ(store_->ListExecutions("other", "same", 10)->size(), 1u);
+}
+
+TokenRecord Token(const std::string& id, const std::string& tenant, const std::string& sha, int64_t created) {
+  TokenRecord t;
+  t.id = id;
+  t.tenant = tenant;
+  t.name = "n-" + id;
+  t.sha256 = sha;
+  t.created_ms = created;
+  return t;
+}
+
+TEST_F(StoreTest, TokensInsertFindListRevoke) {
+  EXPECT_EQ(*store_->TokenCount(), 0);
+  TokenRecord admin = Token("t1", "default", Sha('1'), 10);
+  admin.admin = true;
+  ASSERT_TRUE(store_->PutTenant("default", 10).ok());
+  ASSERT_TRUE(store_->PutTenant("default", 11).ok()) << "insert or keep";
+  ASSERT_TRUE(store_->InsertToken(admin).ok());
+  ASSERT_TRUE(store_->InsertToken(Token("t2", "acme", Sha('2'), 20)).ok());
+  ASSERT_TRUE(store_->InsertToken(Token("t3", "acme", Sha('3'), 30)).ok());
+  EXPECT_EQ(store_->InsertToken(Token("t4", "acme", Sha('3'), 40)).code(), Code::kAlreadyExists)
+      << "hashes are unique";
+  EXPECT_EQ(*store_->TokenCount(), 3);
+
+  auto found = store_->FindTokenBySha256(Sha('1'));
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  EXPECT_EQ(found->id, "t1");
+  EXPECT_EQ(found->tenant, "default");
+  EXPECT_EQ(found->name, "n-t1");
+  EXPECT_TRUE(found->admin);
+  EXPECT_FALSE(found->revoked_ms.has_value());
+  EXPECT_EQ(store_->FindTokenBySha256(Sha('9')).status().code(), Code::kNotFound);
+
+  auto all = store_->ListTokens("");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[0].id, "t1");
+  auto acme = store_->ListTokens("acme");
+  ASSERT_EQ(acme->size(), 2u);
+  EXPECT_FALSE((*acme)[0].admin);
+
+  ASSERT_TRUE(store_->RevokeToken("t2", 100).ok());
+  ASSERT_TRUE(store_->RevokeToken("t2", 200).ok()) << "revoking twice is fine";
+  EXPECT_EQ(store_->RevokeToken("nope", 100).code(), Code::kNotFound);
+  Reopen();
+  auto revoked = store_->GetToken("t2");
+  ASSERT_TRUE(revoked.ok());
+  ASSERT_TRUE(revoked->revoked_ms.has_value());
+  EXPECT_EQ(*revoked->revoked_ms, 100) << "the first revocation time is kept";
+  EXPECT_TRUE(store_->FindTokenBySha256(Sha('2'))->revoked_ms.has_value());
+  EXPECT_FALSE(store_->GetToken("t3")->revoked_ms.has_value());
+  EXPECT_EQ(store_->GetToken("nope").status().code(), Code::kNotFound);
+}
+
+// The schema of berthd before tenancy (version 1: PRAGMA user_version 0),
+// exactly as that berthd created it.
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE IF NOT EXISTS images (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, format TEXT NOT NULL, filesystem TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL, virtual_size_bytes INTEGER NOT NULL, tenant TEXT NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (
+  name TEXT PRIMARY KEY, tenant TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+  image TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+  id TEXT PRIMARY KEY, function TEXT NOT NULL, function_version INTEGER NOT NULL,
+  tenant TEXT NOT NULL, image TEXT NOT NULL, state TEXT NOT NULL, node TEXT NOT NULL,
+  domain TEXT NOT NULL, pid INTEGER NOT NULL UNIQUE, ppid INTEGER NOT NULL, exit_code INTEGER,
+  signal INTEGER NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL, stdout BLOB NOT NULL,
+  stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+  timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
+CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
+)sql";
+
+void ExecSql(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  std::string msg = err ? err : "";
+  sqlite3_free(err);
+  sqlite3_close(db);
+  ASSERT_EQ(rc, SQLITE_OK) << msg;
+}
+
+TEST(StoreMigrationTest, Version1DatabaseUpgradesInPlace) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/berth.db";
+  const std::string a = Sha('a'), b = Sha('b');
+  ExecSql(path, std::string(kSchemaV1) +
+                    "INSERT INTO images VALUES ('" + a + "', 'busybox', 'qcow2', '', 100, 200, 'default', 5);"
+                    "INSERT INTO images VALUES ('" + b + "', 'other', 'raw', 'ext4', 300, 300, 'default', 6);"
+                    "INSERT INTO functions VALUES ('echo', 'default', 3, "
+                    "'{\"entrypoint\":[\"/bin/echo\",\"hi\"],\"vcpus\":2,\"memory_mib\":192,\"timeout_ms\":5000,"
+                    "\"env\":{\"K\":\"V\"},\"cwd\":\"/tmp\",\"network\":\"none\"}', '" + a + "', 7, 8);"
+                    "INSERT INTO executions VALUES ('ex1', 'echo', 3, 'default', '" + a +
+                    "', 'succeeded', 'local', 'berth-ex1', 41, 0, 0, 0, '', '', X'6869', X'', 0, 12, '{}', 9, 10);"
+                    "UPDATE counters SET value = 41 WHERE name = 'pid';");
+
+  auto opened = Store::Open(path);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto& store = *opened;
+  EXPECT_EQ(*store->SchemaVersion(), Store::kSchemaVersion);
+
+  // Everything the old berthd wrote is there, in tenant "default".
+  auto images = store->ListImages("default");
+  ASSERT_TRUE(images.ok()) << images.status().ToString();
+  ASSERT_EQ(images->size(), 2u);
+  EXPECT_EQ((*images)[0].id, a);
+  EXPECT_EQ((*images)[0].name, "busybox");
+  EXPECT_EQ((*images)[0].virtual_size_bytes, 200u);
+  EXPECT_EQ((*images)[1].filesystem, "ext4");
+  auto fn = store->GetFunction("default", "echo");
+  ASSERT_TRUE(fn.ok()) << fn.status().ToString();
+  EXPECT_EQ(fn->version, 3);
+  EXPECT_EQ(fn->spec.image, a);
+  EXPECT_EQ(fn->spec.entrypoint, (std::vector<std::string>{"/bin/echo", "hi"}));
+  EXPECT_EQ(fn->spec.vcpus, 2u);
+  EXPECT_EQ(fn->spec.env.at("K"), "V");
+  EXPECT_EQ(fn->created_ms, 7);
+  auto ex = store->GetExecution("ex1");
+  ASSERT_TRUE(ex.ok());
+  EXPECT_EQ(ex->stdout_data, "hi");
+  EXPECT_EQ(ex->tenant, "default");
+  EXPECT_EQ(store->ListExecutions("default", "echo", 10)->size(), 1u);
+  EXPECT_GT(*store->NewPid(), 41) << "the pid counter survives";
+  EXPECT_EQ(*store->TokenCount(), 0);
+
+  // The new keys hold: names and images per tenant.
+  FunctionRecord other;
+  other.spec = fn->spec;
+  other.tenant = "acme";
+  ASSERT_TRUE(store->CreateFunction(other).ok());
+  EXPECT_EQ(store->CreateFunction(*fn).code(), Code::kAlreadyExists);
+  ImageMeta img = (*images)[0];
+  img.tenant = "acme";
+  ASSERT_TRUE(store->PutImage(img).ok());
+  EXPECT_EQ(*store->ImageRecordCount(a), 2);
+  ASSERT_TRUE(store->PutTenant("acme", 1).ok());
+
+  // Opening again is a no-op.
+  store.reset();
+  auto again = Store::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(*(*again)->SchemaVersion(), Store::kSchemaVersion);
+  EXPECT_EQ((*again)->ListImages("default")->size(), 2u);
+  EXPECT_EQ((*again)->ListFunctions("acme")->size(), 1u);
+  EXPECT_TRUE((*again)->GetFunction("default", "echo").ok());
+}
+
+TEST(StoreMigrationTest, NewerSchemaIsRefused) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/berth.db";
+  ExecSql(path, "CREATE TABLE future (x INTEGER); PRAGMA user_version = 99;");
+  auto opened = Store::Open(path);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), Code::kFailedPrecondition) << opened.status().ToString();
 }
 
 }  // namespace
