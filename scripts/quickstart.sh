@@ -28,19 +28,23 @@ else
   done
 fi
 curl -sf "$API/v1/health" >/dev/null || die "berthd does not answer on $API"
+# Every call but /v1/health carries the admin token berthd wrote on first start.
+[[ -r $DATA/admin.token ]] || die "no admin token in $DATA/admin.token"
+AUTH="Authorization: Bearer $(cat "$DATA/admin.token")"
 
 log "building the demo root filesystem image"
 mkdir -p "$DATA/demo"
 "$BERTH_BUILD/cli/berth" image build "$DATA/runtime/rootfs-busybox" -o "$DATA/demo/busybox.qcow2" >/dev/null
 log "uploading it"
-IMAGE=$(curl -sf --data-binary @"$DATA/demo/busybox.qcow2" -H 'Content-Type: application/octet-stream' \
+IMAGE=$(curl -sf -H "$AUTH" --data-binary @"$DATA/demo/busybox.qcow2" -H 'Content-Type: application/octet-stream' \
   "$API/v1/images?name=busybox" | sed -n 's/.*"id":"\([0-9a-f]\{64\}\)".*/\1/p')
 [[ -n $IMAGE ]] || die "image upload failed"
 log "registering function 'hello'"
 SPEC="{\"image\":\"$IMAGE\",\"entrypoint\":[\"/bin/sh\",\"-c\",\"echo hello from \$(uname -r) in a berth VM; cat /proc/cpuinfo | grep -m1 'model name'\"],\"memory_mib\":256,\"timeout_ms\":30000}"
-curl -s -X PUT -d "$SPEC" "$API/v1/functions/hello" | grep -q '"name":"hello"' ||
-  curl -sf -X POST -d "{\"name\":\"hello\",${SPEC#\{}" "$API/v1/functions" >/dev/null
+curl -s -H "$AUTH" -X PUT -d "$SPEC" "$API/v1/functions/hello" | grep -q '"name":"hello"' ||
+  curl -sf -H "$AUTH" -X POST -d "{\"name\":\"hello\",${SPEC#\{}" "$API/v1/functions" >/dev/null
 log "invoking it: POST $API/v1/functions/hello/invoke"
-curl -s -X POST "$API/v1/functions/hello/invoke" -d '{}'
+curl -s -H "$AUTH" -X POST "$API/v1/functions/hello/invoke" -d '{}'
 echo
 log "berthd keeps running on $API (pid $(cat $DATA/berthd.pid)); stop it with: kill \$(cat $DATA/berthd.pid)"
+log "admin token: $DATA/admin.token (send it as: -H \"Authorization: Bearer \$(cat $DATA/admin.token)\")"
