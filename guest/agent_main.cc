@@ -229,11 +229,14 @@ void Agent::HandleFrame(const Frame& f) {
     case MsgType::kHello: {
       // A restored clone must not share random streams or a stale clock with
       // its siblings: take the host's entropy and time with every hello.
+      HelloMsg reply;
       if (auto host = ParseBody<HelloMsg>(f.payload)) {
-        if (!host->entropy_hex.empty() && !MixHostEntropy(host->entropy_hex)) Log("malformed host entropy ignored");
+        if (!host->entropy_hex.empty()) {
+          reply.entropy_mixed = MixHostEntropy(host->entropy_hex);
+          if (!reply.entropy_mixed) Log("host entropy not mixed in");
+        }
         if (host->host_time_ms > 0) SetClockMs(host->host_time_ms);
       }
-      HelloMsg reply;
       reply.agent_version = AgentVersion();
       reply.boot_ms = BootTimeMs();
       reply.kernel = KernelRelease();

@@ -69,6 +69,7 @@ void to_json(nlohmann::json& j, const HelloMsg& m) {
   j = {{"protocol", m.protocol}, {"agent_version", m.agent_version}, {"boot_ms", m.boot_ms}, {"kernel", m.kernel}};
   if (!m.entropy_hex.empty()) j["entropy_hex"] = m.entropy_hex;
   if (m.host_time_ms) j["host_time_ms"] = m.host_time_ms;
+  if (m.entropy_mixed) j["entropy_mixed"] = true;
 }
 void from_json(const nlohmann::json& j, HelloMsg& m) {
   m.protocol = j.at("protocol").get<uint32_t>();
@@ -77,6 +78,7 @@ void from_json(const nlohmann::json& j, HelloMsg& m) {
   m.kernel = j.value("kernel", "");
   m.entropy_hex = j.value("entropy_hex", "");
   m.host_time_ms = j.value("host_time_ms", int64_t{0});
+  m.entropy_mixed = j.value("entropy_mixed", false);
 }
 void to_json(nlohmann::json& j, const ExecMsg& m) {
   j = {{"argv", m.argv}, {"env", m.env}, {"cwd", m.cwd}, {"timeout_ms", m.timeout_ms}, {"has_stdin", m.has_stdin}};

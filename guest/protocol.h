@@ -94,6 +94,7 @@ struct HelloMsg {
   std::string agent_version;  // agent only
   int64_t boot_ms = 0;        // agent only: guest uptime when hello was sent
   std::string kernel;         // agent only: uname -r
+  bool entropy_mixed = false; // agent only: the host's entropy went into the kernel pool
 };
 
 struct ExecMsg {

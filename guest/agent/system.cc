@@ -284,10 +284,17 @@ bool MixHostEntropy(const std::string& hex) {
   info->entropy_count = static_cast<int>(bytes.size() * 8);
   info->buf_size = static_cast<int>(bytes.size());
   std::memcpy(raw + sizeof(rand_pool_info), bytes.data(), bytes.size());
-  if (::ioctl(fd, RNDADDENTROPY, info) != 0) LogErrno("RNDADDENTROPY", errno);
-  if (::ioctl(fd, RNDRESEEDCRNG) != 0) LogErrno("RNDRESEEDCRNG", errno);
+  bool ok = true;
+  if (::ioctl(fd, RNDADDENTROPY, info) != 0) {
+    LogErrno("RNDADDENTROPY", errno);
+    ok = false;
+  }
+  if (::ioctl(fd, RNDRESEEDCRNG) != 0) {
+    LogErrno("RNDRESEEDCRNG", errno);
+    ok = false;
+  }
   ::close(fd);
-  return true;
+  return ok;
 }
 
 void SetClockMs(int64_t unix_ms) {

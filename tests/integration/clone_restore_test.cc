@@ -115,7 +115,11 @@ TEST_F(CloneRestoreTest, TwoClonesOfOneTemplateRunAtOnceWithTheirOwnDisks) {
     auto ch = hv_->OpenAgentChannel(name, "org.berth.agent.0");
     ASSERT_TRUE(ch.ok()) << ch.status().ToString();
     agents.push_back(std::make_unique<hv::AgentClient>(std::move(*ch)));
-    ASSERT_TRUE(agents.back()->Hello(30'000).ok());
+    auto hello = agents.back()->Hello(30'000);
+    ASSERT_TRUE(hello.ok()) << hello.status().ToString();
+    // The resumed RNG state is shared by all clones; the agent mixed in the
+    // host's entropy and reseeded (RNDADDENTROPY + RNDRESEEDCRNG).
+    EXPECT_TRUE(hello->entropy_mixed);
     std::cout << "clone " << i << " restored to agent hello in " << MsSince(t0) << " ms (template boot: " << boot_ms
               << " ms)\n";
     std::string dumped = *hv_->GetDomainXml(name);
