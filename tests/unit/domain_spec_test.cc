@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/temp_dir.h"
 #include "common/env.h"
 #include "common/status.h"
 #include "hypervisor/domain_spec.h"
@@ -371,23 +372,7 @@ TEST(ParseMetadataXml, AcceptsNamespacedFormAndRejectsOthers) {
 
 // ---- through libvirt's test driver ------------------------------------------
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "berth-domain-spec-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 // Runs one virsh script on a fresh test:///default connection (its state
 // lives only as long as the connection, hence one invocation per test).

@@ -1,5 +1,6 @@
 // Env::Default(): command execution (capture, exit codes, stdin, missing
 // programs, timeouts that really kill) and the file helpers.
+#include "tests/support/temp_dir.h"
 #include "common/env.h"
 
 #include <gtest/gtest.h>
@@ -19,21 +20,7 @@
 namespace berth {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-env-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 std::string RandomBytes(size_t n, unsigned seed) {
   std::mt19937 rng(seed);

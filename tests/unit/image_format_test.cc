@@ -1,5 +1,6 @@
 // InspectImage against crafted hostile headers and against real images made
 // by qemu-img and mke2fs.
+#include "tests/support/temp_dir.h"
 #include "images/image_format.h"
 
 #include <gtest/gtest.h>
@@ -16,22 +17,7 @@
 namespace berth::images {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-imgfmt-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

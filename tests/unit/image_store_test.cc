@@ -1,4 +1,5 @@
 // ImageStore: content addressing, streaming uploads, abort paths, id hygiene.
+#include "tests/support/temp_dir.h"
 #include "images/image_store.h"
 
 #include <gtest/gtest.h>
@@ -18,21 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-imgstore-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 bool Sh(const std::vector<std::string>& argv) {
   auto r = Env::Default()->Run(argv);

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/temp_dir.h"
 #include "common/env.h"
 #include "hypervisor/domain_spec.h"
 #include "hypervisor/domain_xml.h"
@@ -32,21 +33,7 @@ std::string RandomHex(size_t n) {
   return s;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-vtest-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();

@@ -1,5 +1,6 @@
 // BuildRootfsImage: a directory tree becomes a bootable ext4 image, proven by
 // reading the file back out of it with debugfs.
+#include "tests/support/temp_dir.h"
 #include "images/rootfs_builder.h"
 
 #include <gtest/gtest.h>
@@ -18,21 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-rootfs-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -1,4 +1,5 @@
 // Sha256: FIPS 180-2 vectors, streaming == one-shot, HexOfFile, IsSha256Hex.
+#include "tests/support/temp_dir.h"
 #include "common/sha256.h"
 
 #include <gtest/gtest.h>
@@ -18,21 +19,7 @@ constexpr const char* kAbc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb4
 constexpr const char* kTwoBlock = "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1";
 constexpr const char* kMillionA = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-sha256-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 std::string RandomBytes(size_t n, unsigned seed) {
   std::mt19937 rng(seed);

@@ -1,5 +1,6 @@
 // manager::Store against a real SQLite file: images, functions, pids and
 // executions, durability across reopen, and WAL mode.
+#include "tests/support/temp_dir.h"
 #include "manager/store.h"
 
 #include <gtest/gtest.h>
@@ -20,21 +21,7 @@
 namespace berth::manager {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/berth-store-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) (void)Env::Default()->RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::berth::testing::TempDir;
 
 std::string Sha(char c) { return std::string(64, c); }
 

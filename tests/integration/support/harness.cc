@@ -183,7 +183,8 @@ BerthdProcess::~BerthdProcess() {
     Shell("virsh -q -c qemu:///system pool-destroy " + p + " >/dev/null 2>&1; virsh -q -c qemu:///system pool-undefine " +
           p + " >/dev/null 2>&1");
   }
-  Shell("rm -rf " + pool_dir_ + " " + log_dir_ + " " + dir_);
+  // pool_dir_ and log_dir_ share one parent folder of this process.
+  Shell("rm -rf " + pool_dir_.substr(0, pool_dir_.rfind('/')) + " " + dir_);
 }
 
 std::string BerthdProcess::CreateToken(const std::string& tenant, const std::string& name) const {
