@@ -1,6 +1,5 @@
 #include "tests/integration/support/harness.h"
 
-#include <curl/curl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,17 +14,13 @@
 #include <stdexcept>
 #include <thread>
 
+#include "cli/http_client.h"
 #include "common/env.h"
 #include "common/ids.h"
 #include "images/rootfs_builder.h"
 
 namespace berth::testing {
 namespace {
-
-size_t Collect(char* data, size_t size, size_t n, void* out) {
-  static_cast<std::string*>(out)->append(data, size * n);
-  return size * n;
-}
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -38,27 +33,8 @@ std::string ReadAll(const std::string& path) {
 
 HttpResult HttpCall(const std::string& method, const std::string& url, const std::string& body,
                     const std::string& content_type, const std::string& token) {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-  HttpResult result;
-  CURL* curl = curl_easy_init();
-  curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
-  if (!token.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + token).c_str());
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  if (method == "POST" || method == "PUT") {
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-  }
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  return result;
+  cli::HttpReply r = cli::HttpRequest(method, url, token, body, content_type);
+  return {r.status, std::move(r.body)};
 }
 
 std::string Shell(const std::string& cmd, int* code) {
