@@ -13,10 +13,18 @@ std::string Print(const pugi::xml_document& doc) {
   return os.str();
 }
 
-void AddTarget(pugi::xml_node vol, const std::string& format, const char* mode) {
+// <volume> with name, capacity in bytes, and a target of `format` and `mode`.
+pugi::xml_node AddVolume(pugi::xml_document& doc, const std::string& name, uint64_t capacity_bytes,
+                         const std::string& format, const char* mode) {
+  auto vol = doc.append_child("volume");
+  vol.append_child("name").text() = name.c_str();
+  auto cap = vol.append_child("capacity");
+  cap.append_attribute("unit") = "bytes";
+  cap.text() = std::to_string(capacity_bytes).c_str();
   auto target = vol.append_child("target");
   target.append_child("format").append_attribute("type") = format.c_str();
   target.append_child("permissions").append_child("mode").text() = mode;
+  return vol;
 }
 
 }  // namespace
@@ -34,24 +42,14 @@ std::string DirPoolXml(const std::string& name, const std::string& dir) {
 
 std::string VolumeXml(const std::string& name, const std::string& format, uint64_t capacity_bytes) {
   pugi::xml_document doc;
-  auto vol = doc.append_child("volume");
-  vol.append_child("name").text() = name.c_str();
-  auto cap = vol.append_child("capacity");
-  cap.append_attribute("unit") = "bytes";
-  cap.text() = std::to_string(capacity_bytes).c_str();
-  AddTarget(vol, format, "0644");
+  AddVolume(doc, name, capacity_bytes, format, "0644");
   return Print(doc);
 }
 
 std::string OverlayVolumeXml(const std::string& name, uint64_t capacity_bytes,
                              const std::string& backing_path, const std::string& backing_format) {
   pugi::xml_document doc;
-  auto vol = doc.append_child("volume");
-  vol.append_child("name").text() = name.c_str();
-  auto cap = vol.append_child("capacity");
-  cap.append_attribute("unit") = "bytes";
-  cap.text() = std::to_string(capacity_bytes).c_str();
-  AddTarget(vol, "qcow2", "0600");
+  auto vol = AddVolume(doc, name, capacity_bytes, "qcow2", "0600");
   auto backing = vol.append_child("backingStore");
   backing.append_child("path").text() = backing_path.c_str();
   backing.append_child("format").append_attribute("type") = backing_format.c_str();

@@ -1,7 +1,9 @@
-// A temporary folder for one test, removed with everything in it afterwards.
+// Small helpers shared by unit tests: a temporary folder removed with
+// everything in it afterwards, and deterministic pseudo-random bytes.
 #pragma once
 
 #include <cstdlib>
+#include <random>
 #include <string>
 
 #include "common/env.h"
@@ -25,5 +27,13 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// n bytes from a seeded generator: the same seed gives the same bytes.
+inline std::string RandomBytes(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
 
 }  // namespace berth::testing

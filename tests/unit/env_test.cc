@@ -22,12 +22,7 @@ namespace {
 
 using ::berth::testing::TempDir;
 
-std::string RandomBytes(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
+using ::berth::testing::RandomBytes;
 
 int Mode(const std::string& path) {
   struct stat st;

@@ -21,12 +21,7 @@ constexpr const char* kMillionA = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a4972
 
 using ::berth::testing::TempDir;
 
-std::string RandomBytes(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
+using ::berth::testing::RandomBytes;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary);
