@@ -93,6 +93,15 @@ class Stmt {
     return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(st_, col))) : "";
   }
   int64_t Int(int col) const { return sqlite3_column_int64(st_, col); }
+  // Steps through all rows, mapping each with `row`; `what` names a failure.
+  template <typename RowFn>
+  auto Collect(RowFn row, const std::string& what) -> Result<std::vector<decltype(row(*this))>> {
+    std::vector<decltype(row(*this))> out;
+    int rc;
+    while ((rc = Step()) == SQLITE_ROW) out.push_back(row(*this));
+    if (rc != SQLITE_DONE) return Error(what);
+    return out;
+  }
   bool IsNull(int col) const { return sqlite3_column_type(st_, col) == SQLITE_NULL; }
   Status Error(const std::string& what) const {
     return Status::Internal(what + ": " + sqlite3_errmsg(db_));
@@ -294,11 +303,7 @@ Result<std::vector<ImageMeta>> Store::ListImages(const std::string& tenant) {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string(kImageSelect) + " WHERE tenant = ? ORDER BY created_ms, id").c_str());
   st.Bind(tenant);
-  std::vector<ImageMeta> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ImageFromRow(st));
-  if (rc != SQLITE_DONE) return st.Error("listing images");
-  return out;
+  return st.Collect(ImageFromRow, "listing images");
 }
 
 Status Store::DeleteImage(const std::string& tenant, const std::string& id) {
@@ -322,11 +327,7 @@ Result<std::vector<std::string>> Store::FunctionsUsingImage(const std::string& t
   std::lock_guard lock(mu_);
   Stmt st(db_, "SELECT name FROM functions WHERE tenant = ? AND image = ? ORDER BY name");
   st.Bind(tenant).Bind(image_id);
-  std::vector<std::string> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.Text(0));
-  if (rc != SQLITE_DONE) return st.Error("listing functions");
-  return out;
+  return st.Collect([](const Stmt& row) { return row.Text(0); }, "listing functions");
 }
 
 Status Store::CreateFunction(const FunctionRecord& fn) {
@@ -367,11 +368,7 @@ Result<std::vector<FunctionRecord>> Store::ListFunctions(const std::string& tena
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("SELECT ") + kFunctionCols + " FROM functions WHERE tenant = ? ORDER BY name").c_str());
   st.Bind(tenant);
-  std::vector<FunctionRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(FunctionFromRow(st));
-  if (rc != SQLITE_DONE) return st.Error("listing functions");
-  return out;
+  return st.Collect(FunctionFromRow, "listing functions");
 }
 
 Status Store::DeleteFunction(const std::string& tenant, const std::string& name) {
@@ -446,11 +443,7 @@ Result<std::vector<TokenRecord>> Store::ListTokens(const std::string& tenant) {
   std::string sql = std::string(kTokenSelect) + (tenant.empty() ? "" : " WHERE tenant = ?") + " ORDER BY created_ms, id";
   Stmt st(db_, sql.c_str());
   if (!tenant.empty()) st.Bind(tenant);
-  std::vector<TokenRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(TokenFromRow(st));
-  if (rc != SQLITE_DONE) return st.Error("listing tokens");
-  return out;
+  return st.Collect(TokenFromRow, "listing tokens");
 }
 
 Status Store::RevokeToken(const std::string& id, int64_t now_ms) {
@@ -518,22 +511,14 @@ Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& te
   st.Bind(tenant);
   if (!function.empty()) st.Bind(function);
   st.Bind(static_cast<int64_t>(limit));
-  std::vector<ExecutionRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ExecutionFromRow(st));
-  if (rc != SQLITE_DONE) return st.Error("listing executions");
-  return out;
+  return st.Collect(ExecutionFromRow, "listing executions");
 }
 
 Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("SELECT ") + kExecCols +
                 " FROM executions WHERE state IN ('pending','booting','running') ORDER BY pid").c_str());
-  std::vector<ExecutionRecord> out;
-  int rc;
-  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(ExecutionFromRow(st));
-  if (rc != SQLITE_DONE) return st.Error("listing executions");
-  return out;
+  return st.Collect(ExecutionFromRow, "listing executions");
 }
 
 }  // namespace berth::manager
