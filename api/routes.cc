@@ -143,6 +143,16 @@ json TokenJson(const manager::TokenRecord& t) {
           {"revoked_ms", t.revoked_ms ? json(*t.revoked_ms) : json(nullptr)}};
 }
 
+// Renders a list result as {"<key>": [render(item), ...]}.
+template <typename Render>
+auto ListOf(const char* key, Render render) {
+  return [key, render](const auto& items) {
+    json arr = json::array();
+    for (const auto& item : items) arr.push_back(render(item));
+    return json{{key, arr}};
+  };
+}
+
 template <typename T, typename Render>
 HttpResponse Respond(const Result<T>& result, int status, Render render) {
   if (!result.ok()) return ErrorResponse(result.status());
@@ -199,11 +209,7 @@ Router BuildRouter(manager::Service& svc) {
   };
   router.Add(std::move(upload));
   router.Add({"GET", "/v1/images", "List images", [&svc](const HttpRequest& req) {
-                return Respond(svc.ListImages(Who(req)), 200, [](const auto& v) {
-                  json arr = json::array();
-                  for (const auto& m : v) arr.push_back(ImageJson(m));
-                  return json{{"images", arr}};
-                });
+                return Respond(svc.ListImages(Who(req)), 200, ListOf("images", ImageJson));
               }});
   router.Add({"GET", "/v1/images/{id}", "Inspect an image", [&svc](const HttpRequest& req) {
                 return Respond(svc.GetImage(Who(req), req.params.at("id")), 200, ImageJson);
@@ -221,11 +227,7 @@ Router BuildRouter(manager::Service& svc) {
   create.success_status = 201;
   router.Add(std::move(create));
   router.Add({"GET", "/v1/functions", "List functions", [&svc](const HttpRequest& req) {
-                return Respond(svc.ListFunctions(Who(req)), 200, [](const auto& v) {
-                  json arr = json::array();
-                  for (const auto& f : v) arr.push_back(FunctionJson(f));
-                  return json{{"functions", arr}};
-                });
+                return Respond(svc.ListFunctions(Who(req)), 200, ListOf("functions", FunctionJson));
               }});
   router.Add({"GET", "/v1/functions/{name}", "Get a function", [&svc](const HttpRequest& req) {
                 return Respond(svc.GetFunction(Who(req), req.params.at("name")), 200, FunctionJson);
@@ -261,11 +263,7 @@ Router BuildRouter(manager::Service& svc) {
                 }
                 std::string fn;
                 if (auto it = req.query.find("function"); it != req.query.end()) fn = it->second;
-                return Respond(svc.ListExecutions(Who(req), fn, limit), 200, [](const auto& v) {
-                  json arr = json::array();
-                  for (const auto& e : v) arr.push_back(ExecutionJson(e));
-                  return json{{"executions", arr}};
-                });
+                return Respond(svc.ListExecutions(Who(req), fn, limit), 200, ListOf("executions", ExecutionJson));
               }});
   router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {
                 return Respond(svc.GetExecution(Who(req), req.params.at("id")), 200, ExecutionJson);
@@ -292,11 +290,7 @@ Router BuildRouter(manager::Service& svc) {
   router.Add(std::move(create_token));
   router.Add({"GET", "/v1/tokens", "List tokens (admin: all; others: their tenant's); never secrets",
               [&svc](const HttpRequest& req) {
-                return Respond(svc.ListTokens(Who(req)), 200, [](const auto& v) {
-                  json arr = json::array();
-                  for (const auto& t : v) arr.push_back(TokenJson(t));
-                  return json{{"tokens", arr}};
-                });
+                return Respond(svc.ListTokens(Who(req)), 200, ListOf("tokens", TokenJson));
               }});
   router.Add({"DELETE", "/v1/tokens/{id}", "Revoke a token (admin: any; others: their tenant's)",
               [&svc](const HttpRequest& req) {
