@@ -95,8 +95,9 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   const std::string console = ConsoleLogVolumeName(ex.domain);
   auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console);
   auto finish = [&](ExecState to, std::string error_code, std::string error) -> Result<ExecutionRecord> {
-    if (to == ExecState::kError && !ex.domain.empty()) {
-      // The console tells why a guest failed to boot or died.
+    if (to == ExecState::kError && cleanup->started()) {
+      // The console tells why a guest failed to boot or died (before the
+      // domain starts there is no console to read).
       auto log = node.hypervisor().DownloadVolumeTail(node.config().log_pool, console, 2048);
       if (log.ok() && !log->empty()) error += "\n--- console (tail) ---\n" + Tail(*log, 2048);
     }
@@ -118,7 +119,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   if (!base.ok()) return finish(ExecState::kError, "image_unavailable", base.status().message());
   auto ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
   if (!ovl.ok()) return finish(ExecState::kError, "overlay_failed", ovl.status().message());
-  cleanup->overlay_created();
+  cleanup->mark_overlay_created();
   ex.timings.prepare_ms = env_->MonotonicMs() - t0;
 
   // Boot.
@@ -136,7 +137,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   spec.console_log_path = node.config().log_dir + "/" + console;
   spec.metadata = {ex.id, fn.spec.name, fn.tenant, ex.pid, ex.ppid, image.id, ex.created_ms};
   const int64_t b0 = env_->MonotonicMs();
-  cleanup->started();  // a failed start may still leave a console log
+  cleanup->mark_started();  // a failed start may still leave a console log
   if (Status s = node.hypervisor().StartDomain(spec); !s.ok()) {
     return finish(ExecState::kError, "start_failed", s.message());
   }

@@ -54,8 +54,9 @@ class ExecutionTeardown {
   ExecutionTeardown& operator=(const ExecutionTeardown&) = delete;
 
   void Run();
-  void overlay_created() { overlay_created_ = true; }
-  void started() { started_ = true; }
+  void mark_overlay_created() { overlay_created_ = true; }
+  void mark_started() { started_ = true; }
+  bool started() const { return started_; }
   void reserved(uint32_t vcpus, uint64_t memory_mib) {
     reserved_vcpus_ = vcpus;
     reserved_memory_mib_ = memory_mib;
