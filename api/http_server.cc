@@ -75,6 +75,9 @@ struct HttpServer::Impl {
       st->request.path = url;
       MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND,
                                 reinterpret_cast<MHD_KeyValueIterator>(&CollectQuery), &st->request.query);
+      if (const char* host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)) {
+        st->request.host = host;
+      }
       if (const char* auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)) {
         st->request.authorization = auth;
       }

@@ -76,6 +76,15 @@ Status FieldReader::Int(const char* field, int64_t* out, int64_t min, int64_t ma
   return Status::Ok();
 }
 
+Status FieldReader::Bool(const char* field, bool* out, bool required) {
+  Status s;
+  const auto* v = Get(field, required, &s);
+  if (!v) return s;
+  if (!v->is_boolean()) return Status::InvalidArgument(field, "must be true or false");
+  *out = v->get<bool>();
+  return Status::Ok();
+}
+
 Status FieldReader::NoUnknownFields() const {
   for (auto it = obj_.begin(); it != obj_.end(); ++it) {
     if (!seen_.count(it.key())) return Status::InvalidArgument(it.key(), "unknown field");

@@ -28,6 +28,7 @@ struct HttpRequest {
   std::map<std::string, std::string> params;  // from {placeholders} in the pattern
   std::string body;
   std::string authorization;  // the Authorization header, as sent
+  std::string host;           // the Host header, as sent (for absolute URLs)
   Caller caller;              // filled in before a non-public route's handler runs
 };
 

@@ -6,69 +6,13 @@
 
 #include "api/errors.h"
 #include "api/json_fields.h"
+#include "api/render.h"
 
 namespace berth::api {
 namespace {
 
 using json = nlohmann::json;
 using manager::ExecState;
-
-constexpr int64_t kBig = int64_t{1} << 53;
-
-HttpResponse Json(int status, const json& body) {
-  HttpResponse r;
-  r.status = status;
-  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
-  return r;
-}
-
-json ImageJson(const manager::ImageMeta& m) {
-  return {{"id", m.id},
-          {"name", m.name},
-          {"format", m.format},
-          {"filesystem", m.filesystem},
-          {"size_bytes", m.size_bytes},
-          {"virtual_size_bytes", m.virtual_size_bytes},
-          {"created_ms", m.created_ms}};
-}
-
-json FunctionJson(const manager::FunctionRecord& f) {
-  return {{"name", f.spec.name},       {"version", f.version},         {"image", f.spec.image},
-          {"entrypoint", f.spec.entrypoint}, {"vcpus", f.spec.vcpus},  {"memory_mib", f.spec.memory_mib},
-          {"timeout_ms", f.spec.timeout_ms}, {"env", f.spec.env},      {"cwd", f.spec.cwd},
-          {"network", f.spec.network}, {"tenant", f.tenant},           {"created_ms", f.created_ms},
-          {"updated_ms", f.updated_ms}};
-}
-
-json ExecutionJson(const manager::ExecutionRecord& e) {
-  json j = {{"execution_id", e.id},
-            {"pid", e.pid},
-            {"ppid", e.ppid},
-            {"function", e.function},
-            {"function_version", e.function_version},
-            {"tenant", e.tenant},
-            {"image", e.image},
-            {"status", manager::ExecStateName(e.state)},
-            {"exit_code", e.exit_code ? json(*e.exit_code) : json(nullptr)},
-            {"signal", e.signal},
-            {"stdout", e.stdout_data},
-            {"stderr", e.stderr_data},
-            {"output_truncated", e.output_truncated},
-            {"duration_ms", e.duration_ms},
-            {"node", e.node},
-            {"domain", e.domain},
-            {"timings",
-             {{"prepare_ms", e.timings.prepare_ms},
-              {"boot_ms", e.timings.boot_ms},
-              {"run_ms", e.timings.run_ms},
-              {"cleanup_ms", e.timings.cleanup_ms},
-              {"total_ms", e.timings.total_ms}}},
-            {"created_ms", e.created_ms},
-            {"finished_ms", e.finished_ms}};
-  if (!e.error_code.empty()) j["error_code"] = e.error_code;
-  if (!e.error.empty()) j["error"] = e.error;
-  return j;
-}
 
 // Executions that ended in `error` answer with an error status, the error
 // naming the field at fault, and the execution record beside it.
@@ -125,13 +69,12 @@ Result<manager::InvokeRequest> ParseInvoke(const std::string& body) {
   BERTH_RETURN_IF_ERROR(r.StringArray("args", &req.args));
   BERTH_RETURN_IF_ERROR(r.StringMap("env", &req.env));
   BERTH_RETURN_IF_ERROR(r.String("stdin", &req.stdin_data));
+  BERTH_RETURN_IF_ERROR(r.Int("ppid", &req.ppid, 0, kBig));
+  BERTH_RETURN_IF_ERROR(r.String("name", &req.name));
   BERTH_RETURN_IF_ERROR(r.NoUnknownFields());
   return req;
 }
 
-manager::Principal Who(const HttpRequest& req) {
-  return manager::Principal{req.caller.tenant, req.caller.token_id, req.caller.admin};
-}
 
 json TokenJson(const manager::TokenRecord& t) {
   return {{"id", t.id},
@@ -141,22 +84,6 @@ json TokenJson(const manager::TokenRecord& t) {
           {"created_ms", t.created_ms},
           {"revoked", t.revoked_ms.has_value()},
           {"revoked_ms", t.revoked_ms ? json(*t.revoked_ms) : json(nullptr)}};
-}
-
-// Renders a list result as {"<key>": [render(item), ...]}.
-template <typename Render>
-auto ListOf(const char* key, Render render) {
-  return [key, render](const auto& items) {
-    json arr = json::array();
-    for (const auto& item : items) arr.push_back(render(item));
-    return json{{key, arr}};
-  };
-}
-
-template <typename T, typename Render>
-HttpResponse Respond(const Result<T>& result, int status, Render render) {
-  if (!result.ok()) return ErrorResponse(result.status());
-  return Json(status, render(*result));
 }
 
 class ImageUploadSink final : public BodySink {
@@ -205,6 +132,8 @@ Router BuildRouter(manager::Service& svc) {
     if (auto it = req.query.find("name"); it != req.query.end()) name = it->second;
     if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
     BERTH_ASSIGN_OR_RETURN(auto up, svc.BeginImageUpload());
+    // Optional ?format=raw|qcow2: the content must then be of that format (checked at commit).
+    if (auto it = req.query.find("format"); it != req.query.end()) up->ClaimFormat(it->second);
     return std::unique_ptr<BodySink>(new ImageUploadSink(svc, Who(req), std::move(up), name));
   };
   router.Add(std::move(upload));
@@ -249,22 +178,6 @@ Router BuildRouter(manager::Service& svc) {
                 if (!ex.ok()) return ErrorResponse(ex.status());
                 return ExecutionResponse(*ex);
               }});
-  router.Add({"GET", "/v1/executions", "List executions (?function=, ?limit=)", [&svc](const HttpRequest& req) {
-                size_t limit = 100;
-                if (auto it = req.query.find("limit"); it != req.query.end()) {
-                  try {
-                    limit = std::stoul(it->second);
-                  } catch (const std::exception&) {
-                    return ErrorResponse(Status::InvalidArgument("limit", "must be a positive integer"));
-                  }
-                  if (limit == 0 || limit > 10000) {
-                    return ErrorResponse(Status::InvalidArgument("limit", "must be between 1 and 10000"));
-                  }
-                }
-                std::string fn;
-                if (auto it = req.query.find("function"); it != req.query.end()) fn = it->second;
-                return Respond(svc.ListExecutions(Who(req), fn, limit), 200, ListOf("executions", ExecutionJson));
-              }});
   router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {
                 return Respond(svc.GetExecution(Who(req), req.params.at("id")), 200, ExecutionJson);
               }});
@@ -296,6 +209,8 @@ Router BuildRouter(manager::Service& svc) {
               [&svc](const HttpRequest& req) {
                 return Respond(svc.RevokeToken(Who(req), req.params.at("id")), 200, TokenJson);
               }});
+  AddProcRoutes(router, svc);
+  AddDckRoutes(router, svc);
   return router;
 }
 

@@ -60,7 +60,7 @@ int RunImageInspect(Env* env, const std::string& path, std::ostream& out, std::o
   auto info = images::InspectImage(env, path);
   if (!info.ok()) {
     err << "berth: image inspect: " << info.status().ToString() << "\n";
-    return info.status().code() == Code::kInvalidArgument ? 2 : 1;
+    return info.status().code() == Code::kFailedPrecondition ? 2 : 1;
   }
   out << Dump(InfoJson(AbsolutePath(path), *info)) << "\n";
   return 0;

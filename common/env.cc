@@ -3,10 +3,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -40,7 +42,11 @@ class PosixEnv final : public Env {
   void SleepMs(int64_t ms) override { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
   Result<CommandResult> Run(const std::vector<std::string>& argv, std::string_view input,
-                            int64_t timeout_ms) override;
+                            int64_t timeout_ms) override {
+    return RunLimited(argv, input, timeout_ms, RunLimits{});
+  }
+  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input,
+                                   int64_t timeout_ms, const RunLimits& limits) override;
 
   Result<std::string> ReadFile(const std::string& path) override {
     std::ifstream in(path, std::ios::binary);
@@ -113,8 +119,19 @@ class PosixEnv final : public Env {
   }
 };
 
-Result<CommandResult> PosixEnv::Run(const std::vector<std::string>& argv, std::string_view input,
-                                    int64_t timeout_ms) {
+// Lowers one resource limit of the calling process (the forked child). Only
+// async-signal-safe calls: it runs between fork and exec.
+bool LowerLimit(int resource, uint64_t soft, uint64_t hard) {
+  struct rlimit cur;
+  if (getrlimit(resource, &cur) != 0) return false;
+  struct rlimit next;
+  next.rlim_max = cur.rlim_max == RLIM_INFINITY ? hard : std::min<rlim_t>(cur.rlim_max, hard);
+  next.rlim_cur = std::min<rlim_t>(soft, next.rlim_max);
+  return setrlimit(resource, &next) == 0;
+}
+
+Result<CommandResult> PosixEnv::RunLimited(const std::vector<std::string>& argv, std::string_view input,
+                                           int64_t timeout_ms, const RunLimits& limits) {
   if (argv.empty()) return Status::InvalidArgument("argv", "empty command");
   int in_pipe[2], out_pipe[2], err_pipe[2], exec_pipe[2];
   if (pipe2(in_pipe, O_CLOEXEC) || pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC) ||
@@ -132,7 +149,15 @@ Result<CommandResult> PosixEnv::Run(const std::vector<std::string>& argv, std::s
     dup2(out_pipe[1], 1);
     dup2(err_pipe[1], 2);
     setpgid(0, 0);
-    execvp(cargv[0], cargv.data());
+    bool limited = true;
+    if (limits.address_space_bytes > 0) {
+      limited = LowerLimit(RLIMIT_AS, limits.address_space_bytes, limits.address_space_bytes);
+    }
+    // The soft limit sends SIGXCPU; the hard limit, a second later, SIGKILL.
+    if (limited && limits.cpu_seconds > 0) {
+      limited = LowerLimit(RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1);
+    }
+    if (limited) execvp(cargv[0], cargv.data());
     int e = errno;
     (void)!write(exec_pipe[1], &e, sizeof e);
     _exit(127);
@@ -227,6 +252,11 @@ Result<CommandResult> PosixEnv::Run(const std::vector<std::string>& argv, std::s
 }
 
 }  // namespace
+
+Result<CommandResult> Env::RunLimited(const std::vector<std::string>& argv, std::string_view input,
+                                      int64_t timeout_ms, const RunLimits& /*limits*/) {
+  return Run(argv, input, timeout_ms);
+}
 
 Env* Env::Default() {
   static PosixEnv env;

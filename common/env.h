@@ -19,6 +19,14 @@ struct CommandResult {
   std::string err;     // captured stderr
 };
 
+// Resource limits applied to a command's process (setrlimit in the child,
+// between fork and exec; inherited by whatever it starts). 0 = leave the
+// limit as inherited. A limit above the current hard limit is clamped to it.
+struct RunLimits {
+  uint64_t address_space_bytes = 0;  // RLIMIT_AS: allocations beyond it fail
+  uint64_t cpu_seconds = 0;          // RLIMIT_CPU: SIGXCPU at the limit, SIGKILL one second later
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -36,6 +44,14 @@ class Env {
   virtual Result<CommandResult> Run(const std::vector<std::string>& argv,
                                     std::string_view input = {},
                                     int64_t timeout_ms = 600'000) = 0;
+
+  // Run, with `limits` applied to the command's process. Exceeding the CPU
+  // limit kills it (exit_code 128+SIGXCPU or 128+SIGKILL); exceeding the
+  // address space makes its allocations fail. This default ignores the
+  // limits and calls Run, so Env fakes that only override Run keep working;
+  // the real Env applies them.
+  virtual Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input,
+                                           int64_t timeout_ms, const RunLimits& limits);
 
   virtual Result<std::string> ReadFile(const std::string& path) = 0;
   // Writes via a temporary file + rename, so readers never see a partial file.

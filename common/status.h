@@ -40,7 +40,9 @@ class [[nodiscard]] Status {
   static Status InvalidArgument(std::string field, std::string message) {
     return {Code::kInvalidArgument, std::move(message), std::move(field)};
   }
-  static Status NotFound(std::string message) { return {Code::kNotFound, std::move(message)}; }
+  static Status NotFound(std::string message, std::string field = {}) {
+    return {Code::kNotFound, std::move(message), std::move(field)};
+  }
   static Status AlreadyExists(std::string message) { return {Code::kAlreadyExists, std::move(message)}; }
   static Status FailedPrecondition(std::string message, std::string field = {}) {
     return {Code::kFailedPrecondition, std::move(message), std::move(field)};

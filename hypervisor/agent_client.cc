@@ -45,6 +45,17 @@ Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) {
 
 Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
                                       int64_t host_timeout_ms) {
+  return Exec(msg, stdin_data, max_output, host_timeout_ms, nullptr);
+}
+
+Status AgentClient::Kill(int signal) {
+  agent::KillMsg k;
+  k.signal = signal;
+  return channel_->Send(agent::MsgType::kKill, nlohmann::json(k).dump());
+}
+
+Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
+                                      int64_t host_timeout_ms, const OutputFn& on_output) {
   agent::ExecMsg exec = msg;
   exec.has_stdin = !stdin_data.empty();
   BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kExec, nlohmann::json(exec).dump()));
@@ -68,8 +79,14 @@ Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_vie
     auto frame = channel_->Receive(left);
     if (!frame.ok()) return frame.status();
     switch (frame->type) {
-      case agent::MsgType::kStdout: append(out.stdout_data, frame->payload); break;
-      case agent::MsgType::kStderr: append(out.stderr_data, frame->payload); break;
+      case agent::MsgType::kStdout:
+        if (on_output) on_output(frame->type, frame->payload);
+        append(out.stdout_data, frame->payload);
+        break;
+      case agent::MsgType::kStderr:
+        if (on_output) on_output(frame->type, frame->payload);
+        append(out.stderr_data, frame->payload);
+        break;
       case agent::MsgType::kExit: {
         auto exit = agent::ParseBody<agent::ExitMsg>(frame->payload);
         if (!exit) return Status::Internal("malformed exit message from the guest agent");

@@ -2,6 +2,7 @@
 // on top of an AgentChannel. One client per domain; not thread-safe.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,15 @@ class AgentClient {
   // (kDeadlineExceeded after that: the caller destroys the domain).
   Result<ExecOutcome> Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
                            int64_t host_timeout_ms);
+  // Exec that also hands every stdout/stderr chunk to `on_output` as it
+  // arrives (for live logs), before the cap is applied.
+  using OutputFn = std::function<void(agent::MsgType stream, const std::string& bytes)>;
+  Result<ExecOutcome> Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
+                           int64_t host_timeout_ms, const OutputFn& on_output);
+
+  // Sends `signal` to the running command's process group. Safe to call from
+  // another thread while Exec waits (the channel's Send is thread-safe).
+  Status Kill(int signal);
 
   Status Ping(int64_t timeout_ms);
   Status PowerOff();

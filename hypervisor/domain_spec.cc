@@ -1,5 +1,6 @@
 #include "hypervisor/domain_spec.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <set>
 #include <string>
@@ -201,6 +202,34 @@ Status CheckChannel(const ChannelSpec& ch) {
   return Status::Ok();
 }
 
+// <filterref>: a filter name like a libvirt object name; parameter names
+// as nwfilter variables ([A-Za-z0-9_]), values plain single-line text.
+Status CheckNicFilter(const std::string& base, const NicSpec& n) {
+  if (n.filter.empty()) {
+    if (!n.filter_parameters.empty()) {
+      return Status::InvalidArgument(base + ".filter",
+                                     base + ".filter is required with filter_parameters");
+    }
+    return Status::Ok();
+  }
+  if (!IsSimpleName(n.filter) || n.filter.size() > kMaxNameLength) {
+    return Status::InvalidArgument(
+        base + ".filter", base + ".filter may contain only letters, digits, '_', '.' and '-'");
+  }
+  for (size_t k = 0; k < n.filter_parameters.size(); ++k) {
+    const std::string field = base + ".filter_parameters[" + std::to_string(k) + "]";
+    const auto& [name, value] = n.filter_parameters[k];
+    if (name.empty() || name.size() > kMaxNameLength ||
+        !std::all_of(name.begin(), name.end(), [](char c) { return IsAsciiAlnum(c) || c == '_'; })) {
+      return Status::InvalidArgument(field + ".name",
+                                     field + ".name may contain only letters, digits and '_'");
+    }
+    if (value.empty()) return Status::InvalidArgument(field + ".value", field + ".value is required");
+    BERTH_RETURN_IF_ERROR(CheckText(field + ".value", value));
+  }
+  return Status::Ok();
+}
+
 Status CheckNics(const std::vector<NicSpec>& nics) {
   for (size_t i = 0; i < nics.size(); ++i) {
     const std::string base = "nics[" + std::to_string(i) + "]";
@@ -214,6 +243,7 @@ Status CheckNics(const std::vector<NicSpec>& nics) {
                                      base + ".network must not contain '/'");
     }
     if (!n.mac.empty()) BERTH_RETURN_IF_ERROR(CheckMac(base + ".mac", n.mac));
+    BERTH_RETURN_IF_ERROR(CheckNicFilter(base, n));
   }
   return Status::Ok();
 }
@@ -260,9 +290,13 @@ Status ValidateDomainSpec(const DomainSpec& spec) {
                           std::to_string(kMaxMemoryMib) + " MiB, got " +
                           std::to_string(spec.memory_mib));
   }
-  BERTH_RETURN_IF_ERROR(CheckPath("kernel_path", spec.kernel_path));
-  BERTH_RETURN_IF_ERROR(CheckPath("initrd_path", spec.initrd_path));
-  BERTH_RETURN_IF_ERROR(CheckText("cmdline", spec.cmdline, kMaxCmdlineLength));
+  if (!spec.kernel_path.empty() || !spec.initrd_path.empty()) {  // both empty: boot from disk
+    BERTH_RETURN_IF_ERROR(CheckPath("kernel_path", spec.kernel_path));
+    BERTH_RETURN_IF_ERROR(CheckPath("initrd_path", spec.initrd_path));
+    BERTH_RETURN_IF_ERROR(CheckText("cmdline", spec.cmdline, kMaxCmdlineLength));
+  } else if (spec.disks.empty()) {
+    return Status::InvalidArgument("disks", "a domain that boots from disk needs at least one disk");
+  }
   BERTH_RETURN_IF_ERROR(CheckDisks(spec.disks));
   BERTH_RETURN_IF_ERROR(CheckChannel(spec.agent_channel));
   if (!spec.console_log_path.empty()) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -34,6 +35,11 @@ struct ChannelSpec {
 struct NicSpec {
   std::string network;  // libvirt network name
   std::string mac;      // empty: libvirt assigns
+  // libvirt nwfilter applied to this NIC (<filterref>); empty: none. The
+  // parameters (e.g. IP, MAC, CTRL_IP_LEARNING, DHCPSERVER) are written in
+  // this order; names are [A-Za-z0-9_], values plain text.
+  std::string filter;
+  std::vector<std::pair<std::string, std::string>> filter_parameters;
 };
 
 // What berth records about a domain inside it, so `virsh dumpxml` alone tells
@@ -58,7 +64,8 @@ struct DomainSpec {
   uint32_t vcpus = 1;
   uint64_t memory_mib = 256;
 
-  // Direct kernel boot.
+  // Direct kernel boot. Both empty: boot from the first disk (the image's
+  // own bootloader and kernel).
   std::string kernel_path;
   std::string initrd_path;
   std::string cmdline = "console=ttyS0 quiet panic=-1";

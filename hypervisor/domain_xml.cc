@@ -173,9 +173,14 @@ void BuildDomain(pugi::xml_node root, const DomainSpec& spec) {
   pugi::xml_node type = AddText(os, "type", "hvm");
   SetAttr(type, "arch", "x86_64");
   SetAttr(type, "machine", spec.machine);
-  AddText(os, "kernel", spec.kernel_path);
-  AddText(os, "initrd", spec.initrd_path);
-  if (!spec.cmdline.empty()) AddText(os, "cmdline", spec.cmdline);
+  if (spec.kernel_path.empty()) {
+    // Boot from disk: the image's own bootloader and kernel.
+    SetAttr(AddElement(os, "boot"), "dev", "hd");
+  } else {
+    AddText(os, "kernel", spec.kernel_path);
+    AddText(os, "initrd", spec.initrd_path);
+    if (!spec.cmdline.empty()) AddText(os, "cmdline", spec.cmdline);
+  }
 
   // ACPI is what lets the guest power itself off cleanly.
   AddElement(AddElement(domain, "features"), "acpi");
@@ -201,6 +206,15 @@ void BuildDomain(pugi::xml_node root, const DomainSpec& spec) {
     if (!n.mac.empty()) SetAttr(AddElement(iface, "mac"), "address", n.mac);
     SetAttr(AddElement(iface, "source"), "network", n.network);
     SetAttr(AddElement(iface, "model"), "type", "virtio");
+    if (!n.filter.empty()) {  // libvirt prints <filterref> after <model>
+      pugi::xml_node filterref = AddElement(iface, "filterref");
+      SetAttr(filterref, "filter", n.filter);
+      for (const auto& [name, value] : n.filter_parameters) {
+        pugi::xml_node param = AddElement(filterref, "parameter");
+        SetAttr(param, "name", name);
+        SetAttr(param, "value", value);
+      }
+    }
   }
   if (!spec.console_log_path.empty()) {
     pugi::xml_node serial = AddElement(devices, "serial");

@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "guest/protocol.h"
 #include "hypervisor/domain_spec.h"
+#include "hypervisor/network_xml.h"
 
 namespace berth::hv {
 
@@ -28,6 +29,10 @@ struct NodeInfo {
   uint64_t hypervisor_version = 0;
   uint64_t libvirt_version = 0;
   bool kvm_available = false;   // domain capabilities list type 'kvm'
+  // The host CPU from libvirt's capabilities: "vendor model (arch, family F
+  // model M stepping S, features <hash>)"; "" when the driver reports none.
+  // Saved guests are only restored on a node with the same value.
+  std::string cpu_model;
 };
 
 struct VolumeInfo {
@@ -37,6 +42,14 @@ struct VolumeInfo {
   std::string format;    // "raw", "qcow2", ...
   uint64_t capacity_bytes = 0;
   uint64_t allocation_bytes = 0;
+};
+
+// One address of a guest NIC, from GetDomainInterfaceAddresses.
+struct InterfaceAddress {
+  std::string interface;  // host-side device, e.g. "vnet3"
+  std::string mac;        // the guest NIC's MAC
+  std::string ip;         // "10.240.0.17"
+  int prefix_length = 0;  // 24
 };
 
 enum class DomainRunState { kRunning, kPaused, kShutoff, kCrashed, kOther };
@@ -90,6 +103,9 @@ class Hypervisor {
   virtual Status StartDomain(const DomainSpec& spec) = 0;
   // Destroys (hard power-off) a domain; a missing domain succeeds.
   virtual Status DestroyDomain(const std::string& name) = 0;
+  // Asks the guest to shut down (ACPI power button); returns at once. A
+  // missing or already stopped domain succeeds.
+  virtual Status ShutdownDomain(const std::string& name) = 0;
   // Names of running domains that start with `prefix`.
   virtual Result<std::vector<std::string>> ListDomains(const std::string& prefix) = 0;
   virtual Result<std::string> GetDomainXml(const std::string& name) = 0;
@@ -102,6 +118,49 @@ class Hypervisor {
   virtual Result<DomainState> GetDomainState(const std::string& name) = 0;
   virtual Result<std::unique_ptr<AgentChannel>> OpenAgentChannel(const std::string& domain,
                                                                   const std::string& channel) = 0;
+
+  // --- Volume helpers for snapshot templates and their clones (manager/templates.h).
+  // All of them go through libvirt's storage API, so they work on remote nodes.
+  // The pool's target directory on the node (e.g. where virDomainSave may write).
+  virtual Result<std::string> GetPoolPath(const std::string& pool) = 0;
+  // Creates raw volume `dst` as a full copy of `src` in the same pool
+  // (virStorageVolCreateXMLFrom; a reflink copy where the filesystem has one).
+  virtual Result<VolumeInfo> CloneVolume(const std::string& pool, const std::string& src, const std::string& dst) = 0;
+  // Reads `length` bytes at `offset` (fewer when the volume ends first).
+  virtual Result<std::string> DownloadVolumeRange(const std::string& pool, const std::string& name, uint64_t offset,
+                                                  uint64_t length) = 0;
+  // Overwrites bytes.size() bytes at `offset` of an existing volume; nothing
+  // else of it changes. InvalidArgument if the range runs past its end.
+  virtual Status UploadVolumeRange(const std::string& pool, const std::string& name, uint64_t offset,
+                                   std::string_view bytes) = 0;
+  // Creates raw volume `name` holding exactly `bytes`, replacing an existing one.
+  virtual Result<VolumeInfo> WriteVolume(const std::string& pool, const std::string& name, std::string_view bytes) = 0;
+
+  // --- Guest networks (net/ plans them; see hypervisor/network_xml.h, nwfilter_xml.h).
+  // Defines, starts and leaves autostart off for a persistent network; a no-op
+  // when one of that name exists with the same bridge, gateway and prefix (it
+  // is started if inactive). FailedPrecondition when a same-named network has
+  // a different bridge or subnet (it is left untouched).
+  virtual Status EnsureNetwork(const NetworkSpec& spec) = 0;
+  // Destroys and undefines a network; a missing one succeeds.
+  virtual Status DestroyNetwork(const std::string& name) = 0;
+  // Names of all networks (active or not) that start with `prefix`, sorted.
+  virtual Result<std::vector<std::string>> ListNetworks(const std::string& prefix) = 0;
+  // A defined network read back (ParseNetworkXml of its persistent XML), e.g.
+  // to rebuild the tenant -> subnet map after a restart. kNotFound if missing.
+  virtual Result<NetworkSpec> GetNetwork(const std::string& name) = 0;
+  // Defines (or redefines, keeping its uuid) the nwfilter `xml` describes.
+  // Redefining updates the rules of running guests that use it.
+  virtual Status EnsureNwFilter(const std::string& xml) = 0;
+  // Undefines a filter; a missing one succeeds. FailedPrecondition while a
+  // running guest still uses it.
+  virtual Status DeleteNwFilter(const std::string& name) = 0;
+  // Names of all nwfilters that start with `prefix`, sorted.
+  virtual Result<std::vector<std::string>> ListNwFilters(const std::string& prefix) = 0;
+  // The guest's IPv4 addresses as dnsmasq leased them on libvirt networks
+  // (virDomainInterfaceAddresses, lease source): one entry per address. Empty
+  // until the guest got a lease; kNotFound when the domain does not exist.
+  virtual Result<std::vector<InterfaceAddress>> GetDomainInterfaceAddresses(const std::string& domain) = 0;
 };
 
 // Connects to a libvirt URI. A daemon that cannot be reached yields

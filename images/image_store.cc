@@ -44,8 +44,9 @@ void SyncDir(const std::string& dir) {
 
 // ---------------------------------------------------------------- ImageUpload
 
-ImageUpload::ImageUpload(ImageStore* store, int fd, std::string tmp_path, uint64_t max_bytes)
-    : store_(store), fd_(fd), tmp_path_(std::move(tmp_path)), max_bytes_(max_bytes) {}
+ImageUpload::ImageUpload(ImageStore* store, int fd, std::string tmp_path, uint64_t max_bytes,
+                         InspectOptions options)
+    : store_(store), fd_(fd), tmp_path_(std::move(tmp_path)), max_bytes_(max_bytes), options_(std::move(options)) {}
 
 ImageUpload::~ImageUpload() { Abort(); }
 
@@ -100,7 +101,7 @@ Result<ImageRecord> ImageUpload::Commit() {
   }
   // From here on Install owns (and always removes) the temporary file.
   done_ = true;
-  return store_->Install(tmp_path_, hash_.FinishHex());
+  return store_->Install(tmp_path_, hash_.FinishHex(), options_);
 }
 
 // ----------------------------------------------------------------- ImageStore
@@ -122,16 +123,16 @@ std::string ImageStore::FinalPath(const std::string& id, const std::string& form
   return dir_ + "/" + id + "." + format;
 }
 
-Result<std::unique_ptr<ImageUpload>> ImageStore::BeginUpload(uint64_t max_bytes) {
+Result<std::unique_ptr<ImageUpload>> ImageStore::BeginUpload(uint64_t max_bytes, const InspectOptions& options) {
   BERTH_RETURN_IF_ERROR(init_status_);
   std::string tmp = tmp_dir_ + "/upload-" + std::to_string(::getpid()) + "-" + std::to_string(next_tmp_++) + "-" +
                     std::to_string(env_->MonotonicMs()) + ".part";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return WriteErrno("cannot create " + tmp, errno);
-  return std::unique_ptr<ImageUpload>(new ImageUpload(this, fd, std::move(tmp), max_bytes));
+  return std::unique_ptr<ImageUpload>(new ImageUpload(this, fd, std::move(tmp), max_bytes, options));
 }
 
-Result<ImageRecord> ImageStore::ImportFile(const std::string& src_path) {
+Result<ImageRecord> ImageStore::ImportFile(const std::string& src_path, const InspectOptions& options) {
   BERTH_RETURN_IF_ERROR(init_status_);
   int fd = ::open(src_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -147,7 +148,7 @@ Result<ImageRecord> ImageStore::ImportFile(const std::string& src_path) {
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     return Status::InvalidArgument("image", src_path + " is not a regular file");
   }
-  BERTH_ASSIGN_OR_RETURN(std::unique_ptr<ImageUpload> upload, BeginUpload(UINT64_MAX));
+  BERTH_ASSIGN_OR_RETURN(std::unique_ptr<ImageUpload> upload, BeginUpload(UINT64_MAX, options));
   std::string buf(1 << 20, '\0');
   for (;;) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
@@ -161,8 +162,11 @@ Result<ImageRecord> ImageStore::ImportFile(const std::string& src_path) {
   return upload->Commit();
 }
 
-Result<ImageRecord> ImageStore::Install(const std::string& tmp_path, const std::string& sha256) {
-  auto info = InspectImage(env_, tmp_path);
+Result<ImageRecord> ImageStore::Install(const std::string& tmp_path, const std::string& sha256,
+                                        const InspectOptions& options) {
+  // Both stages (header checks, then qemu-img) before the file gets a name
+  // anything else looks at.
+  auto info = InspectImage(env_, tmp_path, options);
   if (!info.ok()) {
     (void)env_->RemoveFile(tmp_path);
     return info.status();
@@ -195,7 +199,12 @@ Result<ImageRecord> ImageStore::Get(const std::string& sha256) {
   for (const char* format : kFormats) {
     std::string path = FinalPath(sha256, format);
     if (!env_->Exists(path)) continue;
-    auto info = InspectImage(env_, path);
+    // Admitted files passed both stages (with whatever options their upload
+    // had); re-deriving format and sizes needs only the header.
+    InspectOptions stored;
+    stored.allow_iso = true;
+    stored.max_virtual_size_bytes = UINT64_MAX;
+    auto info = InspectImageHeader(path, stored);
     if (!info.ok()) {
       if (info.status().code() == Code::kNotFound) continue;  // removed meanwhile
       return info.status().WithContext("stored image " + sha256);

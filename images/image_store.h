@@ -3,9 +3,10 @@
 // Layout: DIR/<sha256>.<format> (format "qcow2" or "raw"), where sha256 is
 // the hex digest of the file's bytes; DIR/tmp/ holds uploads in progress.
 // Every file enters the store through a temporary file that is hashed while
-// it is written, inspected as hostile (images/image_format.h), fsynced and
-// then renamed into place, so the store never holds a partial or unchecked
-// image. Stored files are 0644 and DIR is 0755 because QEMU runs as
+// it is written, fsynced, inspected as hostile (images/image_format.h: the
+// header checks, then qemu-img's cross-check) and only then renamed into
+// place, so the store never holds a partial or unchecked image and nothing
+// else reads an upload before it has passed both stages. Stored files are 0644 and DIR is 0755 because QEMU runs as
 // libvirt-qemu and must read them.
 //
 // Only one ImageStore (one process) may own a directory: construction deletes
@@ -25,6 +26,7 @@
 #include "common/env.h"
 #include "common/sha256.h"
 #include "common/status.h"
+#include "images/image_format.h"
 
 namespace berth::images {
 
@@ -54,10 +56,14 @@ class ImageUpload {
   // call fails with FailedPrecondition.
   Status Append(std::string_view chunk);
 
+  // Records the format the uploader declared ("raw", "qcow2", or "" for
+  // none); Commit then refuses content of another format. Call before Commit.
+  void ClaimFormat(std::string format) { options_.claimed_format = std::move(format); }
+
   // Flushes, inspects and moves the file into the store. Idempotent across
   // uploads: if the same content is already stored, the stored file is kept
-  // and its record returned. A rejected image yields InvalidArgument (field
-  // "image") and leaves nothing behind.
+  // and its record returned. A rejected image yields FailedPrecondition
+  // (field "image", the reason in words) and leaves nothing behind.
   Result<ImageRecord> Commit();
 
   // Discards the upload now (also done by the destructor).
@@ -67,7 +73,7 @@ class ImageUpload {
 
  private:
   friend class ImageStore;
-  ImageUpload(ImageStore* store, int fd, std::string tmp_path, uint64_t max_bytes);
+  ImageUpload(ImageStore* store, int fd, std::string tmp_path, uint64_t max_bytes, InspectOptions options);
 
   ImageStore* store_;
   int fd_;
@@ -75,6 +81,7 @@ class ImageUpload {
   uint64_t max_bytes_;
   uint64_t written_ = 0;
   Sha256 hash_;
+  InspectOptions options_;
   bool done_ = false;  // committed or aborted
 };
 
@@ -90,15 +97,19 @@ class ImageStore {
   // Copies src_path into the store (hashing while copying), inspects it and
   // renames it into place. Importing the same content twice returns the same
   // record and keeps one file. NotFound if src_path cannot be opened;
-  // InvalidArgument (field "image") if the image is rejected.
-  Result<ImageRecord> ImportFile(const std::string& src_path);
+  // FailedPrecondition (field "image") if the image is rejected. `options`
+  // are the inspection's (declared format, ISO allowed, size limit).
+  Result<ImageRecord> ImportFile(const std::string& src_path, const InspectOptions& options = {});
 
-  // Starts a streaming upload of at most max_bytes bytes.
-  Result<std::unique_ptr<ImageUpload>> BeginUpload(uint64_t max_bytes);
+  // Starts a streaming upload of at most max_bytes bytes, inspected with
+  // `options` at Commit.
+  Result<std::unique_ptr<ImageUpload>> BeginUpload(uint64_t max_bytes, const InspectOptions& options = {});
 
-  // Looks an image up by id; format and sizes are re-derived from the file
-  // (it is inspected again). InvalidArgument (field "image") if the id is not
-  // 64 lowercase hex characters; NotFound if it is not stored.
+  // Looks an image up by id; format and sizes are re-derived from the
+  // file's header (stage 1 of the inspection; stored files passed both
+  // stages when they entered the store, and this runs no qemu-img).
+  // InvalidArgument (field "image") if the id is not 64 lowercase hex
+  // characters; NotFound if it is not stored.
   Result<ImageRecord> Get(const std::string& sha256);
 
   // Deletes a stored image. Same id rules as Get; NotFound if absent.
@@ -114,7 +125,7 @@ class ImageStore {
 
   // Inspects tmp_path and moves it to its final name; removes tmp_path on
   // every path out.
-  Result<ImageRecord> Install(const std::string& tmp_path, const std::string& sha256);
+  Result<ImageRecord> Install(const std::string& tmp_path, const std::string& sha256, const InspectOptions& options);
   std::string FinalPath(const std::string& id, const std::string& format) const;
 
   Env* env_;

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <csignal>
+#include <filesystem>
 #include <thread>
 
 #include "common/ids.h"
@@ -12,9 +14,29 @@ namespace {
 
 std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
 
+constexpr int64_t kForever = int64_t{10} * 365 * 24 * 3600 * 1000;  // "no limit" for host-side waits
+constexpr int64_t kDomainPollMs = 250;
+
 }  // namespace
 
+// A process that has not ended: what Kill, Wait and Output need while the
+// executing thread owns the record.
+struct Executor::Live {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  int kill_signal = 0;       // first signal requested (0: none)
+  bool domain_started = false;
+  bool disk_boot = false;
+  std::string domain;
+  Node* node = nullptr;
+  hv::AgentClient* agent = nullptr;  // set while the command runs
+  LiveOutput output;
+  size_t max_output = 0;
+};
+
 std::string OverlayVolumeName(const std::string& execution_id) { return "ovl-" + execution_id + ".qcow2"; }
+std::string SeedVolumeName(const std::string& execution_id) { return "seed-" + execution_id + ".iso"; }
 std::string ConsoleLogVolumeName(const std::string& domain) { return domain + ".console.log"; }
 
 Executor::~Executor() { WaitForCleanups(); }
@@ -22,6 +44,19 @@ Executor::~Executor() { WaitForCleanups(); }
 void Executor::WaitForCleanups() {
   std::unique_lock lock(cleanup_mu_);
   cleanup_cv_.wait(lock, [this] { return pending_cleanups_ == 0; });
+}
+
+void Executor::Background(std::function<void()> fn) {
+  {
+    std::lock_guard lock(cleanup_mu_);
+    ++pending_cleanups_;
+  }
+  std::thread([this, fn = std::move(fn)]() {
+    fn();
+    std::lock_guard lock(cleanup_mu_);
+    --pending_cleanups_;
+    cleanup_cv_.notify_all();
+  }).detach();
 }
 
 void Executor::Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRecord ex) {
@@ -35,16 +70,7 @@ void Executor::Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRe
     run();
     return;
   }
-  {
-    std::lock_guard lock(cleanup_mu_);
-    ++pending_cleanups_;
-  }
-  std::thread([this, run]() mutable {
-    run();
-    std::lock_guard lock(cleanup_mu_);
-    --pending_cleanups_;
-    cleanup_cv_.notify_all();
-  }).detach();
+  Background(std::move(run));
 }
 
 ExecutionTeardown::~ExecutionTeardown() { Run(); }
@@ -58,6 +84,7 @@ void ExecutionTeardown::Run() {
   auto& hv = node_.hypervisor();
   if (started_) log(hv.DestroyDomain(domain_), "destroying domain " + domain_);
   if (overlay_created_) log(hv.DeleteVolume(node_.config().pool, overlay_), "deleting overlay " + overlay_);
+  if (seed_created_) log(hv.DeleteVolume(node_.config().pool, seed_), "deleting seed " + seed_);
   if (started_) log(hv.DeleteVolume(node_.config().log_pool, console_), "deleting console log " + console_);
   if (reserved_memory_mib_) node_.Release(reserved_vcpus_, reserved_memory_mib_);
   reserved_memory_mib_ = 0;
@@ -73,74 +100,246 @@ Status Executor::Advance(ExecutionRecord& ex, ExecState to) {
   return store_->UpdateExecution(ex);
 }
 
-Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
-                                      const InvokeRequest& request) {
-  const int64_t t0 = env_->MonotonicMs();
-  ExecutionRecord ex;
+Result<std::shared_ptr<Executor::Live>> Executor::Create(Node& node, const Launch& launch, ExecutionRecord* out) {
+  ExecutionRecord& ex = *out;
   ex.id = RandomHex(16);
-  ex.function = fn.spec.name;
-  ex.function_version = fn.version;
-  ex.tenant = fn.tenant;
-  ex.image = image.id;
+  ex.function = launch.function;
+  ex.function_version = launch.function_version;
+  ex.tenant = launch.tenant;
+  ex.image = launch.image.id;
   ex.node = node.name();
-  ex.domain = std::string(hv::kDomainNamePrefix) + ex.id;
-  ex.ppid = request.ppid;
+  ex.ppid = launch.ppid;
+  ex.name = launch.name;
+  ex.kind = launch.kind;
+  ex.userdata = launch.userdata;
+  ex.spec = launch.spec;
   ex.created_ms = env_->NowUnixMs();
   BERTH_ASSIGN_OR_RETURN(ex.pid, store_->NewPid());
-  BERTH_RETURN_IF_ERROR(store_->InsertExecution(ex));
+  // Says what it is in `virsh list`: tenant and pid, plus a short id so that
+  // two berthds (own stores, own pid counters) never pick the same name.
+  ex.domain = std::string(hv::kDomainNamePrefix) + ex.tenant + "-" + std::to_string(ex.pid) + "-" + ex.id.substr(0, 6);
+  auto live = std::make_shared<Live>();
+  live->node = &node;
+  live->domain = ex.domain;
+  live->disk_boot = launch.spec.boot == BootMode::kDisk;
+  live->max_output = options_.max_output_bytes;
+  {
+    std::lock_guard lock(live_mu_);
+    live_[ex.id] = live;
+  }
+  if (Status s = store_->InsertExecution(ex); !s.ok()) {
+    std::lock_guard lock(live_mu_);
+    live_.erase(ex.id);
+    return s;
+  }
+  return live;
+}
 
-  // Ends the execution in `to` (terminal); the VM and its volumes are torn
-  // down after the answer (Teardown), unless options say otherwise.
+Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
+                                      const InvokeRequest& request) {
+  Launch launch;
+  launch.tenant = fn.tenant;
+  launch.function = fn.spec.name;
+  launch.function_version = fn.version;
+  launch.name = request.name.empty() ? fn.spec.name : request.name;
+  launch.kind = ProcKind::kRun;
+  launch.image = image;
+  launch.spec.command = fn.spec.entrypoint;
+  launch.spec.command.insert(launch.spec.command.end(), request.args.begin(), request.args.end());
+  launch.spec.args = request.args;
+  launch.spec.env = fn.spec.env;
+  for (const auto& [k, v] : request.env) launch.spec.env[k] = v;
+  launch.spec.stdin_data = request.stdin_data;
+  launch.spec.vcpus = fn.spec.vcpus;
+  launch.spec.memory_mib = fn.spec.memory_mib;
+  launch.spec.timeout_ms = fn.spec.timeout_ms;
+  launch.spec.cwd = fn.spec.cwd;
+  launch.ppid = request.ppid;
+  ExecutionRecord ex;
+  BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
+  ex = Execute(node, launch, std::move(ex), live);
+  if (ex.state == ExecState::kPending) return Status::Internal("execution " + ex.id + " could not be recorded");
+  return ex;
+}
+
+Result<ExecutionRecord> Executor::Start(Node& node, Launch launch) {
+  ExecutionRecord ex;
+  BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
+  ExecutionRecord first = ex;
+  Background([this, &node, launch = std::move(launch), ex = std::move(ex), live]() mutable {
+    Execute(node, launch, std::move(ex), live);
+  });
+  return first;
+}
+
+Result<hv::VolumeInfo> Executor::MakeSeed(Node& node, const ExecutionRecord& ex, const Launch& launch) {
+  // A cloud-init NoCloud seed: an ISO 9660 volume labelled "cidata" with
+  // user-data and meta-data, built here and uploaded to the node.
+  std::string dir = (std::filesystem::temp_directory_path() / ("berth-seed-" + ex.id)).string();
+  BERTH_RETURN_IF_ERROR(env_->CreateDirs(dir + "/files", 0700));
+  auto cleanup = [&] { (void)env_->RemoveTree(dir); };
+  std::string meta = "instance-id: " + ex.id + "\nlocal-hostname: " + (ex.name.empty() ? ex.domain : ex.name) + "\n";
+  Status s = env_->WriteFileAtomic(dir + "/files/user-data", launch.userdata, 0600);
+  if (s.ok()) s = env_->WriteFileAtomic(dir + "/files/meta-data", meta, 0600);
+  if (!s.ok()) {
+    cleanup();
+    return s;
+  }
+  auto run = env_->Run({options_.iso_tool, "-quiet", "-output", dir + "/seed.iso", "-volid", "cidata", "-joliet",
+                        "-rock", dir + "/files/user-data", dir + "/files/meta-data"},
+                       "", 60'000);
+  if (!run.ok() || run->exit_code != 0) {
+    cleanup();
+    return Status::Unavailable("building the cloud-init seed failed: " +
+                               (run.ok() ? Tail(run->err, 500) : run.status().message()));
+  }
+  auto vol = node.hypervisor().UploadVolume(node.config().pool, SeedVolumeName(ex.id), dir + "/seed.iso", "raw");
+  cleanup();
+  return vol;
+}
+
+ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live) {
+  const int64_t t0 = env_->MonotonicMs();
+  const int64_t created_unix = ex.created_ms;
+  const bool disk_boot = launch.spec.boot == BootMode::kDisk;
   const std::string overlay = OverlayVolumeName(ex.id);
   const std::string console = ConsoleLogVolumeName(ex.domain);
-  auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console);
-  auto finish = [&](ExecState to, std::string error_code, std::string error) -> Result<ExecutionRecord> {
-    if (to == ExecState::kError && cleanup->started()) {
-      // The console tells why a guest failed to boot or died (before the
-      // domain starts there is no console to read).
-      auto log = node.hypervisor().DownloadVolumeTail(node.config().log_pool, console, 2048);
-      if (log.ok() && !log->empty()) error += "\n--- console (tail) ---\n" + Tail(*log, 2048);
+  auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console, SeedVolumeName(ex.id));
+  auto kill_signal = [&] {
+    std::lock_guard lock(live->mu);
+    return live->kill_signal;
+  };
+  auto release_live = [&] {
+    {
+      std::lock_guard lock(live->mu);
+      live->done = true;
+      live->agent = nullptr;
+    }
+    live->cv.notify_all();
+    std::lock_guard lock(live_mu_);
+    live_.erase(ex.id);
+  };
+
+  // Ends the execution in `to` (terminal; a requested kill wins); the VM and
+  // its volumes are torn down after the answer (Teardown), unless options
+  // say otherwise.
+  auto finish = [&](ExecState to, std::string error_code, std::string error) -> ExecutionRecord {
+    if (int sig = kill_signal(); sig != 0) {
+      // A requested kill decides the outcome, however the command ended.
+      to = ExecState::kKilled;
+      if (ex.signal == 0) ex.signal = sig;
+      error_code = "killed";
+      error = std::string("killed by ") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    }
+    if (cleanup->started() && (ex.kind == ProcKind::kInstance || to == ExecState::kError)) {
+      // The console tells why a guest failed to boot or died; instances keep
+      // theirs (before the domain starts there is no console to read).
+      auto log = node.hypervisor().DownloadVolumeTail(node.config().log_pool, console, options_.max_console_bytes + 1);
+      if (log.ok()) {
+        ex.console_truncated = log->size() > options_.max_console_bytes;
+        ex.console = Tail(*log, options_.max_console_bytes);
+        if (to == ExecState::kError && !ex.console.empty()) error += "\n--- console (tail) ---\n" + Tail(*log, 2048);
+      }
     }
     ex.timings.total_ms = env_->MonotonicMs() - t0;
     ex.error_code = std::move(error_code);
     ex.error = std::move(error);
-    BERTH_RETURN_IF_ERROR(Advance(ex, to));
+    if (Status s = Advance(ex, to); !s.ok()) spdlog::error("recording end of {}: {}", ex.id, s.ToString());
+    release_live();
     Teardown(std::move(cleanup), ex);
     return ex;
   };
+  auto advance = [&](ExecState to) -> bool {
+    if (Status s = Advance(ex, to); !s.ok()) {
+      spdlog::error("recording {} of {}: {}", ExecStateName(to), ex.id, s.ToString());
+      return false;
+    }
+    return true;
+  };
 
-  // Prepare: capacity, image on the node, copy-on-write overlay.
-  if (Status s = node.Reserve(fn.spec.vcpus, fn.spec.memory_mib); !s.ok()) {
+  // Place: capacity on the node.
+  ex.timings.queue_ms = env_->NowUnixMs() - created_unix;
+  if (!advance(ExecState::kPlacing)) return finish(ExecState::kError, "store_failed", "could not record placing");
+  if (Status s = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib); !s.ok()) {
     return finish(ExecState::kError, "no_capacity", s.message());
   }
-  cleanup->reserved(fn.spec.vcpus, fn.spec.memory_mib);  // held until the VM is gone
+  cleanup->reserved(launch.spec.vcpus, launch.spec.memory_mib);  // held until the VM is gone
+  ex.timings.placed_at = env_->NowUnixMs();
+  if (kill_signal()) return finish(ExecState::kKilled, "", "");
 
-  auto base = node.EnsureImage(image);
+  // Disk: the image on the node, a copy-on-write overlay, a seed for disk boots.
+  auto base = node.EnsureImage(launch.image);
   if (!base.ok()) return finish(ExecState::kError, "image_unavailable", base.status().message());
   auto ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
   if (!ovl.ok()) return finish(ExecState::kError, "overlay_failed", ovl.status().message());
   cleanup->mark_overlay_created();
+  std::string seed_path;
+  if (disk_boot) {
+    auto seed = MakeSeed(node, ex, launch);
+    if (!seed.ok()) return finish(ExecState::kError, "seed_failed", seed.status().message());
+    cleanup->mark_seed_created();
+    seed_path = seed->path;
+  }
+  ex.timings.disk_ready_at = env_->NowUnixMs();
   ex.timings.prepare_ms = env_->MonotonicMs() - t0;
+  if (kill_signal()) return finish(ExecState::kKilled, "", "");
 
-  // Boot.
-  BERTH_RETURN_IF_ERROR(Advance(ex, ExecState::kBooting));
+  // Start.
+  if (!advance(ExecState::kStarting)) return finish(ExecState::kError, "store_failed", "could not record starting");
   hv::DomainSpec spec;
   spec.name = ex.domain;
-  spec.title = "berth " + fn.spec.name + " pid " + std::to_string(ex.pid);
+  spec.title = std::string("berth ") + ProcKindName(ex.kind) + " " + (ex.name.empty() ? ex.function : ex.name) +
+               " pid " + std::to_string(ex.pid) + " (tenant " + ex.tenant + ")";
   spec.accel = node.accel();
-  spec.vcpus = fn.spec.vcpus;
-  spec.memory_mib = fn.spec.memory_mib;
-  spec.kernel_path = node.kernel_path();
-  spec.initrd_path = node.initrd_path();
-  spec.cmdline = options_.kernel_cmdline;
+  spec.vcpus = launch.spec.vcpus;
+  spec.memory_mib = launch.spec.memory_mib;
+  if (!disk_boot) {
+    spec.kernel_path = node.kernel_path();
+    spec.initrd_path = node.initrd_path();
+    spec.cmdline = options_.kernel_cmdline;
+  }
   spec.disks.push_back({ovl->path, "qcow2", "vda", false});
+  if (disk_boot) spec.disks.push_back({seed_path, "raw", "vdb", true});
   spec.console_log_path = node.config().log_dir + "/" + console;
-  spec.metadata = {ex.id, fn.spec.name, fn.tenant, ex.pid, ex.ppid, image.id, ex.created_ms};
+  spec.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
   const int64_t b0 = env_->MonotonicMs();
   cleanup->mark_started();  // a failed start may still leave a console log
   if (Status s = node.hypervisor().StartDomain(spec); !s.ok()) {
     return finish(ExecState::kError, "start_failed", s.message());
   }
+  ex.timings.booted_at = env_->NowUnixMs();
+  {
+    std::lock_guard lock(live->mu);
+    live->domain_started = true;
+    // A KILL that came while the domain was being created acts now.
+    if (live->kill_signal == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
+  }
+
+  if (disk_boot) {
+    // No agent: the instance runs until its guest powers off, a kill, or its timeout.
+    ex.timings.boot_ms = env_->MonotonicMs() - b0;
+    if (!advance(ExecState::kRunning)) return finish(ExecState::kError, "store_failed", "could not record running");
+    const int64_t r0 = env_->MonotonicMs();
+    for (;;) {
+      auto state = node.hypervisor().GetDomainState(ex.domain);
+      if (!state.ok() && state.status().code() == Code::kNotFound) break;  // transient domain gone: powered off
+      if (state.ok() && (state->state == hv::DomainRunState::kShutoff || state->state == hv::DomainRunState::kCrashed)) {
+        break;
+      }
+      if (launch.spec.timeout_ms > 0 && env_->MonotonicMs() - r0 > launch.spec.timeout_ms) {
+        ex.timings.run_ms = env_->MonotonicMs() - r0;
+        return finish(ExecState::kTimedOut, "timeout",
+                      "stopped after exceeding the timeout of " + std::to_string(launch.spec.timeout_ms) + " ms");
+      }
+      std::unique_lock lock(live->mu);
+      live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+    }
+    ex.timings.run_ms = env_->MonotonicMs() - r0;
+    ex.duration_ms = ex.timings.run_ms;
+    ex.exit_code = 0;  // the guest powered itself off
+    return finish(ExecState::kSucceeded, "", "");
+  }
+
   auto channel = node.hypervisor().OpenAgentChannel(spec.name, spec.agent_channel.name);
   if (!channel.ok()) return finish(ExecState::kError, "agent_unreachable", channel.status().message());
   hv::AgentClient agent(std::move(*channel));
@@ -150,20 +349,44 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
     return finish(ExecState::kError, code, hello.status().message());
   }
   ex.timings.boot_ms = env_->MonotonicMs() - b0;
+  ex.timings.agent_ready_at = env_->NowUnixMs();
 
   // Run.
-  BERTH_RETURN_IF_ERROR(Advance(ex, ExecState::kRunning));
+  if (!advance(ExecState::kRunning)) return finish(ExecState::kError, "store_failed", "could not record running");
   agent::ExecMsg msg;
-  msg.argv = fn.spec.entrypoint;
-  msg.argv.insert(msg.argv.end(), request.args.begin(), request.args.end());
-  msg.env = fn.spec.env;
-  for (const auto& [k, v] : request.env) msg.env[k] = v;
-  msg.cwd = fn.spec.cwd;
-  msg.timeout_ms = fn.spec.timeout_ms;
+  msg.argv = launch.spec.command;
+  msg.env = launch.spec.env;
+  msg.env["BERTH_EXECUTION_ID"] = ex.id;
+  msg.env["BERTH_PID"] = std::to_string(ex.pid);
+  msg.env["BERTH_PPID"] = std::to_string(ex.ppid);
+  if (!launch.userdata.empty()) msg.env["BERTH_USERDATA"] = launch.userdata;
+  msg.cwd = launch.spec.cwd;
+  msg.timeout_ms = launch.spec.timeout_ms;
+  bool killed_before_exec = false;
+  {
+    std::lock_guard lock(live->mu);
+    killed_before_exec = live->kill_signal != 0;
+    if (!killed_before_exec) live->agent = &agent;  // from here on Kill signals through the agent
+  }
+  if (killed_before_exec) {
+    agent.Close();
+    return finish(ExecState::kKilled, "", "");
+  }
+  const int64_t host_timeout = launch.spec.timeout_ms > 0 ? launch.spec.timeout_ms + options_.host_grace_ms : kForever;
   const int64_t r0 = env_->MonotonicMs();
-  auto outcome = agent.Exec(msg, request.stdin_data, options_.max_output_bytes,
-                            fn.spec.timeout_ms + options_.host_grace_ms);
+  auto on_output = [&live](agent::MsgType type, const std::string& bytes) {
+    std::lock_guard lock(live->mu);
+    std::string& sink = type == agent::MsgType::kStdout ? live->output.stdout_data : live->output.stderr_data;
+    size_t room = sink.size() < live->max_output ? live->max_output - sink.size() : 0;
+    if (bytes.size() > room) live->output.truncated = true;
+    sink.append(bytes, 0, std::min(room, bytes.size()));
+  };
+  auto outcome = agent.Exec(msg, launch.spec.stdin_data, options_.max_output_bytes, host_timeout, on_output);
   ex.timings.run_ms = env_->MonotonicMs() - r0;
+  {
+    std::lock_guard lock(live->mu);
+    live->agent = nullptr;
+  }
   agent.Close();
   if (!outcome.ok()) {
     if (outcome.status().code() == Code::kDeadlineExceeded) {
@@ -171,7 +394,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
       ex.duration_ms = ex.timings.run_ms;
       return finish(ExecState::kTimedOut, "timeout",
                     "killed by the host after " + std::to_string(ex.timings.run_ms) + " ms (timeout " +
-                        std::to_string(fn.spec.timeout_ms) + " ms)");
+                        std::to_string(launch.spec.timeout_ms) + " ms)");
     }
     return finish(ExecState::kError, "agent_failed", outcome.status().message());
   }
@@ -186,9 +409,85 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   ex.exit_code = outcome->exit.exit_code;
   if (outcome->exit.timed_out) {
     return finish(ExecState::kTimedOut, "timeout",
-                  "killed after exceeding the timeout of " + std::to_string(fn.spec.timeout_ms) + " ms");
+                  "killed after exceeding the timeout of " + std::to_string(launch.spec.timeout_ms) + " ms");
   }
   return finish(ex.exit_code == 0 ? ExecState::kSucceeded : ExecState::kFailed, "", "");
+}
+
+Status Executor::Kill(const std::string& execution_id, int signal, int64_t grace_ms) {
+  std::shared_ptr<Live> live;
+  {
+    std::lock_guard lock(live_mu_);
+    auto it = live_.find(execution_id);
+    if (it == live_.end()) return Status::FailedPrecondition("process has already exited", "pid");
+    live = it->second;
+  }
+  bool destroy_now = false, term_agent = false, term_acpi = false;
+  {
+    std::lock_guard lock(live->mu);
+    if (live->done) return Status::FailedPrecondition("process has already exited", "pid");
+    if (live->kill_signal == 0 || signal == SIGKILL) live->kill_signal = signal;
+    if (signal == SIGKILL) {
+      destroy_now = live->domain_started;
+    } else if (live->agent) {
+      term_agent = true;
+      // Safe under live->mu: the executing thread clears `agent` under it
+      // before the client goes away.
+      if (Status s = live->agent->Kill(SIGTERM); !s.ok()) destroy_now = live->domain_started;
+    } else if (live->domain_started) {
+      term_acpi = true;
+    }
+  }
+  live->cv.notify_all();
+  Node& node = *live->node;
+  if (destroy_now) return node.hypervisor().DestroyDomain(live->domain);
+  if (term_acpi) (void)node.hypervisor().ShutdownDomain(live->domain);
+  if (signal != SIGKILL) {
+    // Grace period: whatever is still there afterwards is destroyed.
+    Background([live, grace_ms, &node]() {
+      std::unique_lock lock(live->mu);
+      if (live->cv.wait_for(lock, std::chrono::milliseconds(grace_ms), [&] { return live->done; })) return;
+      live->kill_signal = SIGKILL;
+      bool started = live->domain_started;
+      std::string domain = live->domain;
+      lock.unlock();
+      if (started) (void)node.hypervisor().DestroyDomain(domain);
+    });
+  }
+  (void)term_agent;
+  return Status::Ok();
+}
+
+Status Executor::Wait(const std::string& execution_id, int64_t timeout_ms) {
+  std::shared_ptr<Live> live;
+  {
+    std::lock_guard lock(live_mu_);
+    auto it = live_.find(execution_id);
+    if (it == live_.end()) return Status::Ok();
+    live = it->second;
+  }
+  std::unique_lock lock(live->mu);
+  if (!live->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return live->done; })) {
+    return Status::DeadlineExceeded("process still running after " + std::to_string(timeout_ms) + " ms");
+  }
+  return Status::Ok();
+}
+
+Result<LiveOutput> Executor::Output(const std::string& execution_id) {
+  std::shared_ptr<Live> live;
+  {
+    std::lock_guard lock(live_mu_);
+    auto it = live_.find(execution_id);
+    if (it == live_.end()) return Status::NotFound("process is not live");
+    live = it->second;
+  }
+  std::lock_guard lock(live->mu);
+  return live->output;
+}
+
+bool Executor::IsLive(const std::string& execution_id) {
+  std::lock_guard lock(live_mu_);
+  return live_.count(execution_id) > 0;
 }
 
 }  // namespace berth::manager

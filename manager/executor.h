@@ -1,12 +1,14 @@
-// Executor: runs one execution on a node from start to cleanup.
+// Executor: runs one execution (a process) on a node from start to cleanup.
 //
-// overlay volume -> domain start -> agent hello -> exec -> exit -> destroy
-// -> overlay and console log deleted. Every step is recorded in the Store
+// capacity -> overlay volume -> domain start -> agent hello -> exec -> exit
+// -> destroy -> overlay and console log deleted. Disk-boot instances have no
+// agent: they run until their guest powers off or they are killed. Every step is recorded in the Store
 // through the execution state machine (types.h). Whatever fails, the domain
 // and its volumes are removed before Run returns.
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,10 +27,28 @@ struct InvokeRequest {
   std::vector<std::string> args;           // appended to the function's entrypoint
   std::map<std::string, std::string> env;  // merged over the function's env
   std::string stdin_data;
-  int64_t ppid = 0;                        // parent execution's pid (0: none)
+  int64_t ppid = kInitPid;                 // parent process (1: init)
+  std::string name;                        // process name ("" : the function's name)
+};
+
+// Everything needed to start one process; a function run and an instance
+// alike. Service builds it from a function (run) or an exec/fork request.
+struct Launch {
+  std::string tenant = kDefaultTenant;
+  std::string function;                  // "" for instances started from an image
+  int64_t function_version = 0;
+  std::string name;
+  ProcKind kind = ProcKind::kRun;
+  std::string userdata;
+  images::ImageRecord image;
+  ProcSpec spec;                         // spec.command is the full argv (entrypoint + args)
+  int64_t ppid = kInitPid;
 };
 
 struct ExecutorOptions {
+  // Seed ISO builder for disk-boot instances (cloud-init NoCloud, label "cidata").
+  std::string iso_tool = "genisoimage";
+  size_t max_console_bytes = 256 << 10;  // console tail kept per execution
   int64_t boot_timeout_ms = 120'000;   // domain start -> agent hello (TCG boots take seconds)
   int64_t host_grace_ms = 10'000;      // after the function's timeout, before the host destroys the VM
   size_t max_output_bytes = 1 << 20;   // per stream; beyond that output is dropped and flagged
@@ -41,14 +61,19 @@ struct ExecutorOptions {
 
 // Volume names of one execution on its node.
 std::string OverlayVolumeName(const std::string& execution_id);
+std::string SeedVolumeName(const std::string& execution_id);
 std::string ConsoleLogVolumeName(const std::string& domain);
 
 // Removes what one execution left on its node (domain, overlay, console log)
 // and releases its reserved capacity. Idempotent; runs at destruction at the latest.
 class ExecutionTeardown {
  public:
-  ExecutionTeardown(Node& node, std::string domain, std::string overlay, std::string console)
-      : node_(node), domain_(std::move(domain)), overlay_(std::move(overlay)), console_(std::move(console)) {}
+  ExecutionTeardown(Node& node, std::string domain, std::string overlay, std::string console, std::string seed = "")
+      : node_(node),
+        domain_(std::move(domain)),
+        overlay_(std::move(overlay)),
+        console_(std::move(console)),
+        seed_(std::move(seed)) {}
   ~ExecutionTeardown();
   ExecutionTeardown(const ExecutionTeardown&) = delete;
   ExecutionTeardown& operator=(const ExecutionTeardown&) = delete;
@@ -56,6 +81,7 @@ class ExecutionTeardown {
   void Run();
   void mark_overlay_created() { overlay_created_ = true; }
   void mark_started() { started_ = true; }
+  void mark_seed_created() { seed_created_ = true; }
   bool started() const { return started_; }
   void reserved(uint32_t vcpus, uint64_t memory_mib) {
     reserved_vcpus_ = vcpus;
@@ -64,29 +90,59 @@ class ExecutionTeardown {
 
  private:
   Node& node_;
-  std::string domain_, overlay_, console_;
-  bool overlay_created_ = false, started_ = false, done_ = false;
+  std::string domain_, overlay_, console_, seed_;
+  bool overlay_created_ = false, started_ = false, seed_created_ = false, done_ = false;
   uint32_t reserved_vcpus_ = 0;
   uint64_t reserved_memory_mib_ = 0;
+};
+
+// Live view of a process that has not ended yet (output so far).
+struct LiveOutput {
+  std::string stdout_data, stderr_data;
+  bool truncated = false;
 };
 
 class Executor {
  public:
   Executor(Env* env, Store* store, ExecutorOptions options) : env_(env), store_(store), options_(std::move(options)) {}
-  // Waits for teardowns still running in the background.
+  // Waits for executions and teardowns still running in the background.
   ~Executor();
   void WaitForCleanups();
 
-  // Runs `fn` on `node`. Returns the final record (its state tells success,
-  // failure, timeout or error); fails only if no record could be written.
+  // Runs `fn` on `node` and returns once it ended. Returns the final record
+  // (its state tells success, failure, timeout, kill or error); fails only if
+  // no record could be written.
   Result<ExecutionRecord> Run(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
                               const InvokeRequest& request);
+  // Records a new process (pending, with its pid) and runs it in the
+  // background; returns the record as first written.
+  Result<ExecutionRecord> Start(Node& node, Launch launch);
+
+  // Sends a signal to a live process: SIGKILL destroys its domain at once;
+  // SIGTERM asks the guest (the agent signals the command's process group; a
+  // disk-booted guest gets an ACPI power-button press) and destroys the
+  // domain if it is still there after grace_ms. The record ends "killed".
+  // FailedPrecondition if the process is not live in this berthd.
+  Status Kill(const std::string& execution_id, int signal, int64_t grace_ms);
+  // Blocks until the process ended or timeout_ms passed (then
+  // DeadlineExceeded); returns immediately for ended processes.
+  Status Wait(const std::string& execution_id, int64_t timeout_ms);
+  // Output of a live process so far; NotFound once it ended (read the record).
+  Result<LiveOutput> Output(const std::string& execution_id);
+  bool IsLive(const std::string& execution_id);
 
  private:
+  struct Live;
+  Result<std::shared_ptr<Live>> Create(Node& node, const Launch& launch, ExecutionRecord* ex);
+  // Runs a created execution to its end in the calling thread.
+  ExecutionRecord Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live);
+  Result<hv::VolumeInfo> MakeSeed(Node& node, const ExecutionRecord& ex, const Launch& launch);
   Status Advance(ExecutionRecord& ex, ExecState to);
   // Runs the teardown (in the background with async_cleanup) and then
   // records its duration in the execution's timings.
   void Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRecord ex);
+  // Runs fn on a detached thread that the destructor waits for.
+  void Background(std::function<void()> fn);
 
   Env* env_;
   Store* store_;
@@ -94,6 +150,8 @@ class Executor {
   std::mutex cleanup_mu_;
   std::condition_variable cleanup_cv_;
   int pending_cleanups_ = 0;
+  std::mutex live_mu_;
+  std::map<std::string, std::shared_ptr<Live>> live_;
 };
 
 }  // namespace berth::manager

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <csignal>
 
 #include "common/sha256.h"
 #include "hypervisor/domain_xml.h"
@@ -117,7 +118,8 @@ Status Service::Reconcile() {
     spdlog::warn("execution {} (pid {}) was {} when berthd stopped; cleaning up", ex.id, ex.pid,
                  ExecStateName(ex.state));
     remove(ex.id, ex.domain);
-    ex.state = ExecState::kError;
+    (void)hv.DeleteVolume(node_->config().pool, SeedVolumeName(ex.id));
+    ex.state = ExecState::kLost;
     ex.error_code = "manager_restarted";
     ex.error = "berthd stopped while this execution was running";
     ex.finished_ms = env_->NowUnixMs();
@@ -258,7 +260,287 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
   if (!image.ok()) {
     return Status::FailedPrecondition("image " + fn.spec.image + " of function '" + function + "' is missing", "image");
   }
+  BERTH_RETURN_IF_ERROR(CheckParent(caller.tenant, request.ppid));
+  MaybePrune();
   return executor_->Run(*node_, fn, *image, request);
+}
+
+void Service::MaybePrune() {
+  if (started_count_.fetch_add(1) % 64 != 0) return;
+  int64_t cutoff = env_->NowUnixMs() - config_.retention_max_age_ms;
+  auto n = store_->PruneFinishedExecutions(config_.retention_max_records, cutoff);
+  if (!n.ok()) spdlog::warn("retention: {}", n.status().ToString());
+  else if (*n > 0) spdlog::info("retention: removed {} finished execution records", *n);
+}
+
+Status Service::CheckParent(const std::string& tenant, int64_t ppid) {
+  if (ppid == kInitPid) return Status::Ok();
+  if (ppid == kKernelPid) {
+    return Status::InvalidArgument("ppid", "pid 0 (kernel) takes no new children; use 1 (init)");
+  }
+  if (ppid < 0) return Status::InvalidArgument("ppid", "must be 1 (init) or the pid of a live process");
+  auto parent = store_->GetExecutionByPid(tenant, ppid);
+  if (!parent.ok()) {
+    if (parent.status().code() == Code::kNotFound) {
+      return Status::NotFound("parent process " + std::to_string(ppid) + " does not exist", "ppid");
+    }
+    return parent.status();
+  }
+  if (IsTerminal(parent->state)) {
+    return Status::FailedPrecondition("parent process " + std::to_string(ppid) + " has exited (" +
+                                          ExecStateName(parent->state) + ")",
+                                      "ppid");
+  }
+  return Status::Ok();
+}
+
+Result<images::ImageRecord> Service::ResolveImage(const std::string& tenant, const std::string& image,
+                                                  const char* field) {
+  if (image.empty()) return Status::InvalidArgument(field, "is required (an image id or name)");
+  std::string id = image;
+  if (!IsSha256Hex(image)) {
+    BERTH_ASSIGN_OR_RETURN(auto all, store_->ListImages(tenant));
+    id.clear();
+    for (const auto& m : all) {
+      if (m.name == image) id = m.id;  // the newest of that name wins (list is oldest first)
+    }
+    if (id.empty()) return Status::NotFound("image '" + image + "' does not exist", field);
+  }
+  auto meta = store_->GetImage(tenant, id);
+  if (!meta.ok()) {
+    if (meta.status().code() == Code::kNotFound) return Status::NotFound("image '" + image + "' does not exist", field);
+    return meta.status();
+  }
+  auto rec = images_->Get(id);
+  if (!rec.ok()) return Status::FailedPrecondition("the file of image " + id + " is missing", field);
+  return rec;
+}
+
+Result<ExecutionRecord> Service::Exec(const Principal& caller, const ExecRequest& req) {
+  if (!req.name.empty()) BERTH_RETURN_IF_ERROR(ValidateName("name", req.name));
+  for (const auto& [k, v] : req.env) {
+    if (!IsEnvName(k)) return Status::InvalidArgument("env", "variable name '" + k + "' is not a valid identifier");
+  }
+  if (req.userdata.size() > 64 * 1024) return Status::InvalidArgument("userdata", "must be at most 64 KiB");
+  if (req.userdata.find('\0') != std::string::npos) {
+    return Status::InvalidArgument("userdata", "must not contain NUL bytes");
+  }
+  if (!req.function.empty() && !req.image.empty()) {
+    return Status::InvalidArgument("image", "give either a function or an image, not both");
+  }
+  if (req.function.empty() && req.image.empty()) {
+    return Status::InvalidArgument("image", "is required (an image id or name), or give a function");
+  }
+  BERTH_RETURN_IF_ERROR(CheckParent(caller.tenant, req.ppid));
+  Launch launch;
+  launch.tenant = caller.tenant;
+  launch.ppid = req.ppid;
+  launch.userdata = req.userdata;
+  if (!req.function.empty()) {
+    if (!req.command.empty()) return Status::InvalidArgument("command", "a function run uses the function's entrypoint");
+    BERTH_ASSIGN_OR_RETURN(auto fn, GetFunction(caller, req.function));
+    auto image = images_->Get(fn.spec.image);
+    if (!image.ok()) return Status::FailedPrecondition("image of function '" + req.function + "' is missing", "image");
+    launch.function = fn.spec.name;
+    launch.function_version = fn.version;
+    launch.name = req.name.empty() ? fn.spec.name : req.name;
+    launch.kind = ProcKind::kRun;
+    launch.image = *image;
+    launch.spec.command = fn.spec.entrypoint;
+    launch.spec.command.insert(launch.spec.command.end(), req.args.begin(), req.args.end());
+    launch.spec.args = req.args;
+    launch.spec.env = fn.spec.env;
+    for (const auto& [k, v] : req.env) launch.spec.env[k] = v;
+    launch.spec.stdin_data = req.stdin_data;
+    launch.spec.cwd = fn.spec.cwd;
+    launch.spec.vcpus = fn.spec.vcpus;
+    launch.spec.memory_mib = fn.spec.memory_mib;
+    launch.spec.timeout_ms = fn.spec.timeout_ms;
+  } else {
+    if (req.boot != "runtime" && req.boot != "disk") {
+      return Status::InvalidArgument("boot", "must be 'runtime' (berth's kernel and agent) or 'disk' (the image's own)");
+    }
+    if (!req.args.empty()) return Status::InvalidArgument("args", "instances take a command, not args");
+    if (req.boot == "disk" && !req.command.empty()) {
+      return Status::InvalidArgument("command", "a disk-boot instance runs its own init; use userdata");
+    }
+    for (const auto& a : req.command) {
+      if (a.find('\0') != std::string::npos) return Status::InvalidArgument("command", "must not contain NUL bytes");
+    }
+    if (!req.command.empty() && req.command[0].empty()) {
+      return Status::InvalidArgument("command", "argv[0] must not be empty");
+    }
+    if (req.vcpus < 1 || req.vcpus > 64) return Status::InvalidArgument("vcpus", "must be between 1 and 64");
+    if (req.memory_mib < 64 || req.memory_mib > 65536) {
+      return Status::InvalidArgument("memory_mib", "must be between 64 and 65536 (MiB)");
+    }
+    if (req.timeout_ms < 0) return Status::InvalidArgument("timeout_ms", "must be >= 0 (0: no limit)");
+    BERTH_ASSIGN_OR_RETURN(launch.image, ResolveImage(caller.tenant, req.image, "image"));
+    launch.name = req.name.empty() ? "instance" : req.name;
+    launch.kind = ProcKind::kInstance;
+    launch.spec.boot = req.boot == "disk" ? BootMode::kDisk : BootMode::kRuntime;
+    launch.spec.command = req.command;
+    if (launch.spec.command.empty() && launch.spec.boot == BootMode::kRuntime) {
+      // An instance stays up until killed: the image's own start script if it
+      // has one, otherwise an idle process (exec/fork/kill still apply).
+      launch.spec.command = {"/bin/sh", "-c",
+                             "if [ -x /etc/berth/start ]; then exec /etc/berth/start; fi; exec sleep 2147483647"};
+    }
+    launch.spec.env = req.env;
+    launch.spec.stdin_data = req.stdin_data;
+    launch.spec.vcpus = req.vcpus;
+    launch.spec.memory_mib = req.memory_mib;
+    launch.spec.timeout_ms = req.timeout_ms;
+  }
+  MaybePrune();
+  return executor_->Start(*node_, std::move(launch));
+}
+
+Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, const std::string& name) {
+  if (pid == kKernelPid || pid == kInitPid) {
+    return Status::InvalidArgument("pid", "pid " + std::to_string(pid) + " cannot be forked; exec a child of it instead");
+  }
+  if (!name.empty()) BERTH_RETURN_IF_ERROR(ValidateName("name", name));
+  BERTH_ASSIGN_OR_RETURN(auto parent, GetProc(caller, pid));
+  if (IsTerminal(parent.state)) {
+    return Status::FailedPrecondition(
+        "process " + std::to_string(pid) + " has exited (" + ExecStateName(parent.state) + "); only a live process can fork",
+        "pid");
+  }
+  auto image = images_->Get(parent.image);
+  if (!image.ok()) return Status::FailedPrecondition("the image of process " + std::to_string(pid) + " is gone", "pid");
+  Launch launch;
+  launch.tenant = parent.tenant;
+  launch.function = parent.function;
+  launch.function_version = parent.function_version;
+  launch.name = name.empty() ? parent.name : name;
+  launch.kind = parent.kind;
+  launch.userdata = parent.userdata;
+  launch.image = *image;
+  launch.spec = parent.spec;
+  launch.ppid = pid;
+  MaybePrune();
+  return executor_->Start(*node_, std::move(launch));
+}
+
+Result<ExecutionRecord> Service::GetProc(const Principal& caller, int64_t pid) {
+  if (pid == kKernelPid || pid == kInitPid) {
+    return Status::InvalidArgument("pid", "pid " + std::to_string(pid) + " is a root of the tree, not an execution");
+  }
+  if (pid < 0) return Status::InvalidArgument("pid", "must be a non-negative integer");
+  return store_->GetExecutionByPid(caller.tenant, pid);
+}
+
+Result<std::vector<ExecutionRecord>> Service::ListProcs(const Principal& caller, bool all, size_t limit) {
+  ExecutionFilter f;
+  f.oldest_first = true;
+  f.limit = limit;
+  if (!all) f.states = {ExecState::kPending, ExecState::kPlacing, ExecState::kStarting, ExecState::kRunning};
+  return store_->ListExecutions(caller.tenant, f);
+}
+
+Result<std::vector<ExecutionRecord>> Service::Children(const Principal& caller, int64_t pid, bool all) {
+  if (pid < 0) return Status::InvalidArgument("pid", "must be a non-negative integer");
+  if (pid != kKernelPid && pid != kInitPid) BERTH_RETURN_IF_ERROR(GetProc(caller, pid).status());
+  ExecutionFilter f;
+  f.oldest_first = true;
+  f.limit = 100'000;
+  f.ppid = pid;
+  if (!all) f.states = {ExecState::kPending, ExecState::kPlacing, ExecState::kStarting, ExecState::kRunning};
+  if (pid == kKernelPid) return std::vector<ExecutionRecord>{};  // init is its only child, and it has no record
+  return store_->ListExecutions(caller.tenant, f);
+}
+
+Result<std::vector<ExecutionRecord>> Service::Kill(const Principal& caller, int64_t pid, int signal, bool tree) {
+  if (pid == kKernelPid || pid == kInitPid) {
+    return Status::InvalidArgument("pid", std::string("pid ") + std::to_string(pid) + " (" +
+                                              (pid == 0 ? "kernel" : "init") + ") cannot be killed");
+  }
+  if (signal != SIGTERM && signal != SIGKILL) return Status::InvalidArgument("signal", "must be TERM or KILL");
+  BERTH_ASSIGN_OR_RETURN(auto target, GetProc(caller, pid));
+  if (IsTerminal(target.state)) {
+    return Status::FailedPrecondition(
+        "process " + std::to_string(pid) + " has already exited (" + ExecStateName(target.state) + ")", "pid");
+  }
+  std::vector<ExecutionRecord> order;
+  if (tree) {
+    // Descendants breadth-first; signalled deepest first, the target last.
+    std::vector<ExecutionRecord> level = {target}, found;
+    while (!level.empty()) {
+      std::vector<ExecutionRecord> next;
+      for (const auto& p : level) {
+        BERTH_ASSIGN_OR_RETURN(auto kids, Children(caller, p.pid, false));
+        for (auto& k : kids) next.push_back(std::move(k));
+      }
+      found.insert(found.end(), next.begin(), next.end());
+      level = std::move(next);
+    }
+    order.assign(found.rbegin(), found.rend());
+  }
+  order.push_back(target);
+  std::vector<ExecutionRecord> signalled;
+  for (const auto& p : order) {
+    Status s = executor_->Kill(p.id, signal, config_.kill_grace_ms);
+    if (s.ok()) {
+      signalled.push_back(p);
+    } else if (p.id == target.id) {
+      return s;  // the target exited meanwhile: say so; descendants that did are fine
+    }
+  }
+  return signalled;
+}
+
+Result<ExecutionRecord> Service::Wait(const Principal& caller, int64_t pid, int64_t timeout_ms) {
+  if (timeout_ms < 0 || timeout_ms > 3'600'000) {
+    return Status::InvalidArgument("timeout_ms", "must be between 0 and 3600000");
+  }
+  BERTH_ASSIGN_OR_RETURN(auto rec, GetProc(caller, pid));
+  BERTH_RETURN_IF_ERROR(executor_->Wait(rec.id, timeout_ms));
+  return store_->GetExecution(rec.id);
+}
+
+Result<std::vector<ExecutionRecord>> Service::ListExecutions(const Principal& caller, const ExecutionFilter& filter) {
+  return store_->ListExecutions(caller.tenant, filter);
+}
+
+Result<ExecutionRecord> Service::CancelExecution(const Principal& caller, const std::string& id) {
+  BERTH_ASSIGN_OR_RETURN(auto ex, GetExecution(caller, id));
+  if (IsTerminal(ex.state)) {
+    return Status::FailedPrecondition("execution has already ended (" + std::string(ExecStateName(ex.state)) + ")",
+                                      "id");
+  }
+  BERTH_RETURN_IF_ERROR(executor_->Kill(ex.id, SIGKILL, 0));
+  (void)executor_->Wait(ex.id, 30'000);
+  return store_->GetExecution(ex.id);
+}
+
+Result<ProcLogs> Service::Logs(const Principal& caller, const ExecutionRecord& ex) {
+  if (ex.tenant != caller.tenant) return Status::NotFound("execution '" + ex.id + "' does not exist");
+  ProcLogs logs;
+  if (auto live = executor_->Output(ex.id); live.ok()) {
+    logs.live = true;
+    logs.stdout_data = std::move(live->stdout_data);
+    logs.stderr_data = std::move(live->stderr_data);
+    logs.output_truncated = live->truncated;
+    if (ex.state == ExecState::kRunning || ex.state == ExecState::kStarting) {
+      constexpr size_t kCap = 256 << 10;
+      auto console = node_->hypervisor().DownloadVolumeTail(node_->config().log_pool, ConsoleLogVolumeName(ex.domain),
+                                                            kCap + 1);
+      if (console.ok()) {
+        logs.console_truncated = console->size() > kCap;
+        logs.console = console->size() > kCap ? console->substr(console->size() - kCap) : *console;
+      }
+    }
+    return logs;
+  }
+  // Ended (or ending): the record has it all.
+  BERTH_ASSIGN_OR_RETURN(auto rec, store_->GetExecution(ex.id));
+  logs.stdout_data = rec.stdout_data;
+  logs.stderr_data = rec.stderr_data;
+  logs.output_truncated = rec.output_truncated;
+  logs.console = rec.console;
+  logs.console_truncated = rec.console_truncated;
+  return logs;
 }
 
 Result<ExecutionRecord> Service::GetExecution(const Principal& caller, const std::string& id) {
@@ -282,6 +564,26 @@ HealthReport Service::Health() {
   h.libvirt_ok = info.ok();
   if (!info.ok()) h.libvirt_error = info.status().message();
   return h;
+}
+
+std::vector<NodeReport> Service::Nodes() {
+  NodeReport r;
+  r.name = node_->name();
+  r.uri = node_->config().uri;
+  r.accel = node_->accel() == hv::Accel::kKvm ? "kvm" : "tcg";
+  auto info = node_->hypervisor().GetNodeInfo();
+  r.state = info.ok() ? "up" : "down";
+  const hv::NodeInfo& ni = info.ok() ? *info : node_->info();
+  r.cpu_model = ni.cpu_model;
+  r.hostname = ni.hostname;
+  r.cpus = ni.cpus;
+  r.memory_mib = ni.memory_mib;
+  r.usage = node_->usage();
+  auto live = store_->ListUnfinishedExecutions();
+  if (live.ok()) {
+    for (const auto& ex : *live) r.executions += ex.node == r.name ? 1 : 0;
+  }
+  return {r};
 }
 
 }  // namespace berth::manager

@@ -3,6 +3,8 @@
 // nodes and the executor. Every method is thread-safe.
 #pragma once
 
+#include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,18 +21,56 @@
 
 namespace berth::manager {
 
+// Starts a process: a child of `ppid` (1: init, or a live process of the
+// caller's tenant). Either `function` (a function run with args/stdin) or
+// `image` (an instance, by image id or name) is set.
+struct ExecRequest {
+  int64_t ppid = kInitPid;
+  std::string name;
+  std::string function;
+  std::string image;
+  std::vector<std::string> command;  // instance argv; default: /etc/berth/start if present, else sleep
+  std::vector<std::string> args;
+  std::map<std::string, std::string> env;
+  std::string stdin_data;
+  std::string userdata;
+  std::string boot = "runtime";      // runtime | disk
+  uint32_t vcpus = 1;
+  uint64_t memory_mib = 256;
+  int64_t timeout_ms = 0;            // 0: no limit
+};
+
+struct ProcLogs {
+  std::string stdout_data, stderr_data, console;
+  bool output_truncated = false, console_truncated = false;
+  bool live = false;
+};
+
 struct ServiceConfig {
   std::string data_dir = "/var/lib/berth";  // berth.db and images/ live here
   std::string runtime_dir;                  // default: <data_dir>/runtime
   NodeConfig node;
   ExecutorOptions executor;
   uint64_t max_image_bytes = 8ull << 30;
+  // Retention of finished execution records: the newest max_records are
+  // always kept; older ones go once they are older than max_age_ms.
+  size_t retention_max_records = 100'000;
+  int64_t retention_max_age_ms = int64_t{7} * 24 * 3600 * 1000;
+  int64_t kill_grace_ms = 10'000;  // TERM -> destroy
 };
 
 // Field-by-field checks of a function definition; the Status names the field
 // exactly as the JSON API spells it.
 Status ValidateFunctionSpec(const FunctionSpec& spec);
 Status ValidateFunctionName(const std::string& name);
+
+struct NodeReport {
+  std::string name, uri, accel, state, cpu_model, hostname;
+  Node::Usage usage;
+  uint32_t cpus = 0;
+  uint64_t memory_mib = 0;
+  int64_t executions = 0;  // live on it
+};
 
 struct HealthReport {
   std::string node;
@@ -91,12 +131,38 @@ class Service {
   Result<std::vector<ExecutionRecord>> ListExecutions(const Principal& caller, const std::string& function,
                                                       size_t limit);
 
+  Result<std::vector<ExecutionRecord>> ListExecutions(const Principal& caller, const ExecutionFilter& filter);
+  // Stops a live execution (SIGKILL).
+  Result<ExecutionRecord> CancelExecution(const Principal& caller, const std::string& id);
+  // stdout, stderr and console of an execution: live ones as they are now.
+  Result<ProcLogs> Logs(const Principal& caller, const ExecutionRecord& ex);
+
+  // Processes (seed 001). pid 0 (kernel) and 1 (init) are implicit roots
+  // that have no record; every execution descends from init.
+  Result<ExecutionRecord> Exec(const Principal& caller, const ExecRequest& request);
+  // A child of `pid` with its image, user-data and spec; `pid` must be live.
+  Result<ExecutionRecord> Fork(const Principal& caller, int64_t pid, const std::string& name);
+  // Sends SIGTERM or SIGKILL; with `tree`, to every live descendant first.
+  // Returns the records signalled. pid 0/1 are InvalidArgument; an exited
+  // process is FailedPrecondition.
+  Result<std::vector<ExecutionRecord>> Kill(const Principal& caller, int64_t pid, int signal, bool tree);
+  // Blocks until `pid` ended (DeadlineExceeded after timeout_ms); its record.
+  Result<ExecutionRecord> Wait(const Principal& caller, int64_t pid, int64_t timeout_ms);
+  Result<ExecutionRecord> GetProc(const Principal& caller, int64_t pid);
+  // Live processes (all = finished ones too), by pid.
+  Result<std::vector<ExecutionRecord>> ListProcs(const Principal& caller, bool all, size_t limit);
+  Result<std::vector<ExecutionRecord>> Children(const Principal& caller, int64_t pid, bool all);
+
   HealthReport Health();
+  std::vector<NodeReport> Nodes();
   const ServiceConfig& config() const { return config_; }
 
  private:
   Service(Env* env, ServiceConfig config) : env_(env), config_(std::move(config)) {}
   Status Reconcile();
+  Result<images::ImageRecord> ResolveImage(const std::string& tenant, const std::string& image, const char* field);
+  Status CheckParent(const std::string& tenant, int64_t ppid);
+  void MaybePrune();
   Status CheckImageExists(const std::string& tenant, const std::string& image);
   Result<ImageMeta> RecordImage(const Principal& caller, const images::ImageRecord& record, const std::string& name);
 
@@ -111,6 +177,7 @@ class Service {
   // Serializes image record changes against file removal, so a file is never
   // removed while another tenant's record for it is being written.
   std::mutex image_mu_;
+  std::atomic<uint64_t> started_count_{0};
 };
 
 }  // namespace berth::manager

@@ -9,8 +9,8 @@ namespace {
 
 using json = nlohmann::json;
 
-// The current schema (version 2: tenants and tokens; images and functions
-// keyed by tenant). Idempotent, so it also runs on every open.
+// The current schema (version 3: tenants and tokens; images and functions
+// keyed by tenant; executions as processes). Idempotent, so it also runs on every open.
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -32,7 +32,11 @@ CREATE TABLE IF NOT EXISTS executions (
   domain TEXT NOT NULL, pid INTEGER NOT NULL UNIQUE, ppid INTEGER NOT NULL, exit_code INTEGER,
   signal INTEGER NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL, stdout BLOB NOT NULL,
   stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
-  timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL);
+  timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL,
+  name TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL DEFAULT 'run', userdata BLOB NOT NULL DEFAULT '',
+  spec TEXT NOT NULL DEFAULT '{}', console BLOB NOT NULL DEFAULT '', console_truncated INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS executions_by_ppid ON executions(tenant, ppid);
+CREATE INDEX IF NOT EXISTS executions_by_finished ON executions(finished_ms);
 CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
 CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions(tenant, created_ms);
 CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
@@ -60,6 +64,20 @@ INSERT OR IGNORE INTO tenants(name, created_ms)
     UNION ALL SELECT tenant, created_ms FROM executions) GROUP BY tenant;
 DROP TABLE images_v1;
 DROP TABLE functions_v1;
+)sql";
+
+// Version 2 -> 3 (process model): executions get a name, a kind, user-data,
+// the spec they were started with and their console log; "booting" is now
+// "starting". Runs before kSchema, whose indexes need the new columns.
+constexpr const char* kMigrateV2Executions = R"sql(
+ALTER TABLE executions ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE executions ADD COLUMN kind TEXT NOT NULL DEFAULT 'run';
+ALTER TABLE executions ADD COLUMN userdata BLOB NOT NULL DEFAULT '';
+ALTER TABLE executions ADD COLUMN spec TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE executions ADD COLUMN console BLOB NOT NULL DEFAULT '';
+ALTER TABLE executions ADD COLUMN console_truncated INTEGER NOT NULL DEFAULT 0;
+UPDATE executions SET state = 'starting' WHERE state = 'booting';
+UPDATE executions SET name = function WHERE name = '';
 )sql";
 
 // A prepared statement bound positionally; finalized on scope exit.
@@ -143,11 +161,55 @@ FunctionRecord FunctionFromRow(const Stmt& st) {
 constexpr const char* kFunctionCols = "name, tenant, version, spec, image, created_ms, updated_ms";
 constexpr const char* kExecCols =
     "id, function, function_version, tenant, image, state, node, domain, pid, ppid, exit_code, signal, "
-    "error_code, error, stdout, stderr, output_truncated, duration_ms, timings, created_ms, finished_ms";
+    "error_code, error, stdout, stderr, output_truncated, duration_ms, timings, created_ms, finished_ms, "
+    "name, kind, userdata, spec, console, console_truncated";
 
 json TimingsToJson(const PhaseTimings& t) {
-  return {{"prepare_ms", t.prepare_ms}, {"boot_ms", t.boot_ms}, {"run_ms", t.run_ms},
-          {"cleanup_ms", t.cleanup_ms}, {"total_ms", t.total_ms}};
+  return {{"queue_ms", t.queue_ms},       {"prepare_ms", t.prepare_ms},
+          {"boot_ms", t.boot_ms},         {"run_ms", t.run_ms},
+          {"cleanup_ms", t.cleanup_ms},   {"total_ms", t.total_ms},
+          {"placed_at", t.placed_at},     {"disk_ready_at", t.disk_ready_at},
+          {"booted_at", t.booted_at},     {"agent_ready_at", t.agent_ready_at},
+          {"start", t.start}};
+}
+
+PhaseTimings TimingsFromJson(const json& t) {
+  PhaseTimings out;
+  if (!t.is_object()) return out;
+  out.queue_ms = t.value("queue_ms", int64_t{0});
+  out.prepare_ms = t.value("prepare_ms", int64_t{0});
+  out.boot_ms = t.value("boot_ms", int64_t{0});
+  out.run_ms = t.value("run_ms", int64_t{0});
+  out.cleanup_ms = t.value("cleanup_ms", int64_t{0});
+  out.total_ms = t.value("total_ms", int64_t{0});
+  out.placed_at = t.value("placed_at", int64_t{0});
+  out.disk_ready_at = t.value("disk_ready_at", int64_t{0});
+  out.booted_at = t.value("booted_at", int64_t{0});
+  out.agent_ready_at = t.value("agent_ready_at", int64_t{0});
+  out.start = t.value("start", std::string("cold"));
+  return out;
+}
+
+json ProcSpecToJson(const ProcSpec& p) {
+  return {{"command", p.command},       {"env", p.env},
+          {"args", p.args},             {"stdin", p.stdin_data},       {"cwd", p.cwd},
+          {"vcpus", p.vcpus},           {"memory_mib", p.memory_mib},
+          {"timeout_ms", p.timeout_ms}, {"boot", p.boot == BootMode::kDisk ? "disk" : "runtime"}};
+}
+
+ProcSpec ProcSpecFromJson(const json& j) {
+  ProcSpec p;
+  if (!j.is_object()) return p;
+  p.command = j.value("command", std::vector<std::string>{});
+  p.env = j.value("env", std::map<std::string, std::string>{});
+  p.args = j.value("args", std::vector<std::string>{});
+  p.stdin_data = j.value("stdin", std::string());
+  p.cwd = j.value("cwd", std::string("/"));
+  p.vcpus = j.value("vcpus", 1u);
+  p.memory_mib = j.value("memory_mib", uint64_t{256});
+  p.timeout_ms = j.value("timeout_ms", int64_t{0});
+  p.boot = j.value("boot", std::string("runtime")) == "disk" ? BootMode::kDisk : BootMode::kRuntime;
+  return p;
 }
 
 ExecutionRecord ExecutionFromRow(const Stmt& st) {
@@ -171,16 +233,15 @@ ExecutionRecord ExecutionFromRow(const Stmt& st) {
   ex.stderr_data = st.Text(15);
   ex.output_truncated = st.Int(16) != 0;
   ex.duration_ms = st.Int(17);
-  json t = json::parse(st.Text(18), nullptr, false);
-  if (t.is_object()) {
-    ex.timings.prepare_ms = t.value("prepare_ms", int64_t{0});
-    ex.timings.boot_ms = t.value("boot_ms", int64_t{0});
-    ex.timings.run_ms = t.value("run_ms", int64_t{0});
-    ex.timings.cleanup_ms = t.value("cleanup_ms", int64_t{0});
-    ex.timings.total_ms = t.value("total_ms", int64_t{0});
-  }
+  ex.timings = TimingsFromJson(json::parse(st.Text(18), nullptr, false));
   ex.created_ms = st.Int(19);
   ex.finished_ms = st.Int(20);
+  ex.name = st.Text(21);
+  ex.kind = st.Text(22) == "instance" ? ProcKind::kInstance : ProcKind::kRun;
+  ex.userdata = st.Text(23);
+  ex.spec = ProcSpecFromJson(json::parse(st.Text(24), nullptr, false));
+  ex.console = st.Text(25);
+  ex.console_truncated = st.Int(26) != 0;
   return ex;
 }
 
@@ -195,6 +256,9 @@ void BindExecution(Stmt& st, const ExecutionRecord& ex) {
   st.Bind(int64_t{ex.signal}).Bind(ex.error_code).Bind(ex.error).BindBlob(ex.stdout_data).BindBlob(ex.stderr_data);
   st.Bind(int64_t{ex.output_truncated ? 1 : 0}).Bind(ex.duration_ms).Bind(TimingsToJson(ex.timings).dump());
   st.Bind(ex.created_ms).Bind(ex.finished_ms);
+  st.Bind(ex.name).Bind(std::string(ProcKindName(ex.kind))).BindBlob(ex.userdata);
+  st.Bind(ProcSpecToJson(ex.spec).dump(-1, ' ', false, json::error_handler_t::replace));
+  st.BindBlob(ex.console).Bind(int64_t{ex.console_truncated ? 1 : 0});
 }
 
 }  // namespace
@@ -239,6 +303,7 @@ Status Store::Migrate() {
   }
   std::string sql = "BEGIN IMMEDIATE;\n";
   if (version == 1) sql += kMigrateV1Before;
+  if (version == 1 || version == 2) sql += kMigrateV2Executions;
   sql += kSchema;
   if (version == 1) sql += kMigrateV1After;
   sql += "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";\nCOMMIT;";
@@ -472,7 +537,7 @@ Result<int64_t> Store::NewPid() {
 Status Store::InsertExecution(const ExecutionRecord& ex) {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("INSERT INTO executions(") + kExecCols +
-                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
   BindExecution(st, ex);
   if (st.Step() != SQLITE_DONE) return st.Error("recording execution");
   return Status::Ok();
@@ -485,7 +550,8 @@ Status Store::UpdateExecution(const ExecutionRecord& ex) {
           "UPDATE executions SET id = ?1, function = ?2, function_version = ?3, tenant = ?4, image = ?5, state = ?6, "
           "node = ?7, domain = ?8, pid = ?9, ppid = ?10, exit_code = ?11, signal = ?12, error_code = ?13, "
           "error = ?14, stdout = ?15, stderr = ?16, output_truncated = ?17, duration_ms = ?18, timings = ?19, "
-          "created_ms = ?20, finished_ms = ?21 WHERE id = ?1");
+          "created_ms = ?20, finished_ms = ?21, name = ?22, kind = ?23, userdata = ?24, spec = ?25, console = ?26, "
+          "console_truncated = ?27 WHERE id = ?1");
   BindExecution(st, ex);
   if (st.Step() != SQLITE_DONE) return st.Error("updating execution");
   if (sqlite3_changes(db_) == 0) return Status::NotFound("execution '" + ex.id + "' does not exist");
@@ -504,20 +570,63 @@ Result<ExecutionRecord> Store::GetExecution(const std::string& id) {
 
 Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& tenant, const std::string& function,
                                                             size_t limit) {
+  ExecutionFilter f;
+  f.function = function;
+  f.limit = limit;
+  return ListExecutions(tenant, f);
+}
+
+Result<std::vector<ExecutionRecord>> Store::ListExecutions(const std::string& tenant, const ExecutionFilter& f) {
   std::lock_guard lock(mu_);
-  std::string sql = std::string("SELECT ") + kExecCols + " FROM executions WHERE tenant = ?" +
-                    (function.empty() ? "" : " AND function = ?") + " ORDER BY created_ms DESC, pid DESC LIMIT ?";
+  std::string sql = std::string("SELECT ") + kExecCols + " FROM executions WHERE tenant = ?";
+  if (!f.function.empty()) sql += " AND function = ?";
+  if (!f.states.empty()) {
+    sql += " AND state IN (";
+    for (size_t i = 0; i < f.states.size(); ++i) sql += i ? ",?" : "?";
+    sql += ")";
+  }
+  if (f.since_ms) sql += " AND created_ms >= ?";
+  if (f.until_ms) sql += " AND created_ms < ?";
+  if (f.ppid) sql += " AND ppid = ?";
+  sql += f.oldest_first ? " ORDER BY pid ASC LIMIT ?" : " ORDER BY created_ms DESC, pid DESC LIMIT ?";
   Stmt st(db_, sql.c_str());
   st.Bind(tenant);
-  if (!function.empty()) st.Bind(function);
-  st.Bind(static_cast<int64_t>(limit));
+  if (!f.function.empty()) st.Bind(f.function);
+  for (ExecState s : f.states) st.Bind(std::string(ExecStateName(s)));
+  if (f.since_ms) st.Bind(*f.since_ms);
+  if (f.until_ms) st.Bind(*f.until_ms);
+  if (f.ppid) st.Bind(*f.ppid);
+  st.Bind(static_cast<int64_t>(f.limit));
   return st.Collect(ExecutionFromRow, "listing executions");
+}
+
+Result<ExecutionRecord> Store::GetExecutionByPid(const std::string& tenant, int64_t pid) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kExecCols + " FROM executions WHERE pid = ? AND tenant = ?").c_str());
+  st.Bind(pid).Bind(tenant);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return ExecutionFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("process " + std::to_string(pid) + " does not exist", "pid");
+  return st.Error("reading execution");
+}
+
+Result<int64_t> Store::PruneFinishedExecutions(size_t keep, int64_t finished_before_ms) {
+  std::lock_guard lock(mu_);
+  // Keeps the newest `keep` finished records; of the rest, removes those that
+  // finished before the cut-off (0: all of them).
+  Stmt st(db_,
+          "DELETE FROM executions WHERE finished_ms > 0 AND finished_ms < ? AND state NOT IN "
+          "('pending','placing','starting','running') AND id NOT IN (SELECT id FROM executions WHERE finished_ms > 0 "
+          "ORDER BY finished_ms DESC LIMIT ?)");
+  st.Bind(finished_before_ms > 0 ? finished_before_ms : int64_t{1} << 62).Bind(static_cast<int64_t>(keep));
+  if (st.Step() != SQLITE_DONE) return st.Error("pruning executions");
+  return static_cast<int64_t>(sqlite3_changes(db_));
 }
 
 Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("SELECT ") + kExecCols +
-                " FROM executions WHERE state IN ('pending','booting','running') ORDER BY pid").c_str());
+                " FROM executions WHERE state IN ('pending','placing','starting','running') ORDER BY pid").c_str());
   return st.Collect(ExecutionFromRow, "listing executions");
 }
 

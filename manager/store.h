@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,15 @@
 struct sqlite3;
 
 namespace berth::manager {
+
+struct ExecutionFilter {
+  std::string function;                // "" any
+  std::vector<ExecState> states;       // empty: any
+  std::optional<int64_t> since_ms, until_ms;  // created_ms in [since, until)
+  std::optional<int64_t> ppid;
+  size_t limit = 100;
+  bool oldest_first = false;           // by pid ascending (process tables)
+};
 
 class Store {
  public:
@@ -28,7 +38,7 @@ class Store {
   // The schema version this code writes (PRAGMA user_version). Version 1 is
   // the pre-tenancy schema (user_version 0 with tables present); Open
   // migrates older databases in place, in one transaction.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
   Result<int> SchemaVersion();
 
   // Images: one record per (tenant, id); the file behind them is shared
@@ -71,6 +81,13 @@ class Store {
   // One tenant's executions ("" function: all of them), newest first.
   Result<std::vector<ExecutionRecord>> ListExecutions(const std::string& tenant, const std::string& function,
                                                        size_t limit);
+  // One tenant's executions matching every set field of the filter.
+  Result<std::vector<ExecutionRecord>> ListExecutions(const std::string& tenant, const ExecutionFilter& filter);
+  // The tenant's process `pid`; NotFound (field "pid") for others' pids too.
+  Result<ExecutionRecord> GetExecutionByPid(const std::string& tenant, int64_t pid);
+  // Retention: deletes finished records beyond the newest `keep` that
+  // finished before `finished_before_ms` (0: any time). Returns how many.
+  Result<int64_t> PruneFinishedExecutions(size_t keep, int64_t finished_before_ms);
   // Executions that were not terminal when berthd stopped (for reconciliation).
   Result<std::vector<ExecutionRecord>> ListUnfinishedExecutions();
 

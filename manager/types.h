@@ -13,6 +13,10 @@
 namespace berth::manager {
 
 inline constexpr const char* kDefaultTenant = "default";
+// The two roots of the process tree (seed 001): pid 0 "kernel", pid 1 "init".
+// Every execution descends from init; neither root can be killed.
+inline constexpr int64_t kKernelPid = 0;
+inline constexpr int64_t kInitPid = 1;
 
 // Who is calling: the tenant a token belongs to, the token's id, and whether
 // it is an admin token. Every Service method touching tenant data takes one;
@@ -68,22 +72,59 @@ struct ImageMeta {
 };
 
 // Execution lifecycle. Legal transitions are decided by CanTransition only.
-//   pending -> booting -> running -> succeeded | failed | timed_out
-//   pending | booting | running -> error   (infrastructure or start failure)
-enum class ExecState { kPending, kBooting, kRunning, kSucceeded, kFailed, kTimedOut, kError };
+//   pending -> placing -> starting -> running -> succeeded | failed | timed_out
+//   any non-terminal -> killed (kill/cancel), lost (its node or domain vanished),
+//                       error (infrastructure or start failure; error_code says which)
+// Terminal states are final.
+enum class ExecState {
+  kPending, kPlacing, kStarting, kRunning, kSucceeded, kFailed, kTimedOut, kKilled, kLost, kError
+};
 
+const std::vector<ExecState>& AllExecStates();
 const char* ExecStateName(ExecState s);
 Result<ExecState> ParseExecState(const std::string& s);
 bool IsTerminal(ExecState s);
 bool CanTransition(ExecState from, ExecState to);
 
-// Wall-clock phases of one execution, for the API and benchmarks.
+// What kind of process an execution is: a function run ends when its
+// entrypoint exits; an instance stays up until its command exits, its guest
+// powers off, or it is killed.
+enum class ProcKind { kRun, kInstance };
+const char* ProcKindName(ProcKind k);
+Result<ProcKind> ParseProcKind(const std::string& s);
+
+// How an instance boots: the berth runtime (kernel + agent) with the image as
+// its disk, or the image's own bootloader and kernel (user-data reaches it as
+// a cloud-init NoCloud seed; there is no agent).
+enum class BootMode { kRuntime, kDisk };
+
+// Wall-clock phases of one execution. Durations are in ms; *_at are unix ms
+// timestamps of the moment a phase ended (0: not reached).
 struct PhaseTimings {
-  int64_t prepare_ms = 0;   // image on node + overlay volume
-  int64_t boot_ms = 0;      // domain create -> agent hello
+  int64_t queue_ms = 0;     // accepted -> placement started
+  int64_t prepare_ms = 0;   // placement + image on node + overlay volume
+  int64_t boot_ms = 0;      // domain create (or restore) -> agent hello
   int64_t run_ms = 0;       // exec sent -> exit received
   int64_t cleanup_ms = 0;   // destroy + volume deletion
   int64_t total_ms = 0;
+  int64_t placed_at = 0;
+  int64_t disk_ready_at = 0;
+  int64_t booted_at = 0;       // domain running
+  int64_t agent_ready_at = 0;  // agent said hello
+  std::string start = "cold";  // cold | template | warm
+};
+
+// What started the process, kept so that `fork` can start another like it.
+struct ProcSpec {
+  std::vector<std::string> command;  // instances: argv run by the agent (runtime boot)
+  std::map<std::string, std::string> env;
+  std::vector<std::string> args;     // function runs: invoke arguments
+  std::string stdin_data;            // function runs: invoke stdin
+  std::string cwd = "/";
+  uint32_t vcpus = 1;
+  uint64_t memory_mib = 256;
+  int64_t timeout_ms = 0;            // 0: no limit (instances)
+  BootMode boot = BootMode::kRuntime;
 };
 
 struct ExecutionRecord {
@@ -97,6 +138,10 @@ struct ExecutionRecord {
   std::string domain;
   int64_t pid = 0;
   int64_t ppid = 0;
+  std::string name;                 // process name (defaults to the function name)
+  ProcKind kind = ProcKind::kRun;
+  std::string userdata;
+  ProcSpec spec;
   std::optional<int> exit_code;
   int signal = 0;
   std::string error_code;  // e.g. entrypoint_not_found, boot_timeout
@@ -104,6 +149,8 @@ struct ExecutionRecord {
   std::string stdout_data;
   std::string stderr_data;
   bool output_truncated = false;
+  std::string console;              // serial console output (tail, capped)
+  bool console_truncated = false;
   int64_t duration_ms = 0;  // the command's own run time, measured in the guest
   PhaseTimings timings;
   int64_t created_ms = 0;

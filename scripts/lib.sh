@@ -13,6 +13,8 @@ BERTH_PACKAGES=(
   libssl-dev libspdlog-dev libfmt-dev libcli11-dev libcurl4-openssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   e2fsprogs busybox-static cpio kmod iproute2 procps debootstrap
+  # guest networks: libvirt runs dnsmasq for DHCP/DNS and iptables for NAT and nwfilters
+  dnsmasq-base iptables
 )
 
 install_packages() {

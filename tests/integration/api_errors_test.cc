@@ -55,10 +55,10 @@ TEST_F(ApiErrorsTest, UnknownFunction) {
 TEST_F(ApiErrorsTest, NotADiskImage) {
   auto r = daemon_->Call("POST", "/v1/images", std::string(4096, 'x') + "this is not a disk image",
                          "application/octet-stream");
-  ExpectError(r, 400, "image");
+  ExpectError(r, 422, "image");
   auto vmdk = daemon_->Call("POST", "/v1/images", "# Disk DescriptorFile\nversion=1\nRW 100 FLAT \"/etc/shadow\" 0\n",
                             "application/octet-stream");
-  ExpectError(vmdk, 400, "image");
+  ExpectError(vmdk, 422, "image");
   // Nothing was registered by the rejected uploads.
   auto list = daemon_->Get("/v1/images").json()["images"];
   EXPECT_EQ(list.size(), 1u);

@@ -14,17 +14,18 @@ namespace {
 
 using S = ExecState;
 
-const std::vector<S> kAll = {S::kPending, S::kBooting, S::kRunning, S::kSucceeded,
-                             S::kFailed,  S::kTimedOut, S::kError};
+const std::vector<S> kAll = {S::kPending, S::kPlacing,  S::kStarting, S::kRunning, S::kSucceeded,
+                             S::kFailed,  S::kTimedOut, S::kKilled,   S::kLost,    S::kError};
 
 // The legal transitions, as documented in manager/types.h:
-//   pending -> booting -> running -> succeeded | failed | timed_out
-//   pending | booting | running -> error
+//   pending -> placing -> starting -> running -> succeeded | failed | timed_out
+//   any non-terminal -> killed | lost | error
 const std::set<std::pair<S, S>> kLegal = {
-    {S::kPending, S::kBooting},   {S::kPending, S::kError},
-    {S::kBooting, S::kRunning},   {S::kBooting, S::kError},
-    {S::kRunning, S::kSucceeded}, {S::kRunning, S::kFailed},
-    {S::kRunning, S::kTimedOut},  {S::kRunning, S::kError},
+    {S::kPending, S::kPlacing},   {S::kPending, S::kKilled},  {S::kPending, S::kLost},   {S::kPending, S::kError},
+    {S::kPlacing, S::kStarting},  {S::kPlacing, S::kKilled},  {S::kPlacing, S::kLost},   {S::kPlacing, S::kError},
+    {S::kStarting, S::kRunning},  {S::kStarting, S::kKilled}, {S::kStarting, S::kLost},  {S::kStarting, S::kError},
+    {S::kRunning, S::kSucceeded}, {S::kRunning, S::kFailed},  {S::kRunning, S::kTimedOut},
+    {S::kRunning, S::kKilled},    {S::kRunning, S::kLost},    {S::kRunning, S::kError},
 };
 
 TEST(ExecStateTest, TransitionTableIsExactlyTheDocumentedOne) {
@@ -37,7 +38,7 @@ TEST(ExecStateTest, TransitionTableIsExactlyTheDocumentedOne) {
       legal += CanTransition(from, to) ? 1 : 0;
     }
   }
-  EXPECT_EQ(legal, 8);
+  EXPECT_EQ(legal, 18);
 }
 
 TEST(ExecStateTest, NoSelfTransitionsAndNothingLeavesATerminalState) {
@@ -50,21 +51,28 @@ TEST(ExecStateTest, NoSelfTransitionsAndNothingLeavesATerminalState) {
   for (S from : kAll) EXPECT_FALSE(CanTransition(from, S::kPending));
   EXPECT_FALSE(CanTransition(S::kPending, S::kRunning));
   EXPECT_FALSE(CanTransition(S::kPending, S::kSucceeded));
-  EXPECT_FALSE(CanTransition(S::kBooting, S::kSucceeded));
-  EXPECT_FALSE(CanTransition(S::kBooting, S::kTimedOut));
+  EXPECT_FALSE(CanTransition(S::kStarting, S::kSucceeded));
+  EXPECT_FALSE(CanTransition(S::kStarting, S::kTimedOut));
+  EXPECT_FALSE(CanTransition(S::kPending, S::kStarting));
+  EXPECT_FALSE(CanTransition(S::kPlacing, S::kRunning));
 }
 
-TEST(ExecStateTest, EveryNonTerminalStateCanReachError) {
+TEST(ExecStateTest, EveryNonTerminalStateCanBeKilledLostOrFail) {
   for (S s : kAll) {
     if (IsTerminal(s)) continue;
     EXPECT_TRUE(CanTransition(s, S::kError)) << ExecStateName(s);
+    EXPECT_TRUE(CanTransition(s, S::kKilled)) << ExecStateName(s);
+    EXPECT_TRUE(CanTransition(s, S::kLost)) << ExecStateName(s);
   }
 }
 
 TEST(ExecStateTest, IsTerminal) {
   EXPECT_FALSE(IsTerminal(S::kPending));
-  EXPECT_FALSE(IsTerminal(S::kBooting));
+  EXPECT_FALSE(IsTerminal(S::kPlacing));
+  EXPECT_FALSE(IsTerminal(S::kStarting));
   EXPECT_FALSE(IsTerminal(S::kRunning));
+  EXPECT_TRUE(IsTerminal(S::kKilled));
+  EXPECT_TRUE(IsTerminal(S::kLost));
   EXPECT_TRUE(IsTerminal(S::kSucceeded));
   EXPECT_TRUE(IsTerminal(S::kFailed));
   EXPECT_TRUE(IsTerminal(S::kTimedOut));
@@ -73,13 +81,18 @@ TEST(ExecStateTest, IsTerminal) {
 
 TEST(ExecStateTest, NamesAreTheApiSpellings) {
   EXPECT_STREQ(ExecStateName(S::kPending), "pending");
-  EXPECT_STREQ(ExecStateName(S::kBooting), "booting");
+  EXPECT_STREQ(ExecStateName(S::kPlacing), "placing");
+  EXPECT_STREQ(ExecStateName(S::kStarting), "starting");
+  EXPECT_STREQ(ExecStateName(S::kKilled), "killed");
+  EXPECT_STREQ(ExecStateName(S::kLost), "lost");
   EXPECT_STREQ(ExecStateName(S::kRunning), "running");
   EXPECT_STREQ(ExecStateName(S::kSucceeded), "succeeded");
   EXPECT_STREQ(ExecStateName(S::kFailed), "failed");
   EXPECT_STREQ(ExecStateName(S::kTimedOut), "timed_out");
   EXPECT_STREQ(ExecStateName(S::kError), "error");
 }
+
+TEST(ExecStateTest, AllExecStatesListsEveryStateOnce) { EXPECT_EQ(AllExecStates(), kAll); }
 
 TEST(ExecStateTest, NamesRoundTripAndAreDistinct) {
   std::set<std::string> names;
@@ -95,11 +108,11 @@ TEST(ExecStateTest, NamesRoundTripAndAreDistinct) {
 
 TEST(ExecStateTest, UnknownNamesAreInvalidArgumentOnFieldStatus) {
   for (const std::string& bad : std::vector<std::string>{"", "PENDING", "Running", "timed-out", "timedout", " pending", "pending ",
-                                "unknown", "done", std::string("error\0x", 7)}) {
+                                "unknown", "done", "booting", std::string("error\0x", 7)}) {
     auto parsed = ParseExecState(bad);
     ASSERT_FALSE(parsed.ok()) << "'" << bad << "' parsed";
     EXPECT_EQ(parsed.status().code(), Code::kInvalidArgument) << bad;
-    EXPECT_EQ(parsed.status().field(), "status") << bad;
+    EXPECT_EQ(parsed.status().field(), "state") << bad;
   }
 }
 

@@ -4,6 +4,7 @@
 #include "images/image_format.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -51,7 +52,7 @@ std::string MakeQcow2(const Qcow2Header& h) {
   PutBe32(b, 4, h.version);
   PutBe64(b, 8, h.backing_file_offset);
   if (h.backing_file_offset) {
-    PutBe32(b, 16, 9);
+    PutBe32(b, 16, 11);
     std::memcpy(b.data() + h.backing_file_offset, "/etc/passwd", 11);
   }
   PutBe32(b, 20, h.cluster_bits);
@@ -73,7 +74,8 @@ std::string MakeQcow2(const Qcow2Header& h) {
   return b;
 }
 
-// The real Env, except that qemu-img answers with a canned result.
+// The real Env, except that qemu-img answers with canned results: `result`
+// for `qemu-img info`, `check_result` for `qemu-img check`.
 class FakeQemuImgEnv : public Env {
  public:
   int64_t NowUnixMs() override { return real_->NowUnixMs(); }
@@ -85,9 +87,14 @@ class FakeQemuImgEnv : public Env {
       calls.push_back(argv);
       last_timeout_ms = timeout_ms;
       if (!run_status.ok()) return run_status;
-      return result;
+      return argv.size() > 1 && argv[1] == "check" ? check_result : result;
     }
     return real_->Run(argv, input, timeout_ms);
+  }
+  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms,
+                                   const RunLimits& limits) override {
+    last_limits = limits;
+    return Run(argv, input, timeout_ms);
   }
   Result<std::string> ReadFile(const std::string& path) override { return real_->ReadFile(path); }
   Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
@@ -108,7 +115,9 @@ class FakeQemuImgEnv : public Env {
 
   std::vector<std::vector<std::string>> calls;
   int64_t last_timeout_ms = 0;
+  RunLimits last_limits;
   CommandResult result;
+  CommandResult check_result{0, "{\"check-errors\": 0, \"format\": \"qcow2\"}", ""};
   Status run_status;
 
  private:
@@ -117,7 +126,7 @@ class FakeQemuImgEnv : public Env {
 
 void ExpectRejected(const Result<ImageInfo>& r, const std::string& needle) {
   ASSERT_FALSE(r.ok()) << "accepted, expected rejection mentioning: " << needle;
-  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition) << r.status().ToString();
   EXPECT_EQ(r.status().field(), "image");
   EXPECT_NE(r.status().message().find(needle), std::string::npos)
       << "message '" << r.status().message() << "' does not mention '" << needle << "'";
@@ -153,16 +162,23 @@ TEST_F(ImageFormatTest, CraftedV2HeaderAcceptedAfterQemuImgCrossCheck) {
   EXPECT_EQ(r->virtual_size_bytes, h.virtual_size);
   EXPECT_EQ(r->size_bytes, 65536u);
   EXPECT_EQ(r->filesystem, "");
-  ASSERT_EQ(env_.calls.size(), 1u);
-  const auto& argv = env_.calls[0];
-  EXPECT_EQ(argv[1], "info");
-  EXPECT_NE(std::find(argv.begin(), argv.end(), "--output=json"), argv.end());
-  auto f = std::find(argv.begin(), argv.end(), "-f");
-  ASSERT_NE(f, argv.end());
-  EXPECT_EQ(*(f + 1), "qcow2");
-  EXPECT_EQ(argv.back(), p);
+  // qemu-img info, then qemu-img check; both with an explicit format.
+  ASSERT_EQ(env_.calls.size(), 2u);
+  EXPECT_EQ(env_.calls[0][1], "info");
+  EXPECT_EQ(env_.calls[1][1], "check");
+  for (const auto& argv : env_.calls) {
+    EXPECT_NE(std::find(argv.begin(), argv.end(), "--output=json"), argv.end());
+    auto f = std::find(argv.begin(), argv.end(), "-f");
+    ASSERT_NE(f, argv.end());
+    EXPECT_EQ(*(f + 1), "qcow2");
+    EXPECT_EQ(argv.back(), p);
+    EXPECT_EQ(std::find(argv.begin(), argv.end(), "-U"), argv.end());
+  }
   EXPECT_GT(env_.last_timeout_ms, 0);
   EXPECT_LE(env_.last_timeout_ms, 120'000);
+  // Run under resource limits.
+  EXPECT_EQ(env_.last_limits.address_space_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(env_.last_limits.cpu_seconds, 30u);
 }
 
 TEST_F(ImageFormatTest, CraftedV3HeaderAccepted) {
@@ -183,7 +199,8 @@ TEST_F(ImageFormatTest, BackingFileRejectedBeforeRunningQemuImg) {
     h.backing_file_offset = 512;
     std::string p = Crafted("backed" + std::to_string(version), h);
     env_.SayQcow2(h.virtual_size);
-    ExpectRejected(InspectImage(&env_, p), "backing file");
+    ExpectRejected(InspectImage(&env_, p), "qcow2 image names a backing file (\"/etc/passwd\")");
+    ExpectRejected(InspectImage(&env_, p), "images with backing files are refused");
   }
   EXPECT_TRUE(env_.calls.empty()) << "qemu-img must never see an image with a backing file";
 }
@@ -200,7 +217,11 @@ TEST_F(ImageFormatTest, ExternalDataFileNameExtensionRejected) {
   Qcow2Header h;
   h.extensions.push_back({0x44415441, "/etc/shadow"});
   env_.SayQcow2(h.virtual_size);
-  ExpectRejected(InspectImage(&env_, Crafted("dataext.qcow2", h)), "external data file");
+  ExpectRejected(InspectImage(&env_, Crafted("dataext.qcow2", h)), "external data file (\"/etc/shadow\")");
+  // With the incompatible bit too, the name is still reported.
+  h.incompatible = 1u << 2;
+  ExpectRejected(InspectImage(&env_, Crafted("dataext2.qcow2", h)), "external data file (\"/etc/shadow\")");
+  EXPECT_TRUE(env_.calls.empty());
 }
 
 TEST_F(ImageFormatTest, UnknownIncompatibleBitRejected) {
@@ -230,12 +251,18 @@ TEST_F(ImageFormatTest, EncryptedRejected) {
   Qcow2Header h;
   h.extensions.push_back({0x0537be77, std::string(16, '\0')});
   ExpectRejected(InspectImage(&env_, Crafted("fde.qcow2", h)), "encryption");
+  EXPECT_TRUE(env_.calls.empty());
 }
 
 TEST_F(ImageFormatTest, SanityLimitsEnforced) {
   Qcow2Header h;
   h.virtual_size = (uint64_t{1} << 40) + 512;
-  ExpectRejected(InspectImage(&env_, Crafted("huge.qcow2", h)), "1 TiB");
+  ExpectRejected(InspectImage(&env_, Crafted("huge.qcow2", h)), "exceeds the limit of 1099511627776 bytes (1 TiB)");
+  // The limit is the caller's.
+  InspectOptions small;
+  small.max_virtual_size_bytes = uint64_t{1} << 29;
+  h.virtual_size = uint64_t{1} << 30;
+  ExpectRejected(InspectImage(&env_, Crafted("1g.qcow2", h), small), "exceeds the limit of 536870912 bytes (512 MiB)");
   h = {};
   h.cluster_bits = 22;
   ExpectRejected(InspectImage(&env_, Crafted("cb22.qcow2", h)), "cluster_bits");
@@ -274,6 +301,22 @@ TEST_F(ImageFormatTest, QemuImgVerdictIsCrossChecked) {
 
   env_.SayQcow2(h.virtual_size + 512);
   ExpectRejected(InspectImage(&env_, p), "virtual size");
+
+  env_.result.out = "{\"virtual-size\": " + std::to_string(h.virtual_size) + ", \"format\": \"raw\"}";
+  ExpectRejected(InspectImage(&env_, p), "qemu-img reads the image as 'raw'");
+
+  env_.SayQcow2(h.virtual_size, ", \"encrypted\": true");
+  ExpectRejected(InspectImage(&env_, p), "encrypted");
+
+  // A clean info, then an unclean check.
+  env_.SayQcow2(h.virtual_size);
+  env_.check_result = {2, "{\"corruptions\": 3, \"check-errors\": 0}", ""};
+  ExpectRejected(InspectImage(&env_, p), "qemu-img check found 3 corruptions");
+  env_.check_result = {3, "{\"leaks\": 7, \"check-errors\": 0}", ""};
+  ExpectRejected(InspectImage(&env_, p), "7 leaked clusters");
+  env_.check_result = {128 + SIGXCPU, "", ""};
+  ExpectRejected(InspectImage(&env_, p), "CPU time limit");
+  env_.check_result = {0, "{}", ""};
 
   env_.result = {1, "", "qemu-img: Could not open 'x': Image is not in qcow2 format\n"};
   ExpectRejected(InspectImage(&env_, p), "Image is not in qcow2 format");
@@ -380,31 +423,95 @@ TEST_F(ImageFormatTest, NonImagesRejectedNamingWhatWasFound) {
   mbr[510] = '\x55';
   mbr[511] = '\xaa';
 
+  // A descriptor without the customary comment line: QEMU's own probe rule.
+  std::string bare_vmdk = "\n# made by hand\nversion=1\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/root/x\" 0\n";
+  std::string qed = std::string("QED\0", 4) + std::string(4096, '\0');
+  std::string vhdx = "vhdxfile" + std::string(4096, '\0');
+  std::string luks = "LUKS\xba\xbe" + std::string(4096, '\0');
+
   struct Case {
-    std::string name, data, needle;
+    std::string name, data, kind, needle;
   };
+  const std::string kNotImage = "not a disk image";
+  const std::string kRefused = "refused image format";
   std::vector<Case> cases = {
-      {"random.bin", random, "unrecognized data"},
-      {"empty.img", "", "empty file"},
-      {"desc.vmdk", vmdk, "VMDK descriptor"},
-      {"sparse.vmdk", vmdk_sparse, "VMDK"},
-      {"disk.vhd", vhd, "VHD"},
-      {"disk.iso", iso, "ISO 9660"},
-      {"root.tar", tar, "tar archive"},
-      {"disk.vdi", vdi, "VDI"},
-      {"disk.mbr", mbr, "MBR"},
+      {"random.bin", random, kNotImage, "unrecognized data"},
+      {"empty.img", "", kNotImage, "empty file"},
+      {"desc.vmdk", vmdk, kRefused, "VMDK descriptor, which can reference host files (it names \"/etc/shadow\")"},
+      {"bare.vmdk", bare_vmdk, kRefused, "VMDK descriptor"},
+      {"sparse.vmdk", vmdk_sparse, kRefused, "VMDK"},
+      {"disk.vhd", vhd, kRefused, "VHD"},
+      {"disk.vhdx", vhdx, kRefused, "VHDX"},
+      {"disk.qed", qed, kRefused, "QED"},
+      {"disk.luks", luks, kRefused, "LUKS"},
+      {"disk.iso", iso, kRefused, "ISO 9660"},
+      {"root.tar", tar, kNotImage, "tar archive"},
+      {"disk.vdi", vdi, kRefused, "VDI"},
+      {"disk.mbr", mbr, kNotImage, "MBR"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
     WriteFile(dir_.File(c.name), c.data);
     auto r = InspectImage(&env_, dir_.File(c.name));
-    ExpectRejected(r, "not a disk image");
+    ExpectRejected(r, c.kind);
     ExpectRejected(r, c.needle);
   }
-  // The VMDK message says why descriptors are dangerous.
-  auto r = InspectImage(&env_, dir_.File("desc.vmdk"));
-  ExpectRejected(r, "host files");
   EXPECT_TRUE(env_.calls.empty());
+}
+
+TEST_F(ImageFormatTest, IsoOnlyWhenAllowed) {
+  std::string iso(64 * 1024, '\0');
+  iso[0x8000] = 1;
+  std::memcpy(iso.data() + 0x8001, "CD001", 5);
+  WriteFile(dir_.File("seed.iso"), iso);
+  ExpectRejected(InspectImageHeader(dir_.File("seed.iso")), "accepted only where explicitly allowed");
+  InspectOptions allow;
+  allow.allow_iso = true;
+  auto r = InspectImageHeader(dir_.File("seed.iso"), allow);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->format, "raw");
+  EXPECT_EQ(r->filesystem, "iso9660");
+  EXPECT_EQ(r->virtual_size_bytes, iso.size());
+  // An allowed ISO may be declared as iso or raw, not as qcow2.
+  allow.claimed_format = "iso";
+  EXPECT_TRUE(InspectImageHeader(dir_.File("seed.iso"), allow).ok());
+  allow.claimed_format = "raw";
+  EXPECT_TRUE(InspectImageHeader(dir_.File("seed.iso"), allow).ok());
+  allow.claimed_format = "qcow2";
+  ExpectRejected(InspectImageHeader(dir_.File("seed.iso"), allow), "uploaded as qcow2 but is an ISO 9660 image");
+}
+
+TEST_F(ImageFormatTest, DeclaredFormatMustMatchContent) {
+  Qcow2Header h;
+  std::string q = Crafted("claimed.qcow2", h);
+  env_.SayQcow2(h.virtual_size);
+  InspectOptions o;
+  o.claimed_format = "raw";
+  ExpectRejected(InspectImage(&env_, q, o), "image was uploaded as raw but is a qcow2 image");
+  o.claimed_format = "qcow2";
+  EXPECT_TRUE(InspectImage(&env_, q, o).ok());
+  o.claimed_format = "vmdk";
+  ExpectRejected(InspectImage(&env_, q, o), "declared format 'vmdk' is not one berth accepts");
+
+  std::string fs = dir_.File("fs.ext4");
+  ASSERT_TRUE(Sh({"mke2fs", "-q", "-t", "ext4", "-F", fs, "8M"}));
+  o.claimed_format = "qcow2";
+  ExpectRejected(InspectImageHeader(fs, o), "uploaded as qcow2 but is a raw ext2/3/4 filesystem image");
+  o.claimed_format = "raw";
+  EXPECT_TRUE(InspectImageHeader(fs, o).ok());
+
+  WriteFile(dir_.File("junk"), ::berth::testing::RandomBytes(1 << 16, 3));
+  o.claimed_format = "qcow2";
+  ExpectRejected(InspectImage(&env_, dir_.File("junk"), o), "uploaded as qcow2 but is not a disk image");
+}
+
+TEST_F(ImageFormatTest, Ext4WithVhdFooterIsRefusedAsPolyglot) {
+  // A fixed VHD is raw data plus a 512-byte "conectix" footer: an ext4
+  // filesystem with a footer appended is both. Refuse it.
+  std::string p = dir_.File("fs.ext4");
+  ASSERT_TRUE(Sh({"mke2fs", "-q", "-t", "ext4", "-F", p, "8M"}));
+  std::ofstream(p, std::ios::binary | std::ios::app) << "conectix" << std::string(504, '\0');
+  ExpectRejected(InspectImageHeader(p), "VHD (VirtualPC) image (footer at the end of the file)");
 }
 
 TEST_F(ImageFormatTest, VmdkDescriptorWithExtSuperblockStillRejected) {

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <string>
@@ -180,18 +182,155 @@ TEST_F(ImageStoreTest, InvalidUploadRejectedOnCommitAndLeavesNothing) {
     ASSERT_TRUE((*up)->Append(data).ok());
     auto rec = (*up)->Commit();
     ASSERT_FALSE(rec.ok());
-    EXPECT_EQ(rec.status().code(), Code::kInvalidArgument);
+    EXPECT_EQ(rec.status().code(), Code::kFailedPrecondition);
     EXPECT_EQ(rec.status().field(), "image");
-    EXPECT_NE(rec.status().message().find("not a disk image"), std::string::npos) << rec.status().ToString();
+    EXPECT_TRUE(rec.status().message().find("not a disk image") != std::string::npos ||
+                rec.status().message().find("refused image format") != std::string::npos)
+        << rec.status().ToString();
     EXPECT_TRUE(TmpFiles().empty());
     EXPECT_TRUE(StoredFiles().empty());
   }
   // ImportFile goes through the same gate.
   std::string bad = tmp_.path() + "/bad.vmdk";
   ASSERT_TRUE(Env::Default()->WriteFileAtomic(bad, vmdk).ok());
-  EXPECT_EQ(store.ImportFile(bad).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(store.ImportFile(bad).status().code(), Code::kFailedPrecondition);
   EXPECT_TRUE(StoredFiles().empty());
   EXPECT_TRUE(TmpFiles().empty());
+}
+
+// The real Env, recording each qemu-img run and what the store held then.
+class WatchingEnv : public Env {
+ public:
+  explicit WatchingEnv(std::function<std::vector<std::string>()> stored) : stored_(std::move(stored)) {}
+  int64_t NowUnixMs() override { return real_->NowUnixMs(); }
+  int64_t MonotonicMs() override { return real_->MonotonicMs(); }
+  void SleepMs(int64_t ms) override { real_->SleepMs(ms); }
+  Result<CommandResult> Run(const std::vector<std::string>& argv, std::string_view input,
+                            int64_t timeout_ms) override {
+    return real_->Run(argv, input, timeout_ms);
+  }
+  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms,
+                                   const RunLimits& limits) override {
+    if (!argv.empty() && argv[0] == "qemu-img") {
+      qemu_img_runs.push_back(argv.at(1));
+      stored_during_qemu_img.push_back(stored_().size());
+      limits_seen.push_back(limits);
+    }
+    return real_->RunLimited(argv, input, timeout_ms, limits);
+  }
+  Result<std::string> ReadFile(const std::string& path) override { return real_->ReadFile(path); }
+  Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
+    return real_->WriteFileAtomic(path, data, mode);
+  }
+  bool Exists(const std::string& path) override { return real_->Exists(path); }
+  Status RemoveFile(const std::string& path) override { return real_->RemoveFile(path); }
+  Status RemoveTree(const std::string& path) override { return real_->RemoveTree(path); }
+  Status CreateDirs(const std::string& path, int mode) override { return real_->CreateDirs(path, mode); }
+  Status Rename(const std::string& from, const std::string& to) override { return real_->Rename(from, to); }
+  Result<uint64_t> FileSize(const std::string& path) override { return real_->FileSize(path); }
+
+  std::vector<std::string> qemu_img_runs;
+  std::vector<size_t> stored_during_qemu_img;
+  std::vector<RunLimits> limits_seen;
+
+ private:
+  Env* real_ = Env::Default();
+  std::function<std::vector<std::string>()> stored_;
+};
+
+TEST_F(ImageStoreTest, BothInspectionStagesRunBeforeTheImageIsVisible) {
+  WatchingEnv env([this] { return StoredFiles(); });
+  ImageStore store(&env, store_dir_);
+  std::string q = tmp_.path() + "/disk.qcow2";
+  ASSERT_TRUE(Sh({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", src_, q}));
+  auto content = Env::Default()->ReadFile(q);
+  ASSERT_TRUE(content.ok());
+  auto up = store.BeginUpload(1 << 30);
+  ASSERT_TRUE(up.ok());
+  ASSERT_TRUE((*up)->Append(*content).ok());
+  auto rec = (*up)->Commit();
+  ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  EXPECT_EQ(env.qemu_img_runs, (std::vector<std::string>{"info", "check"}));
+  EXPECT_EQ(env.stored_during_qemu_img, (std::vector<size_t>{0, 0}));
+  for (const auto& l : env.limits_seen) {
+    EXPECT_GT(l.address_space_bytes, 0u);
+    EXPECT_GT(l.cpu_seconds, 0u);
+  }
+  EXPECT_EQ(StoredFiles().size(), 1u);
+
+  // Raw images are cross-checked too (qemu-img info -f raw).
+  env.qemu_img_runs.clear();
+  ASSERT_TRUE(store.ImportFile(src_).ok());
+  EXPECT_EQ(env.qemu_img_runs, (std::vector<std::string>{"info"}));
+
+  // Looking images up re-reads headers only: no qemu-img on the invoke path.
+  env.qemu_img_runs.clear();
+  EXPECT_TRUE(store.Get(rec->id).ok());
+  EXPECT_EQ(store.List().size(), 2u);
+  EXPECT_TRUE(env.qemu_img_runs.empty());
+}
+
+TEST_F(ImageStoreTest, DeclaredFormatIsEnforcedAtCommit) {
+  ImageStore store(Env::Default(), store_dir_);
+  std::string q = tmp_.path() + "/disk.qcow2";
+  ASSERT_TRUE(Sh({"qemu-img", "create", "-q", "-f", "qcow2", q, "16M"}));
+  auto content = Env::Default()->ReadFile(q);
+  ASSERT_TRUE(content.ok());
+
+  auto up = store.BeginUpload(1 << 30);
+  ASSERT_TRUE(up.ok());
+  (*up)->ClaimFormat("raw");
+  ASSERT_TRUE((*up)->Append(*content).ok());
+  auto rec = (*up)->Commit();
+  ASSERT_FALSE(rec.ok());
+  EXPECT_EQ(rec.status().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(rec.status().field(), "image");
+  EXPECT_NE(rec.status().message().find("uploaded as raw but is a qcow2 image"), std::string::npos)
+      << rec.status().ToString();
+  EXPECT_TRUE(StoredFiles().empty());
+  EXPECT_TRUE(TmpFiles().empty());
+
+  InspectOptions claim;
+  claim.claimed_format = "qcow2";
+  auto ok = store.ImportFile(q, claim);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->format, "qcow2");
+}
+
+TEST_F(ImageStoreTest, HostileQcow2NeverEntersTheStore) {
+  ImageStore store(Env::Default(), store_dir_);
+  std::string base = tmp_.path() + "/host-secret.raw";
+  std::string top = tmp_.path() + "/top.qcow2";
+  ASSERT_TRUE(Sh({"qemu-img", "create", "-q", "-f", "raw", base, "1M"}));
+  ASSERT_TRUE(Sh({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top}));
+  auto rec = store.ImportFile(top);
+  ASSERT_FALSE(rec.ok());
+  EXPECT_EQ(rec.status().code(), Code::kFailedPrecondition);
+  EXPECT_NE(rec.status().message().find("names a backing file (\"" + base + "\")"), std::string::npos)
+      << rec.status().ToString();
+  EXPECT_TRUE(StoredFiles().empty());
+  EXPECT_TRUE(TmpFiles().empty());
+}
+
+TEST_F(ImageStoreTest, IsoOnlyWhenTheCallerAllowsIt) {
+  ImageStore store(Env::Default(), store_dir_);
+  std::string iso(64 * 1024, '\0');
+  iso[0x8000] = 1;
+  std::memcpy(iso.data() + 0x8001, "CD001", 5);
+  std::string path = tmp_.path() + "/seed.iso";
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(path, iso).ok());
+  auto refused = store.ImportFile(path);
+  EXPECT_EQ(refused.status().code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(StoredFiles().empty());
+  InspectOptions allow;
+  allow.allow_iso = true;
+  auto rec = store.ImportFile(path, allow);
+  ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  EXPECT_EQ(rec->format, "raw");
+  EXPECT_EQ(rec->filesystem, "iso9660");
+  auto got = store.Get(rec->id);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->filesystem, "iso9660");
 }
 
 TEST_F(ImageStoreTest, HostileIdsRejected) {

@@ -332,7 +332,11 @@ TEST_F(StoreTest, ExecutionInsertUpdateGetWithNullVersusZeroExitCode) {
   ex.exit_code = 0;
   ex.signal = 0;
   ex.duration_ms = 321;
-  ex.timings = {10, 20, 30, 40, 100};
+  ex.timings.prepare_ms = 10;
+  ex.timings.boot_ms = 20;
+  ex.timings.run_ms = 30;
+  ex.timings.cleanup_ms = 40;
+  ex.timings.total_ms = 100;
   ex.finished_ms = 2000;
   ex.output_truncated = true;
   ex.error_code = "";
@@ -444,10 +448,10 @@ TEST_F(StoreTest, ListExecutionsByFunctionNewestFirstWithLimit) {
   EXPECT_TRUE(zero->empty());
 }
 
-TEST_F(StoreTest, ListUnfinishedReturnsOnlyPendingBootingRunning) {
-  const std::vector<ExecState> states = {ExecState::kPending,   ExecState::kBooting, ExecState::kRunning,
-                                         ExecState::kSucceeded, ExecState::kFailed,  ExecState::kTimedOut,
-                                         ExecState::kError};
+TEST_F(StoreTest, ListUnfinishedReturnsOnlyPendingStartingRunning) {
+  const std::vector<ExecState> states = {ExecState::kPending,   ExecState::kStarting, ExecState::kRunning,
+                                         ExecState::kSucceeded, ExecState::kFailed,   ExecState::kTimedOut,
+                                         ExecState::kError,     ExecState::kKilled,   ExecState::kLost};
   int64_t pid = 10;
   for (ExecState s : states) {
     ASSERT_TRUE(store_->InsertExecution(Execution(std::string("x-") + ExecStateName(s), "f", pid--, 1, s)).ok());
@@ -456,8 +460,8 @@ TEST_F(StoreTest, ListUnfinishedReturnsOnlyPendingBootingRunning) {
   ASSERT_TRUE(unfinished.ok()) << unfinished.status().ToString();
   std::vector<std::string> ids;
   for (const auto& e : *unfinished) ids.push_back(e.id);
-  // Ordered by pid: running (8) < booting (9) < pending (10).
-  EXPECT_EQ(ids, (std::vector<std::string>{"x-running", "x-booting", "x-pending"}));
+  // Ordered by pid: running (8) < starting (9) < pending (10).
+  EXPECT_EQ(ids, (std::vector<std::string>{"x-running", "x-starting", "x-pending"}));
   for (const auto& e : *unfinished) EXPECT_FALSE(IsTerminal(e.state)) << e.id;
 
   // Finishing one removes it from the list.
@@ -694,6 +698,165 @@ TEST(StoreMigrationTest, NewerSchemaIsRefused) {
   auto opened = Store::Open(path);
   ASSERT_FALSE(opened.ok());
   EXPECT_EQ(opened.status().code(), Code::kFailedPrecondition) << opened.status().ToString();
+}
+
+// The schema of berthd with tenancy, before processes (version 2), exactly as
+// that berthd created it.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+  admin INTEGER NOT NULL, created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE INDEX IF NOT EXISTS tokens_by_tenant ON tokens(tenant, created_ms);
+CREATE TABLE IF NOT EXISTS images (
+  tenant TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, format TEXT NOT NULL, filesystem TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL, virtual_size_bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, id));
+CREATE INDEX IF NOT EXISTS images_by_id ON images(id);
+CREATE TABLE IF NOT EXISTS functions (
+  tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+  image TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (tenant, name));
+CREATE INDEX IF NOT EXISTS functions_by_image ON functions(image);
+CREATE TABLE IF NOT EXISTS executions (
+  id TEXT PRIMARY KEY, function TEXT NOT NULL, function_version INTEGER NOT NULL,
+  tenant TEXT NOT NULL, image TEXT NOT NULL, state TEXT NOT NULL, node TEXT NOT NULL,
+  domain TEXT NOT NULL, pid INTEGER NOT NULL UNIQUE, ppid INTEGER NOT NULL, exit_code INTEGER,
+  signal INTEGER NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL, stdout BLOB NOT NULL,
+  stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+  timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
+CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions(tenant, created_ms);
+CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
+)sql";
+
+TEST(StoreMigrationTest, Version2DatabaseGainsProcessColumnsAndKeepsItsRows) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/v2.db";
+  ExecSql(path, std::string(kSchemaV2) +
+                    "INSERT INTO executions VALUES ('e1','fn',1,'acme','img','booting','local','berth-e1',7,1,NULL,0,"
+                    "'','',X'',X'',0,0,'{\"boot_ms\":12}',100,0);"
+                    "INSERT INTO executions VALUES ('e2','fn',1,'acme','img','succeeded','local','berth-e2',8,1,0,0,"
+                    "'','',X'6869',X'',0,5,'{}',200,300);"
+                    "PRAGMA user_version = 2;");
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ(*(*store)->SchemaVersion(), Store::kSchemaVersion);
+  auto e1 = (*store)->GetExecution("e1");
+  ASSERT_TRUE(e1.ok()) << e1.status().ToString();
+  EXPECT_EQ(e1->state, ExecState::kStarting) << "booting is now starting";
+  EXPECT_EQ(e1->name, "fn") << "old records are named after their function";
+  EXPECT_EQ(e1->kind, ProcKind::kRun);
+  EXPECT_EQ(e1->timings.boot_ms, 12);
+  auto e2 = (*store)->GetExecution("e2");
+  ASSERT_TRUE(e2.ok());
+  EXPECT_EQ(e2->stdout_data, "hi");
+  // The new columns are writable.
+  e2->userdata = "ud";
+  e2->console = "console text";
+  e2->console_truncated = true;
+  ASSERT_TRUE((*store)->UpdateExecution(*e2).ok());
+  EXPECT_EQ((*store)->GetExecution("e2")->console, "console text");
+  // Opening again is a no-op.
+  store->reset();
+  auto again = Store::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ((*again)->GetExecution("e2")->userdata, "ud");
+}
+
+TEST_F(StoreTest, ProcessFieldsRoundTrip) {
+  ExecutionRecord ex = Execution("p1", "", 42, 10, ExecState::kRunning);
+  ex.name = "webserver01";
+  ex.kind = ProcKind::kInstance;
+  ex.userdata = "#cloud-config\n";
+  ex.spec.command = {"/bin/sh", "-c", "sleep 1"};
+  ex.spec.env = {{"A", "1"}};
+  ex.spec.vcpus = 2;
+  ex.spec.memory_mib = 512;
+  ex.spec.timeout_ms = 0;
+  ex.spec.cwd = "/srv";
+  ex.spec.boot = BootMode::kDisk;
+  ex.timings.queue_ms = 3;
+  ex.timings.agent_ready_at = 99;
+  ex.timings.start = "template";
+  ASSERT_TRUE(store_->InsertExecution(ex).ok());
+  auto got = store_->GetExecutionByPid("acme", 42);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->name, "webserver01");
+  EXPECT_EQ(got->kind, ProcKind::kInstance);
+  EXPECT_EQ(got->userdata, "#cloud-config\n");
+  EXPECT_EQ(got->spec.command, ex.spec.command);
+  EXPECT_EQ(got->spec.env, ex.spec.env);
+  EXPECT_EQ(got->spec.vcpus, 2u);
+  EXPECT_EQ(got->spec.memory_mib, 512u);
+  EXPECT_EQ(got->spec.cwd, "/srv");
+  EXPECT_EQ(got->spec.boot, BootMode::kDisk);
+  EXPECT_EQ(got->timings.queue_ms, 3);
+  EXPECT_EQ(got->timings.agent_ready_at, 99);
+  EXPECT_EQ(got->timings.start, "template");
+  // Another tenant's pid is not there, and says which field.
+  auto other = store_->GetExecutionByPid("other", 42);
+  EXPECT_EQ(other.status().code(), Code::kNotFound);
+  EXPECT_EQ(other.status().field(), "pid");
+}
+
+TEST_F(StoreTest, ExecutionFilterCombinesFunctionStateTimeAndParent) {
+  ASSERT_TRUE(store_->InsertExecution(Execution("a", "f", 2, 100, ExecState::kRunning)).ok());
+  ASSERT_TRUE(store_->InsertExecution(Execution("b", "f", 3, 200, ExecState::kSucceeded)).ok());
+  ExecutionRecord c = Execution("c", "g", 4, 300, ExecState::kFailed);
+  c.ppid = 2;
+  ASSERT_TRUE(store_->InsertExecution(c).ok());
+  auto ids = [&](const ExecutionFilter& f) {
+    std::vector<std::string> out;
+    auto r = store_->ListExecutions("acme", f);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (r.ok()) for (const auto& e : *r) out.push_back(e.id);
+    return out;
+  };
+  ExecutionFilter f;
+  EXPECT_EQ(ids(f), (std::vector<std::string>{"c", "b", "a"}));
+  f.function = "f";
+  EXPECT_EQ(ids(f), (std::vector<std::string>{"b", "a"}));
+  f.states = {ExecState::kSucceeded};
+  EXPECT_EQ(ids(f), (std::vector<std::string>{"b"}));
+  ExecutionFilter t;
+  t.since_ms = 150;
+  t.until_ms = 300;
+  EXPECT_EQ(ids(t), (std::vector<std::string>{"b"}));
+  ExecutionFilter kids;
+  kids.ppid = 2;
+  EXPECT_EQ(ids(kids), (std::vector<std::string>{"c"}));
+  ExecutionFilter oldest;
+  oldest.oldest_first = true;
+  oldest.limit = 2;
+  EXPECT_EQ(ids(oldest), (std::vector<std::string>{"a", "b"}));
+  ExecutionFilter live;
+  live.states = {ExecState::kPending, ExecState::kRunning};
+  EXPECT_EQ(ids(live), (std::vector<std::string>{"a"}));
+}
+
+TEST_F(StoreTest, RetentionKeepsTheNewestAndEverythingUnfinished) {
+  for (int i = 0; i < 10; ++i) {
+    ExecutionRecord e = Execution("done" + std::to_string(i), "f", 10 + i, i, ExecState::kSucceeded);
+    e.finished_ms = 1000 + i;
+    ASSERT_TRUE(store_->InsertExecution(e).ok());
+  }
+  ASSERT_TRUE(store_->InsertExecution(Execution("live", "f", 50, 5, ExecState::kRunning)).ok());
+  // Keep the newest 3; the cut-off (finished before 1005) spares done5..done9.
+  auto n = store_->PruneFinishedExecutions(3, 1005);
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 5);
+  EXPECT_FALSE(store_->GetExecution("done4").ok());
+  EXPECT_TRUE(store_->GetExecution("done5").ok());
+  EXPECT_TRUE(store_->GetExecution("live").ok());
+  // No cut-off: only the newest 3 finished remain.
+  n = store_->PruneFinishedExecutions(3, 0);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 2);
+  EXPECT_TRUE(store_->GetExecution("done7").ok());
+  EXPECT_FALSE(store_->GetExecution("done6").ok());
+  EXPECT_TRUE(store_->GetExecution("live").ok());
 }
 
 }  // namespace

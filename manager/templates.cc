@@ -1,0 +1,581 @@
+#include "manager/templates.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/sha256.h"
+
+namespace berth::manager {
+namespace {
+
+using nlohmann::json;
+
+json InputsToJson(const TemplateKeyInputs& in) {
+  return json{{"tenant", in.tenant},
+              {"function", in.function},
+              {"function_version", in.function_version},
+              {"image", in.image},
+              {"kernel_sha256", in.kernel_sha256},
+              {"initrd_sha256", in.initrd_sha256},
+              {"accel", in.accel},
+              {"cpu_model", in.cpu_model},
+              {"hypervisor_version", in.hypervisor_version},
+              {"machine", in.machine},
+              {"vcpus", in.vcpus},
+              {"memory_mib", in.memory_mib},
+              {"cmdline", in.cmdline},
+              {"format_version", in.format_version}};
+}
+
+TemplateKeyInputs InputsFromJson(const json& j) {
+  TemplateKeyInputs in;
+  in.tenant = j.at("tenant").get<std::string>();
+  in.function = j.at("function").get<std::string>();
+  in.function_version = j.at("function_version").get<int64_t>();
+  in.image = j.at("image").get<std::string>();
+  in.kernel_sha256 = j.at("kernel_sha256").get<std::string>();
+  in.initrd_sha256 = j.at("initrd_sha256").get<std::string>();
+  in.accel = j.at("accel").get<std::string>();
+  in.cpu_model = j.at("cpu_model").get<std::string>();
+  in.hypervisor_version = j.at("hypervisor_version").get<uint64_t>();
+  in.machine = j.at("machine").get<std::string>();
+  in.vcpus = j.at("vcpus").get<uint32_t>();
+  in.memory_mib = j.at("memory_mib").get<uint64_t>();
+  in.cmdline = j.at("cmdline").get<std::string>();
+  in.format_version = j.at("format_version").get<uint32_t>();
+  return in;
+}
+
+std::string InfoToJson(const TemplateInfo& info) {
+  return json{{"key", info.key},
+              {"inputs", InputsToJson(info.inputs)},
+              {"save_volume", info.save_volume},
+              {"save_path", info.save_path},
+              {"save_bytes", info.save_bytes},
+              {"built_unix_ms", info.built_unix_ms},
+              {"build_ms", info.build_ms}}
+      .dump(2);
+}
+
+Result<TemplateInfo> InfoFromJson(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::FailedPrecondition("template record is not JSON");
+  try {
+    TemplateInfo info;
+    info.key = j.at("key").get<std::string>();
+    info.inputs = InputsFromJson(j.at("inputs"));
+    info.save_volume = j.at("save_volume").get<std::string>();
+    info.save_path = j.at("save_path").get<std::string>();
+    info.save_bytes = j.at("save_bytes").get<uint64_t>();
+    info.built_unix_ms = j.at("built_unix_ms").get<int64_t>();
+    info.build_ms = j.at("build_ms").get<int64_t>();
+    return info;
+  } catch (const json::exception& e) {
+    return Status::FailedPrecondition(std::string("template record is incomplete: ") + e.what());
+  }
+}
+
+uint32_t LeU32(std::string_view b, size_t off) {
+  return static_cast<uint32_t>(static_cast<unsigned char>(b[off])) |
+         static_cast<uint32_t>(static_cast<unsigned char>(b[off + 1])) << 8 |
+         static_cast<uint32_t>(static_cast<unsigned char>(b[off + 2])) << 16 |
+         static_cast<uint32_t>(static_cast<unsigned char>(b[off + 3])) << 24;
+}
+
+// The type attribute of the saved <domain> ("kvm", "qemu"), without an XML
+// parser (those live in hypervisor/): libvirt writes it first.
+std::string SavedDomainType(const std::string& xml) {
+  size_t open = xml.find("<domain");
+  if (open == std::string::npos) return "";
+  size_t close = xml.find('>', open);
+  size_t at = xml.find("type=", open);
+  if (at == std::string::npos || at > close || at + 6 >= xml.size()) return "";
+  char quote = xml[at + 5];
+  size_t end = xml.find(quote, at + 6);
+  if (end == std::string::npos || end > close) return "";
+  return xml.substr(at + 6, end - at - 6);
+}
+
+bool IsHex(std::string_view s) { return s.find_first_not_of("0123456789abcdef") == std::string_view::npos; }
+
+// Runs `call` on its own thread and waits at most timeout_ms. On timeout it
+// runs `abort` (destroying the domain ends libvirt's job) and gives the call
+// a little longer to return; DeadlineExceeded either way.
+Status RunBounded(std::function<Status()> call, int64_t timeout_ms, const std::function<void()>& abort,
+                  const std::string& what) {
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::future<Status> done = promise->get_future();
+  std::thread([call = std::move(call), promise] { promise->set_value(call()); }).detach();
+  if (done.wait_for(std::chrono::milliseconds(timeout_ms)) == std::future_status::ready) return done.get();
+  abort();
+  if (done.wait_for(std::chrono::seconds(15)) != std::future_status::ready) {
+    spdlog::warn("{} still running after it was aborted", what);
+  }
+  return Status::DeadlineExceeded(what + " did not finish within " + std::to_string(timeout_ms) + " ms");
+}
+
+}  // namespace
+
+std::string ComputeTemplateKey(const TemplateKeyInputs& inputs) {
+  // nlohmann::json orders object keys, so the encoding is canonical.
+  return Sha256::HexOf("berth-template\n" + InputsToJson(inputs).dump());
+}
+
+std::string TemplateSaveVolumeName(const std::string& key) { return "tpl-" + key + ".save"; }
+std::string TemplateRecordVolumeName(const std::string& key) { return "tpl-" + key + ".json"; }
+std::string TemplateDomainName(const std::string& key) {
+  return std::string(hv::kDomainNamePrefix) + "tpl-" + key.substr(0, 16);
+}
+std::string CloneSaveVolumeName(const std::string& domain) { return "tplclone-" + domain + ".save"; }
+
+namespace {
+std::string BuildOverlayVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".qcow2"; }
+}  // namespace
+
+TemplateCache::TemplateCache(Env* env, Node& node, RuntimeArtifacts runtime, TemplateOptions options)
+    : env_(env), node_(node), runtime_(std::move(runtime)), options_(std::move(options)) {}
+
+TemplateCache::~TemplateCache() = default;
+
+std::string TemplateCache::AccelName() const { return node_.accel() == hv::Accel::kKvm ? "kvm" : "tcg"; }
+
+TemplateKeyInputs TemplateCache::KeyInputsFor(const FunctionRecord& fn, const images::ImageRecord& image) const {
+  TemplateKeyInputs in;
+  in.tenant = fn.tenant;
+  in.function = fn.spec.name;
+  in.function_version = fn.version;
+  in.image = image.id;
+  in.kernel_sha256 = runtime_.kernel_sha256;
+  in.initrd_sha256 = runtime_.initrd_sha256;
+  in.accel = AccelName();
+  in.cpu_model = node_.info().cpu_model;
+  in.hypervisor_version = node_.info().hypervisor_version;
+  in.machine = options_.machine;
+  in.vcpus = fn.spec.vcpus;
+  in.memory_mib = fn.spec.memory_mib;
+  in.cmdline = options_.kernel_cmdline;
+  return in;
+}
+
+std::string TemplateCache::KeyFor(const FunctionRecord& fn, const images::ImageRecord& image) const {
+  return ComputeTemplateKey(KeyInputsFor(fn, image));
+}
+
+Status TemplateCache::RefreshPool() {
+  // A refresh is refused while the pool has asynchronous jobs (a volume copy
+  // of a concurrent clone): retry for a while.
+  Status s;
+  for (int attempt = 0; attempt < 40; ++attempt) {
+    s = node_.hypervisor().RefreshPool(node_.config().pool);
+    if (s.ok()) return s;
+    env_->SleepMs(250);
+  }
+  return s;
+}
+
+Result<TemplateCache::Entry> TemplateCache::LoadFromPool(const std::string& key) {
+  auto& hv = node_.hypervisor();
+  const std::string& pool = node_.config().pool;
+  auto record = hv.DownloadVolumeRange(pool, TemplateRecordVolumeName(key), 0, 1 << 20);
+  if (!record.ok()) {
+    if (record.status().code() == Code::kNotFound) return Status::NotFound("no template " + key + " on this node");
+    return record.status();
+  }
+  Entry entry;
+  BERTH_ASSIGN_OR_RETURN(entry.info, InfoFromJson(*record));
+  if (entry.info.key != key || entry.info.save_volume != TemplateSaveVolumeName(key)) {
+    return Status::FailedPrecondition("template record " + TemplateRecordVolumeName(key) + " names another template");
+  }
+  auto vol = hv.LookupVolume(pool, entry.info.save_volume);
+  if (!vol.ok()) {
+    if (vol.status().code() == Code::kNotFound) return Status::NotFound("template " + key + " has no save image");
+    return vol.status();
+  }
+  if (vol->capacity_bytes != entry.info.save_bytes) {
+    return Status::FailedPrecondition("template save image " + entry.info.save_volume + " is damaged: " +
+                                      std::to_string(vol->capacity_bytes) + " bytes, recorded " +
+                                      std::to_string(entry.info.save_bytes));
+  }
+  BERTH_ASSIGN_OR_RETURN(std::string head, hv.DownloadVolumeRange(pool, entry.info.save_volume, 0, hv::kSaveHeaderSize));
+  if (head.size() < hv::kSaveHeaderSize) return Status::FailedPrecondition("template save image is truncated");
+  uint32_t data_len = LeU32(head, 20);
+  if (data_len == 0 || data_len > (64u << 20) || hv::kSaveHeaderSize + data_len > vol->capacity_bytes) {
+    return Status::FailedPrecondition("template save image has a corrupt header");
+  }
+  BERTH_ASSIGN_OR_RETURN(head, hv.DownloadVolumeRange(pool, entry.info.save_volume, 0, hv::kSaveHeaderSize + data_len));
+  auto header = hv::ParseSaveImageHeader(head);
+  if (!header.ok()) return Status::FailedPrecondition("template save image: " + header.status().message());
+  if (header->format != 0) return Status::FailedPrecondition("template save image is compressed");
+  entry.header = std::move(*header);
+  entry.info.save_path = vol->path;
+  return entry;
+}
+
+Result<TemplateInfo> TemplateCache::Lookup(const std::string& key) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = entries_.find(key); it != entries_.end()) return it->second.info;
+  }
+  BERTH_ASSIGN_OR_RETURN(Entry entry, LoadFromPool(key));
+  std::lock_guard lock(mu_);
+  return entries_.emplace(key, std::move(entry)).first->second.info;
+}
+
+Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const images::ImageRecord& image) {
+  const TemplateKeyInputs inputs = KeyInputsFor(fn, image);
+  const std::string key = ComputeTemplateKey(inputs);
+  std::promise<Result<TemplateInfo>> promise;
+  {
+    std::unique_lock lock(mu_);
+    if (auto it = entries_.find(key); it != entries_.end()) return it->second.info;
+    if (auto it = building_.find(key); it != building_.end()) {
+      auto shared = it->second;
+      lock.unlock();
+      return shared.get();  // bounded: every step of the build is
+    }
+    building_.emplace(key, promise.get_future().share());
+  }
+  auto loaded = LoadFromPool(key);
+  if (!loaded.ok() && loaded.status().code() != Code::kNotFound) {
+    spdlog::warn("template {} on node {} is unusable ({}); rebuilding", key.substr(0, 16), node_.name(),
+                 loaded.status().ToString());
+  }
+  Result<Entry> entry = loaded.ok() ? std::move(loaded) : Build(inputs, key, fn, image);
+  Result<TemplateInfo> result = entry.ok() ? Result<TemplateInfo>(entry->info) : Result<TemplateInfo>(entry.status());
+  {
+    std::lock_guard lock(mu_);
+    if (entry.ok()) entries_[key] = std::move(*entry);
+    building_.erase(key);
+  }
+  promise.set_value(result);
+  return result;
+}
+
+Result<TemplateCache::Entry> TemplateCache::Build(const TemplateKeyInputs& inputs, const std::string& key,
+                                                  const FunctionRecord& fn, const images::ImageRecord& image) {
+  const int64_t t0 = env_->MonotonicMs();
+  auto& hv = node_.hypervisor();
+  const std::string domain = TemplateDomainName(key);
+  BERTH_RETURN_IF_ERROR(node_.Reserve(fn.spec.vcpus, fn.spec.memory_mib));
+  auto log = [](const Status& s, const std::string& what) {
+    if (!s.ok()) spdlog::warn("template cleanup: {}: {}", what, s.ToString());
+  };
+  auto cleanup = [&] {
+    log(hv.DestroyDomain(domain), "destroying " + domain);
+    log(hv.DeleteVolume(node_.config().pool, BuildOverlayVolumeName(key)), "deleting the template overlay");
+    log(hv.DeleteVolume(node_.config().log_pool, domain + ".console.log"), "deleting the template console log");
+  };
+  cleanup();  // leftovers of a build a crash interrupted
+  log(RemoveVolumes(key), "removing an incomplete template");
+  Result<Entry> entry = BuildAndSave(inputs, key, fn, image, t0);
+  cleanup();
+  node_.Release(fn.spec.vcpus, fn.spec.memory_mib);
+  if (!entry.ok()) {
+    log(RemoveVolumes(key), "removing a failed template");
+    spdlog::warn("building template {} of {} v{} on node {} failed: {}", key.substr(0, 16), fn.spec.name, fn.version,
+                 node_.name(), entry.status().ToString());
+    return entry;
+  }
+  spdlog::info("built template {} of {} v{} on node {} in {} ms ({} MiB)", key.substr(0, 16), fn.spec.name,
+               fn.version, node_.name(), entry->info.build_ms, entry->info.save_bytes >> 20);
+  return entry;
+}
+
+Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs& inputs, const std::string& key,
+                                                         const FunctionRecord& fn, const images::ImageRecord& image,
+                                                         int64_t t0) {
+  auto& hv = node_.hypervisor();
+  const NodeConfig& cfg = node_.config();
+  const std::string domain = TemplateDomainName(key);
+  const std::string console = domain + ".console.log";
+
+  BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo base, node_.EnsureImage(image));
+  BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo disk, hv.CreateOverlay(cfg.pool, BuildOverlayVolumeName(key), base, 0));
+  BERTH_ASSIGN_OR_RETURN(std::string pool_path, hv.GetPoolPath(cfg.pool));
+  BERTH_ASSIGN_OR_RETURN(std::string log_path, hv.GetPoolPath(cfg.log_pool));
+
+  hv::DomainSpec spec;
+  spec.name = domain;
+  spec.title = "berth template " + fn.spec.name + " v" + std::to_string(fn.version);
+  spec.accel = node_.accel();
+  spec.machine = inputs.machine;
+  spec.vcpus = inputs.vcpus;
+  spec.memory_mib = inputs.memory_mib;
+  spec.kernel_path = node_.kernel_path();
+  spec.initrd_path = node_.initrd_path();
+  spec.cmdline = inputs.cmdline;
+  // Attached, not mounted: the agent mounts /dev/vda at the first exec, so a
+  // clone's own overlay (same image, same size) is read from the start.
+  spec.disks.push_back({disk.path, "qcow2", "vda", false});
+  spec.console_log_path = log_path + "/" + console;
+  spec.metadata.execution_id = "tpl-" + key.substr(0, 16);
+  spec.metadata.function = fn.spec.name;
+  spec.metadata.tenant = fn.tenant;
+  spec.metadata.image = image.id;
+  spec.metadata.created_unix_ms = env_->NowUnixMs();
+  BERTH_RETURN_IF_ERROR(hv.StartDomain(spec));
+  {
+    BERTH_ASSIGN_OR_RETURN(auto channel, hv.OpenAgentChannel(domain, spec.agent_channel.name));
+    hv::AgentClient agent(std::move(channel));
+    auto hello = agent.Hello(options_.boot_timeout_ms);
+    agent.Close();
+    if (!hello.ok()) {
+      std::string why = hello.status().message();
+      auto tail = hv.DownloadVolumeTail(cfg.log_pool, console, 2048);
+      if (tail.ok() && !tail->empty()) why += "\n--- console (tail) ---\n" + *tail;
+      return Status(hello.status().code(), "template guest: " + why);
+    }
+  }
+
+  const std::string save_volume = TemplateSaveVolumeName(key);
+  const std::string save_path = pool_path + "/" + save_volume;
+  hv::Hypervisor* hvp = &hv;
+  BERTH_RETURN_IF_ERROR(RunBounded([hvp, domain, save_path] { return hvp->SaveDomain(domain, save_path); },
+                                   options_.save_timeout_ms, [hvp, domain] { (void)hvp->DestroyDomain(domain); },
+                                   "saving template domain " + domain));
+  BERTH_RETURN_IF_ERROR(RefreshPool());
+  BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo saved, hv.LookupVolume(cfg.pool, save_volume));
+
+  Entry entry;
+  entry.info.key = key;
+  entry.info.inputs = inputs;
+  entry.info.save_volume = save_volume;
+  entry.info.save_path = saved.path;
+  entry.info.save_bytes = saved.capacity_bytes;
+  entry.info.built_unix_ms = env_->NowUnixMs();
+  entry.info.build_ms = env_->MonotonicMs() - t0;
+  // The record goes in last: from then on the template counts.
+  BERTH_RETURN_IF_ERROR(hv.WriteVolume(cfg.pool, TemplateRecordVolumeName(key), InfoToJson(entry.info)).status());
+  BERTH_ASSIGN_OR_RETURN(Entry loaded, LoadFromPool(key));  // reads the header back: the save is complete
+  loaded.info.build_ms = entry.info.build_ms;
+  if (Status s = CheckNodeMatches(loaded); !s.ok()) return Status::Internal("built template: " + s.message());
+  return loaded;
+}
+
+Status TemplateCache::RemoveVolumes(const std::string& key) {
+  auto& hv = node_.hypervisor();
+  // The record first: without it the save image no longer counts.
+  Status a = hv.DeleteVolume(node_.config().pool, TemplateRecordVolumeName(key));
+  Status b = hv.DeleteVolume(node_.config().pool, TemplateSaveVolumeName(key));
+  return a.ok() ? b : a;
+}
+
+Status TemplateCache::Invalidate(const std::string& key) {
+  {
+    std::lock_guard lock(mu_);
+    entries_.erase(key);
+    if (building_.count(key)) return Status::Ok();
+  }
+  spdlog::info("invalidating template {} on node {}", key.substr(0, 16), node_.name());
+  return RemoveVolumes(key);
+}
+
+Result<std::vector<std::string>> TemplateCache::ListKeys() {
+  (void)RefreshPool();
+  BERTH_ASSIGN_OR_RETURN(auto volumes, node_.hypervisor().ListVolumes(node_.config().pool));
+  std::set<std::string> saves, records;
+  for (const auto& v : volumes) {
+    if (v.name.size() == 4 + 64 + 5 && v.name.rfind("tpl-", 0) == 0) {
+      std::string key = v.name.substr(4, 64);
+      if (!IsHex(key)) continue;
+      if (v.name.ends_with(".save")) saves.insert(key);
+      if (v.name.ends_with(".json")) records.insert(key);
+    }
+  }
+  std::vector<std::string> out;
+  for (const auto& k : saves) {
+    if (records.count(k)) out.push_back(k);
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> TemplateCache::Prune(const std::set<std::string>& live_keys) {
+  auto& hv = node_.hypervisor();
+  const std::string& pool = node_.config().pool;
+  (void)RefreshPool();
+  BERTH_ASSIGN_OR_RETURN(auto volumes, hv.ListVolumes(pool));
+  std::set<std::string> keys, clone_volumes, build_overlays;
+  for (const auto& v : volumes) {
+    if (v.name.size() == 4 + 64 + 5 && v.name.rfind("tpl-", 0) == 0 && IsHex(v.name.substr(4, 64)) &&
+        (v.name.ends_with(".save") || v.name.ends_with(".json"))) {
+      keys.insert(v.name.substr(4, 64));
+    } else if (v.name.rfind("tplclone-", 0) == 0 && v.name.ends_with(".save")) {
+      clone_volumes.insert(v.name);
+    } else if (v.name.size() == 4 + 16 + 6 && v.name.rfind("tpl-", 0) == 0 && v.name.ends_with(".qcow2")) {
+      build_overlays.insert(v.name);
+    }
+  }
+  std::vector<std::string> removed;
+  Status first_error;
+  for (const auto& key : keys) {
+    if (live_keys.count(key)) continue;
+    {
+      std::lock_guard lock(mu_);
+      if (building_.count(key)) continue;
+      entries_.erase(key);
+    }
+    Status s = RemoveVolumes(key);
+    if (s.ok()) {
+      removed.push_back(key);
+    } else if (first_error.ok()) {
+      first_error = s;
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (const auto& name : clone_volumes) {
+    if (!clones_in_flight_.count(name)) (void)hv.DeleteVolume(pool, name);
+  }
+  for (const auto& name : build_overlays) {
+    bool in_use = false;
+    for (const auto& [key, unused] : building_) in_use |= BuildOverlayVolumeName(key) == name;
+    if (!in_use) (void)hv.DeleteVolume(pool, name);
+  }
+  if (!first_error.ok()) return first_error;
+  return removed;
+}
+
+Status TemplateCache::CheckNodeMatches(const Entry& entry) const {
+  const std::string accel = AccelName();
+  const std::string key16 = entry.info.key.substr(0, 16);
+  if (entry.info.inputs.accel != accel) {
+    return Status::FailedPrecondition("template " + key16 + " was built for accel " + entry.info.inputs.accel +
+                                      "; node " + node_.name() + " uses " + accel);
+  }
+  if (entry.info.inputs.cpu_model != node_.info().cpu_model) {
+    return Status::FailedPrecondition("template " + key16 + " was built on CPU '" + entry.info.inputs.cpu_model +
+                                      "'; node " + node_.name() + " has '" + node_.info().cpu_model + "'");
+  }
+  std::string type = SavedDomainType(entry.header.xml);
+  if (type != (accel == "kvm" ? "kvm" : "qemu")) {
+    return Status::FailedPrecondition("template " + key16 + " holds a domain of type '" + type + "'; node " +
+                                      node_.name() + " uses " + accel);
+  }
+  return Status::Ok();
+}
+
+Result<CloneStart> TemplateCache::StartClone(const std::string& key, const CloneRequest& request) {
+  if (request.domain.empty()) return Status::InvalidArgument("domain", "a clone needs a domain name");
+  if (request.overlay_path.empty()) return Status::InvalidArgument("overlay_path", "a clone needs its own overlay");
+  if (request.console_log_path.empty()) {
+    return Status::InvalidArgument("console_log_path", "a clone needs its own console log");
+  }
+  if (auto found = Lookup(key); !found.ok()) {
+    // Damaged in the pool (e.g. found after a restart with a truncated save image).
+    if (found.status().code() == Code::kFailedPrecondition) (void)Invalidate(key);
+    return found.status();
+  }
+  Entry entry;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(key);
+    if (it == entries_.end()) return Status::NotFound("template " + key + " was invalidated");
+    entry = it->second;
+  }
+  BERTH_RETURN_IF_ERROR(CheckNodeMatches(entry));
+
+  hv::CloneIdentity identity;
+  identity.name = request.domain;
+  identity.uuid = request.uuid;
+  identity.title = request.title;
+  identity.metadata = request.metadata;
+  identity.disks["vda"] = request.overlay_path;
+  identity.console_log_path = request.console_log_path;
+  BERTH_RETURN_IF_ERROR(hv::ValidateDomainMetadata(request.metadata));
+  BERTH_ASSIGN_OR_RETURN(std::string xml, hv::RewriteDomainIdentity(entry.header.xml, identity));
+  BERTH_ASSIGN_OR_RETURN(std::string head, hv::EncodeSaveImageHeader(entry.header, xml));
+
+  auto& hv = node_.hypervisor();
+  const std::string& pool = node_.config().pool;
+  const std::string clone_volume = CloneSaveVolumeName(request.domain);
+  {
+    std::lock_guard lock(mu_);
+    if (!clones_in_flight_.insert(clone_volume).second) {
+      return Status::AlreadyExists("a clone named " + request.domain + " is being started");
+    }
+  }
+  bool restore_attempted = false;
+  // Cleans up a failed start; `template_bad` invalidates the template too.
+  auto fail = [&](Status s, bool template_bad) -> Status {
+    if (restore_attempted) (void)hv.DestroyDomain(request.domain);
+    if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
+      spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
+    }
+    {
+      std::lock_guard lock(mu_);
+      clones_in_flight_.erase(clone_volume);
+    }
+    if (template_bad) {
+      spdlog::warn("clone {} of template {} failed ({}); invalidating the template", request.domain, key.substr(0, 16),
+                   s.ToString());
+      (void)Invalidate(key);
+    }
+    return s.WithContext("starting clone " + request.domain + " of template " + key.substr(0, 16));
+  };
+
+  CloneStart out;
+  const int64_t t0 = env_->MonotonicMs();
+  auto copy = hv.CloneVolume(pool, entry.info.save_volume, clone_volume);
+  if (!copy.ok()) return fail(copy.status(), copy.status().code() == Code::kNotFound);
+  if (copy->capacity_bytes != entry.info.save_bytes) {
+    return fail(Status::FailedPrecondition("template save image is damaged: " + std::to_string(copy->capacity_bytes) +
+                                           " bytes, recorded " + std::to_string(entry.info.save_bytes)),
+                true);
+  }
+  auto magic = hv.DownloadVolumeRange(pool, clone_volume, 0, hv::kSaveHeaderSize);
+  if (!magic.ok()) return fail(magic.status(), false);
+  if (magic->size() < hv::kSaveHeaderSize || magic->compare(0, 16, "LibvirtQemudSave") != 0 ||
+      LeU32(*magic, 20) != entry.header.data_len) {
+    return fail(Status::FailedPrecondition("template save image has a damaged header"), true);
+  }
+  if (head.size() == hv::kSaveHeaderSize + entry.header.data_len) {
+    // libvirt pads the XML area, so the new header usually fits in place.
+    if (Status s = hv.UploadVolumeRange(pool, clone_volume, 0, head); !s.ok()) return fail(s, false);
+  } else {
+    // A larger header moves the stream: rewrite the whole clone.
+    uint64_t stream_offset = entry.header.stream_offset();
+    auto stream = hv.DownloadVolumeRange(pool, clone_volume, stream_offset, copy->capacity_bytes - stream_offset);
+    if (!stream.ok()) return fail(stream.status(), false);
+    head += *stream;
+    stream->clear();
+    auto written = hv.WriteVolume(pool, clone_volume, head);
+    if (!written.ok()) return fail(written.status(), false);
+  }
+  out.copy_ms = env_->MonotonicMs() - t0;
+
+  const int64_t t1 = env_->MonotonicMs();
+  restore_attempted = true;
+  hv::Hypervisor* hvp = &hv;
+  const std::string path = copy->path;
+  const std::string domain = request.domain;
+  Status restored = RunBounded([hvp, path] { return hvp->RestoreDomain(path); }, options_.restore_timeout_ms,
+                               [hvp, domain] { (void)hvp->DestroyDomain(domain); }, "restoring " + domain);
+  if (!restored.ok()) return fail(restored, true);
+  out.restore_ms = env_->MonotonicMs() - t1;
+  // The running domain no longer needs its save image.
+  if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
+    spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
+  }
+
+  const int64_t t2 = env_->MonotonicMs();
+  auto channel = hv.OpenAgentChannel(request.domain, hv::ChannelSpec{}.name);
+  if (!channel.ok()) return fail(channel.status(), true);
+  out.agent = std::make_unique<hv::AgentClient>(std::move(*channel));
+  auto hello = out.agent->Hello(options_.hello_timeout_ms);
+  if (!hello.ok()) {
+    out.agent->Close();
+    return fail(hello.status(), true);
+  }
+  out.hello = std::move(*hello);
+  out.hello_ms = env_->MonotonicMs() - t2;
+  {
+    std::lock_guard lock(mu_);
+    clones_in_flight_.erase(clone_volume);
+  }
+  return out;
+}
+
+}  // namespace berth::manager

@@ -1,0 +1,191 @@
+// Snapshot templates and clone restores (fast start).
+//
+// A template is one function's guest booted to the agent's hello (its disk
+// attached as vda but not mounted yet: the agent mounts /dev/vda lazily at the
+// first exec) and saved with virDomainSave. A clone is a copy of that save
+// image whose domain XML carries the clone's own name, UUID, title, metadata,
+// overlay disk and console log, restored as an independent running domain.
+//
+// Storage, all in the node's pool and all through libvirt, so templates work
+// on remote nodes and are found again after a berthd restart:
+//   tpl-<key>.save           the save image (virDomainSave writes it into the pool's directory)
+//   tpl-<key>.json           the record (TemplateInfo as JSON); written last, so a template
+//                            counts only once both exist and the save image is complete
+//   tplclone-<domain>.save   a clone's save image, only while its restore runs
+// While a template builds: domain berth-tpl-<key16>, overlay tpl-<key16>.qcow2
+// (pool) and console log berth-tpl-<key16>.console.log (log pool); all removed
+// when the build ends, whatever its outcome.
+#pragma once
+
+#include <cstdint>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/env.h"
+#include "common/status.h"
+#include "guest/protocol.h"
+#include "hypervisor/agent_client.h"
+#include "hypervisor/save_image.h"
+#include "images/image_store.h"
+#include "manager/node.h"
+#include "manager/runtime.h"
+#include "manager/types.h"
+
+namespace berth::manager {
+
+// Bumped whenever what a template holds, or how it is built, changes: old
+// templates then stop matching any key and Prune removes them.
+inline constexpr uint32_t kTemplateFormatVersion = 1;
+
+// Everything a saved guest depends on. Two guests with equal inputs are
+// interchangeable; any difference gives another key.
+struct TemplateKeyInputs {
+  std::string tenant;
+  std::string function;
+  int64_t function_version = 0;
+  std::string image;             // sha256 of the root filesystem image
+  std::string kernel_sha256;     // the runtime (manager/runtime.h)
+  std::string initrd_sha256;
+  std::string accel;             // "kvm" | "tcg"
+  std::string cpu_model;         // hv::NodeInfo::cpu_model of the node
+  uint64_t hypervisor_version = 0;  // QEMU version: a save stream is read by the QEMU that wrote it
+  std::string machine;           // e.g. "q35"
+  uint32_t vcpus = 0;
+  uint64_t memory_mib = 0;
+  std::string cmdline;           // kernel command line
+  uint32_t format_version = kTemplateFormatVersion;
+};
+
+// 64 lowercase hex characters: sha256 over a canonical encoding of every field.
+std::string ComputeTemplateKey(const TemplateKeyInputs& inputs);
+
+std::string TemplateSaveVolumeName(const std::string& key);    // tpl-<key>.save
+std::string TemplateRecordVolumeName(const std::string& key);  // tpl-<key>.json
+std::string TemplateDomainName(const std::string& key);        // berth-tpl-<key16>
+std::string CloneSaveVolumeName(const std::string& domain);    // tplclone-<domain>.save
+
+// A built template, as recorded in tpl-<key>.json.
+struct TemplateInfo {
+  std::string key;
+  TemplateKeyInputs inputs;   // includes the accel and CPU model it was built for
+  std::string save_volume;    // tpl-<key>.save in the node's pool
+  std::string save_path;      // its path on the node
+  uint64_t save_bytes = 0;    // size of the complete save image
+  int64_t built_unix_ms = 0;
+  int64_t build_ms = 0;       // boot -> hello -> saved
+};
+
+// The identity of one clone. The caller creates the overlay (a qcow2 volume
+// backed by the function's image, as for a cold boot) and owns it, the
+// console log and the running domain afterwards.
+struct CloneRequest {
+  std::string domain;            // new domain name, e.g. berth-<execution id>
+  std::string uuid;              // new UUID; "" lets libvirt choose
+  std::string title;
+  hv::DomainMetadata metadata;
+  std::string overlay_path;      // path on the node of the qcow2 overlay attached as vda
+  std::string console_log_path;  // path on the node of the serial console log
+};
+
+// A started clone: running, and its agent answered Hello (so it has mixed
+// fresh host entropy into its RNG and set its clock).
+struct CloneStart {
+  std::unique_ptr<hv::AgentClient> agent;
+  agent::HelloMsg hello;
+  int64_t copy_ms = 0;     // clone save volume copied and its header rewritten
+  int64_t restore_ms = 0;  // virDomainRestore
+  int64_t hello_ms = 0;    // restore done -> agent hello
+};
+
+struct TemplateOptions {
+  std::string kernel_cmdline = "console=ttyS0 quiet panic=-1";  // keep equal to the executor's
+  std::string machine = "q35";
+  int64_t boot_timeout_ms = 120'000;    // template domain start -> agent hello
+  int64_t save_timeout_ms = 120'000;    // virDomainSave
+  int64_t restore_timeout_ms = 60'000;  // virDomainRestore of a clone
+  int64_t hello_timeout_ms = 30'000;    // restored clone -> agent hello
+};
+
+// The templates of one node. Thread-safe.
+class TemplateCache {
+ public:
+  // `node` must be prepared (Node::Prepare) with `runtime` and outlive the cache.
+  TemplateCache(Env* env, Node& node, RuntimeArtifacts runtime, TemplateOptions options = {});
+  ~TemplateCache();
+  TemplateCache(const TemplateCache&) = delete;
+  TemplateCache& operator=(const TemplateCache&) = delete;
+
+  // The key of `fn` with `image` on this node.
+  TemplateKeyInputs KeyInputsFor(const FunctionRecord& fn, const images::ImageRecord& image) const;
+  std::string KeyFor(const FunctionRecord& fn, const images::ImageRecord& image) const;
+
+  // Returns the template of `fn`, building it when the node has none. Calls
+  // for the same key share one build; a failed build returns its error
+  // (ResourceExhausted when the node lacks the memory for the build guest,
+  // DeadlineExceeded when it did not reach hello in time, ...) and leaves
+  // nothing behind, and a later call tries again. Every wait is bounded.
+  Result<TemplateInfo> Ensure(const FunctionRecord& fn, const images::ImageRecord& image);
+
+  // The template of `key` (from memory, else from the pool). NotFound if the
+  // node has none or only an incomplete one (no record: its build did not
+  // finish); FailedPrecondition if the pool holds a damaged one (size or
+  // header not as recorded), which the next Ensure replaces.
+  Result<TemplateInfo> Lookup(const std::string& key);
+
+  // Forgets the template and deletes its volumes; the next Ensure rebuilds it.
+  // A template that is building is left to its build.
+  Status Invalidate(const std::string& key);
+
+  // Deletes every template whose key is not in `live_keys` (e.g. the old
+  // version's after a function update), leftovers of interrupted builds, and
+  // clone save volumes no StartClone is using. Returns the removed keys.
+  Result<std::vector<std::string>> Prune(const std::set<std::string>& live_keys);
+
+  // Keys of the complete templates in the node's pool.
+  Result<std::vector<std::string>> ListKeys();
+
+  // Restores a clone of template `key` as domain `request.domain` and waits
+  // for its agent's hello. NotFound without such a template;
+  // FailedPrecondition when the template was built for another accel or CPU
+  // model than this node's (it is left alone; the key differs anyway). A
+  // corrupt or truncated save image fails within the bounded timeouts
+  // (TemplateOptions), and the template is invalidated; so is it when the
+  // restore or the clone's hello fails for any other reason, since the
+  // template cannot be told apart from the cause. On failure nothing of the clone is left
+  // (no domain, no clone save volume); the caller's overlay and console log
+  // remain the caller's.
+  Result<CloneStart> StartClone(const std::string& key, const CloneRequest& request);
+
+ private:
+  struct Entry {
+    TemplateInfo info;
+    hv::SaveImageHeader header;  // of the save image, parsed once
+  };
+
+  Result<Entry> LoadFromPool(const std::string& key);
+  Result<Entry> Build(const TemplateKeyInputs& inputs, const std::string& key, const FunctionRecord& fn,
+                      const images::ImageRecord& image);
+  Result<Entry> BuildAndSave(const TemplateKeyInputs& inputs, const std::string& key, const FunctionRecord& fn,
+                             const images::ImageRecord& image, int64_t t0);
+  Status RemoveVolumes(const std::string& key);
+  Status RefreshPool();
+  Status CheckNodeMatches(const Entry& entry) const;
+  std::string AccelName() const;
+
+  Env* env_;
+  Node& node_;
+  RuntimeArtifacts runtime_;
+  TemplateOptions options_;
+
+  std::mutex mu_;
+  std::map<std::string, Entry> entries_;
+  std::map<std::string, std::shared_future<Result<TemplateInfo>>> building_;
+  std::set<std::string> clones_in_flight_;  // clone save volume names
+};
+
+}  // namespace berth::manager
