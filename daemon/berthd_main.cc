@@ -9,11 +9,13 @@
 
 #include "api/http_server.h"
 #include "api/routes.h"
+#include "manager/event_service.h"
 #include "manager/service.h"
 
 int main(int argc, char** argv) {
   berth::manager::ServiceConfig cfg;
   berth::api::HttpServerOptions http;
+  berth::manager::EventServiceConfig events_cfg;
   std::string port_file, log_level = "info";
   CLI::App app{"berthd: runs functions and instances in libvirt VMs"};
   app.add_option("--data-dir", cfg.data_dir, "State folder (SQLite database, images)")->capture_default_str();
@@ -29,6 +31,24 @@ int main(int argc, char** argv) {
   app.add_option("--log-pool", cfg.node.log_pool, "libvirt storage pool for console logs")->capture_default_str();
   app.add_option("--log-dir", cfg.node.log_dir, "Folder of that pool")->capture_default_str();
   app.add_option("--boot-timeout-ms", cfg.executor.boot_timeout_ms, "Domain start to agent hello")->capture_default_str();
+  app.add_option("--kill-grace-ms", cfg.kill_grace_ms, "TERM: destroy a VM this long after asking it to stop")
+      ->capture_default_str();
+  app.add_option("--retention-records", cfg.retention_max_records,
+                 "Finished execution records always kept (newest first)")->capture_default_str();
+  app.add_option("--retention-age-ms", cfg.retention_max_age_ms,
+                 "Finished records beyond --retention-records are removed after this age")->capture_default_str();
+  app.add_option("--dispatch-workers", events_cfg.dispatcher.workers,
+                 "Event delivery workers (0: deliveries are queued but not run)")->capture_default_str();
+  app.add_option("--dispatch-per-function-limit", events_cfg.dispatcher.per_function_limit,
+                 "Concurrent deliveries per function (0: unlimited)")->capture_default_str();
+  app.add_option("--dispatch-per-tenant-limit", events_cfg.dispatcher.per_tenant_limit,
+                 "Concurrent deliveries per tenant (0: unlimited)")->capture_default_str();
+  app.add_option("--event-max-payload-bytes", events_cfg.log.max_payload_bytes, "Largest event payload (413 above)")
+      ->capture_default_str();
+  app.add_option("--cron-poll-ms", events_cfg.ticker.poll_interval_ms, "How often cron triggers are checked")
+      ->capture_default_str();
+  app.add_flag("--cron-fire-creation-minute", events_cfg.ticker.fire_creation_minute,
+               "A cron trigger also fires for the minute it was created in, if its schedule matches (tests)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -56,7 +76,16 @@ int main(int argc, char** argv) {
   } else {
     spdlog::info("API tokens exist; the first admin token was written to {}", (*service)->admin_token_path());
   }
-  berth::api::HttpServer server(berth::api::BuildRouter(**service), http);
+  events_cfg.log.db_path = cfg.data_dir + "/events.db";
+  auto events = berth::manager::EventService::Open(berth::Env::Default(), service->get(), events_cfg);
+  if (!events.ok()) {
+    std::fprintf(stderr, "berthd: opening the event log: %s\n", events.status().message().c_str());
+    return 1;
+  }
+  (*events)->Start();
+  berth::api::Router router = berth::api::BuildRouter(**service, events->get());
+  berth::api::AddEventRoutes(router, **events);
+  berth::api::HttpServer server(std::move(router), http);
   if (auto s = server.Start(); !s.ok()) {
     std::fprintf(stderr, "berthd: %s\n", s.message().c_str());
     return 1;
@@ -69,5 +98,6 @@ int main(int argc, char** argv) {
   sigwait(&stop, &sig);
   spdlog::info("berthd stopping (signal {})", sig);
   server.Stop();
+  (*events)->Stop();  // waits for deliveries in flight, before the Service goes
   return 0;
 }

@@ -32,7 +32,9 @@ class InvokeTest : public ::testing::Test {
     json ex = j.contains("execution") ? j["execution"] : j;
     EXPECT_TRUE(ex.contains("execution_id")) << r.body;
     if (ex.contains("execution_id")) {
-      EXPECT_EQ(ex["domain"], "berth-" + ex["execution_id"].get<std::string>());
+      // virsh names say what a domain is: tenant, pid and a short id.
+      EXPECT_EQ(ex["domain"], "berth-default-" + std::to_string(ex["pid"].get<int64_t>()) + "-" +
+                                  ex["execution_id"].get<std::string>().substr(0, 6));
       EXPECT_EQ(WaitForTeardown(*daemon_, ex["execution_id"]), "") << "left behind after the execution";
     }
     // Nothing of any execution is left, not only of this one.
@@ -40,7 +42,7 @@ class InvokeTest : public ::testing::Test {
       EXPECT_EQ(vol.rfind("ovl-", 0), std::string::npos) << "overlay volume left behind: " << vol;
     }
     EXPECT_TRUE(PoolVolumes(daemon_->log_pool()).empty()) << "console log left behind";
-    EXPECT_EQ(Shell("virsh -q -c qemu:///system list --name | grep -c '^berth-' || true"), "0\n");
+    EXPECT_EQ(Shell("virsh -q -c qemu:///system list --name | grep -c '^berth-default-' || true"), "0\n");
     return r;
   }
 

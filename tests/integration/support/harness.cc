@@ -185,7 +185,10 @@ HttpResult BerthdProcess::CreateFunctionAs(const std::string& token, const std::
 }
 
 std::string WaitForTeardown(const BerthdProcess& daemon, const std::string& execution_id, int timeout_ms) {
-  const std::string domain = "berth-" + execution_id;
+  // Domain names say tenant, pid and a short id: ask berthd for this one's.
+  std::string domain = "berth-" + execution_id;
+  auto rec = daemon.Get("/v1/executions/" + execution_id).json();
+  if (rec.is_object() && rec.contains("domain")) domain = rec["domain"].get<std::string>();
   std::string left;
   for (int waited = 0;; waited += 250) {
     left.clear();
@@ -194,7 +197,7 @@ std::string WaitForTeardown(const BerthdProcess& daemon, const std::string& exec
       if (v.find(execution_id) != std::string::npos) left += " volume " + v;
     }
     for (const auto& v : PoolVolumes(daemon.log_pool())) {
-      if (v.find(execution_id) != std::string::npos) left += " console log " + v;
+      if (v.find(execution_id) != std::string::npos || v.rfind(domain, 0) == 0) left += " console log " + v;
     }
     if (left.empty() || waited >= timeout_ms) return left;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
