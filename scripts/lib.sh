@@ -15,6 +15,10 @@ BERTH_PACKAGES=(
   e2fsprogs busybox-static cpio kmod iproute2 procps debootstrap
   # guest networks: libvirt runs dnsmasq for DHCP/DNS and iptables for NAT and nwfilters
   dnsmasq-base iptables
+  # cloud-init NoCloud seeds for disk-boot instances (berthd builds the ISO)
+  genisoimage
+  # tests only: a bootable test image (SYSLINUX on a FAT disk, built without loop mounts)
+  syslinux syslinux-common mtools dosfstools
 )
 
 install_packages() {
