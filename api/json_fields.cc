@@ -76,6 +76,15 @@ Status FieldReader::Int(const char* field, int64_t* out, int64_t min, int64_t ma
   return Status::Ok();
 }
 
+Status FieldReader::Double(const char* field, double* out, bool required) {
+  Status s;
+  const auto* v = Get(field, required, &s);
+  if (!v) return s;
+  if (!v->is_number()) return Status::InvalidArgument(field, "must be a number");
+  *out = v->get<double>();
+  return Status::Ok();
+}
+
 Status FieldReader::Bool(const char* field, bool* out, bool required) {
   Status s;
   const auto* v = Get(field, required, &s);

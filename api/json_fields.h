@@ -25,6 +25,7 @@ class FieldReader {
   Status StringMap(const char* field, std::map<std::string, std::string>* out);
   Status Int(const char* field, int64_t* out, int64_t min, int64_t max, bool required = false);
   Status Bool(const char* field, bool* out, bool required = false);
+  Status Double(const char* field, double* out, bool required = false);
   // After reading all known fields: rejects any field that was not read.
   Status NoUnknownFields() const;
 

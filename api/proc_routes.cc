@@ -65,6 +65,7 @@ Result<manager::ExecRequest> ParseExec(const std::string& body) {
   BERTH_RETURN_IF_ERROR(r.Int("vcpus", &vcpus, 1, 64));
   BERTH_RETURN_IF_ERROR(r.Int("memory_mib", &memory, 64, 65536));
   BERTH_RETURN_IF_ERROR(r.Int("timeout_ms", &req.timeout_ms, 0, 30LL * 24 * 3600 * 1000));
+  BERTH_RETURN_IF_ERROR(r.StringMap("node_selector", &req.node_selector));
   BERTH_RETURN_IF_ERROR(r.NoUnknownFields());
   req.vcpus = static_cast<uint32_t>(vcpus);
   req.memory_mib = static_cast<uint64_t>(memory);
@@ -75,6 +76,24 @@ Result<int> ParseSignal(const std::string& s) {
   if (s.empty() || s == "TERM" || s == "SIGTERM" || s == "15") return SIGTERM;
   if (s == "KILL" || s == "SIGKILL" || s == "9") return SIGKILL;
   return Status::InvalidArgument("signal", "must be TERM or KILL");
+}
+
+json NodeViewJson(const manager::NodeView& n) {
+  return {{"name", n.spec.name},
+          {"uri", n.spec.uri},
+          {"state", n.state},
+          {"accel", n.accel},
+          {"labels", n.spec.labels},
+          {"hostname", n.info.hostname},
+          {"cpu_model", n.info.cpu_model},
+          {"cpus", n.info.cpus},
+          {"memory_mib", n.info.memory_mib},
+          {"overcommit", {{"cpu", n.spec.cpu_overcommit}, {"memory", n.spec.memory_overcommit}}},
+          {"reserved", {{"memory_mib", n.spec.reserved_memory_mib}}},
+          {"capacity", {{"vcpus", n.vcpus_capacity}, {"memory_mib", n.memory_capacity_mib}}},
+          {"allocated", {{"vcpus", n.vcpus_allocated}, {"memory_mib", n.memory_allocated_mib}}},
+          {"executions", n.claims},
+          {"last_error", n.last_error}};
 }
 
 json LogsJson(const manager::ProcLogs& l) {
@@ -266,18 +285,53 @@ void AddProcRoutes(Router& router, manager::Service& svc) {
                 return Respond(svc.CancelExecution(Who(req), req.params.at("id")), 200, ExecutionJson);
               }});
 
-  router.Add({"GET", "/v1/nodes", "Nodes, their capacity and what is allocated (read-only)",
+  router.Add({"GET", "/v1/nodes", "Nodes: state, acceleration, capacity and what is allocated",
               [&svc](const HttpRequest&) {
                 json arr = json::array();
-                for (const auto& n : svc.Nodes()) arr.push_back(NodeJson(n));
+                for (const auto& n : svc.NodeViews()) arr.push_back(NodeViewJson(n));
                 return Json(200, {{"nodes", arr}});
               }});
   router.Add({"GET", "/v1/nodes/{name}", "One node", [&svc](const HttpRequest& req) {
-                for (const auto& n : svc.Nodes()) {
-                  if (n.name == req.params.at("name")) return Json(200, NodeJson(n));
-                }
-                return ErrorResponse(Status::NotFound("node '" + req.params.at("name") + "' does not exist"));
+                return Respond(svc.NodeViewOf(req.params.at("name")), 200, NodeViewJson);
               }});
+  Route add_node{"POST", "/v1/nodes",
+                 "Register a libvirt host (admin) {name, uri, accel, labels{}, cpu_overcommit, memory_overcommit, "
+                 "reserved_memory_mib}",
+                 [&svc](const HttpRequest& req) {
+                   auto j = ParseJsonObject(req.body);
+                   if (!j.ok()) return ErrorResponse(j.status());
+                   FieldReader r(*j);
+                   manager::NodeSpec spec;
+                   int64_t reserved = static_cast<int64_t>(spec.reserved_memory_mib);
+                   Status s = r.String("name", &spec.name, true);
+                   if (s.ok()) s = r.String("uri", &spec.uri, true);
+                   if (s.ok()) s = r.String("accel", &spec.accel);
+                   if (s.ok()) s = r.StringMap("labels", &spec.labels);
+                   if (s.ok()) s = r.Double("cpu_overcommit", &spec.cpu_overcommit);
+                   if (s.ok()) s = r.Double("memory_overcommit", &spec.memory_overcommit);
+                   if (s.ok()) s = r.Int("reserved_memory_mib", &reserved, 0, 1 << 24);
+                   if (s.ok()) s = r.NoUnknownFields();
+                   if (!s.ok()) return ErrorResponse(s);
+                   spec.reserved_memory_mib = static_cast<uint64_t>(reserved);
+                   return Respond(svc.AddNode(Who(req), spec), 201, NodeViewJson);
+                 }};
+  add_node.success_status = 201;
+  router.Add(std::move(add_node));
+  router.Add({"DELETE", "/v1/nodes/{name}", "Remove a node (admin; 409 while it runs work)",
+              [&svc](const HttpRequest& req) {
+                Status s = svc.RemoveNode(Who(req), req.params.at("name"));
+                return s.ok() ? Json(200, {{"deleted", req.params.at("name")}}) : ErrorResponse(s);
+              }});
+  for (const char* action : {"cordon", "uncordon", "drain"}) {
+    std::string a = action;
+    router.Add({"POST", "/v1/nodes/{name}/" + a,
+                a == "cordon"     ? "No new work on the node (admin)"
+                : a == "uncordon" ? "Take new work again (admin)"
+                                  : "No new work; cordoned once its executions ended (admin)",
+                [&svc, a](const HttpRequest& req) {
+                  return Respond(svc.SetNodeState(Who(req), req.params.at("name"), a), 200, NodeViewJson);
+                }});
+  }
 }
 
 }  // namespace berth::api

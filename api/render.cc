@@ -1,5 +1,7 @@
 #include "api/render.h"
 
+#include "api/gateway.h"
+
 namespace berth::api {
 
 using json = nlohmann::json;
@@ -26,7 +28,9 @@ json FunctionJson(const manager::FunctionRecord& f) {
           {"entrypoint", f.spec.entrypoint}, {"vcpus", f.spec.vcpus},  {"memory_mib", f.spec.memory_mib},
           {"timeout_ms", f.spec.timeout_ms}, {"env", f.spec.env},      {"cwd", f.spec.cwd},
           {"network", f.spec.network}, {"tenant", f.tenant},           {"created_ms", f.created_ms},
-          {"updated_ms", f.updated_ms}};
+          {"updated_ms", f.updated_ms}, {"snapshot", f.spec.snapshot}, {"min_warm", f.spec.min_warm},
+          {"max_warm", f.spec.max_warm}, {"idle_timeout_ms", f.spec.idle_timeout_ms},
+          {"keep_alive", f.spec.keep_alive}, {"gateway", GatewayPolicyJson(f.spec.gateway)}};
 }
 
 namespace {

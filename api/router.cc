@@ -17,16 +17,32 @@ std::vector<std::string> Split(const std::string& path) {
   return parts;
 }
 
+// "{name...}": the trailing wildcard segment; sets *name.
+bool IsWildcard(const std::string& seg, std::string* name) {
+  if (seg.size() < 6 || seg.front() != '{' || seg.compare(seg.size() - 4, 4, "...}") != 0) return false;
+  if (name) *name = seg.substr(1, seg.size() - 5);
+  return true;
+}
+
 bool MatchPattern(const std::string& pattern, const std::string& path, std::map<std::string, std::string>* params) {
   auto pp = Split(pattern), xp = Split(path);
-  if (pp.size() != xp.size()) return false;
+  std::string wildcard;
+  bool has_wildcard = !pp.empty() && IsWildcard(pp.back(), &wildcard);
+  size_t fixed = has_wildcard ? pp.size() - 1 : pp.size();
+  if (has_wildcard ? xp.size() < fixed : xp.size() != fixed) return false;
   std::map<std::string, std::string> found;
-  for (size_t i = 0; i < pp.size(); ++i) {
+  for (size_t i = 0; i < fixed; ++i) {
     if (pp[i].size() > 2 && pp[i].front() == '{' && pp[i].back() == '}') {
       found[pp[i].substr(1, pp[i].size() - 2)] = xp[i];
     } else if (pp[i] != xp[i]) {
       return false;
     }
+  }
+  if (has_wildcard) {
+    std::string rest;
+    for (size_t i = fixed; i < xp.size(); ++i) rest += (i > fixed ? "/" : "") + xp[i];
+    if (!rest.empty() && !path.empty() && path.back() == '/') rest += '/';
+    found[wildcard] = std::move(rest);
   }
   if (params) *params = std::move(found);
   return true;
@@ -41,7 +57,7 @@ const Route* Router::Match(const std::string& method, const std::string& path,
     std::map<std::string, std::string> p;
     if (!MatchPattern(r.pattern, path, &p)) continue;
     path_known = true;
-    if (r.method == method) {
+    if (r.method == method || r.method == "*") {
       *params = std::move(p);
       return &r;
     }
@@ -66,7 +82,7 @@ std::string BearerToken(const std::string& authorization) {
 }
 
 Status Router::Authorize(const Route& route, HttpRequest* request) const {
-  if (route.is_public || !authenticator_) return Status::Ok();
+  if (route.is_public || route.handler_authenticates || !authenticator_) return Status::Ok();
   if (request->authorization.empty()) {
     return Status::Unauthenticated("missing Authorization header; send 'Authorization: Bearer <token>'");
   }
@@ -90,23 +106,38 @@ std::string Router::OpenApiJson() const {
     doc["security"] = nlohmann::json::array({{{"bearerAuth", nlohmann::json::array()}}});
   }
   for (const auto& r : routes_) {
-    std::string method = r.method;
-    for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     nlohmann::json op = {{"summary", r.summary},
                          {"responses",
                           {{std::to_string(r.success_status), {{"description", "success"}}},
                            {"4XX", {{"description", "error: {\"error\": {\"code\", \"message\", \"field\"}}"}}}}}};
+    // OpenAPI path templates cannot span '/': a "{rest...}" wildcard is
+    // published as "{rest}" and described as taking the rest of the path.
+    std::string doc_path;
     nlohmann::json params = nlohmann::json::array();
     for (const auto& part : Split(r.pattern)) {
-      if (part.size() > 2 && part.front() == '{') {
-        params.push_back({{"name", part.substr(1, part.size() - 2)}, {"in", "path"}, {"required", true},
+      std::string wildcard;
+      if (IsWildcard(part, &wildcard)) {
+        doc_path += "/{" + wildcard + "}";
+        params.push_back({{"name", wildcard}, {"in", "path"}, {"required", true},
+                          {"description", "the rest of the path; may be empty and may contain '/'"},
                           {"schema", {{"type", "string"}}}});
+      } else {
+        doc_path += "/" + part;
+        if (part.size() > 2 && part.front() == '{') {
+          params.push_back({{"name", part.substr(1, part.size() - 2)}, {"in", "path"}, {"required", true},
+                            {"schema", {{"type", "string"}}}});
+        }
       }
     }
+    if (doc_path.empty()) doc_path = "/";
     if (!params.empty()) op["parameters"] = params;
     if (authenticator_) {
       if (r.is_public) {
         op["security"] = nlohmann::json::array();
+      } else if (r.handler_authenticates) {
+        // Optional: the handler decides per request.
+        op["security"] = nlohmann::json::array({nlohmann::json::object(), {{"bearerAuth", nlohmann::json::array()}}});
+        op["responses"]["401"] = {{"description", "this route needs a bearer token and none (or a bad one) was sent"}};
       } else {
         op["responses"]["401"] = {{"description", "missing, malformed, unknown or revoked bearer token"}};
       }
@@ -114,7 +145,19 @@ std::string Router::OpenApiJson() const {
     if (r.sink) {
       op["requestBody"] = {{"content", {{"application/octet-stream", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}};
     }
-    doc["paths"][r.pattern][method] = op;
+    std::vector<std::string> methods;
+    if (r.method == "*") {
+      methods = {"get", "put", "post", "delete", "options", "head", "patch"};
+    } else {
+      std::string method = r.method;
+      for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      methods = {method};
+    }
+    for (const auto& m : methods) {
+      nlohmann::json one = op;
+      if (methods.size() > 1) one["summary"] = r.summary + " (" + m + ")";
+      doc["paths"][doc_path][m] = std::move(one);
+    }
   }
   return doc.dump(2);
 }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -30,12 +31,20 @@ struct HttpRequest {
   std::string authorization;  // the Authorization header, as sent
   std::string host;           // the Host header, as sent (for absolute URLs)
   Caller caller;              // filled in before a non-public route's handler runs
+  // Every request header; names lowercased, repeated headers joined with ", ".
+  std::map<std::string, std::string> headers;
+  std::string raw_query;      // the query string exactly as sent (no '?'), e.g. for CGI
+  std::string version;        // "HTTP/1.1"
+  std::string remote_addr;    // the client's IP address
 };
 
 struct HttpResponse {
   int status = 200;
   std::string body;
-  std::string content_type = "application/json";
+  std::string content_type = "application/json";  // "" sends no Content-Type
+  // Further response headers, sent as given (Content-Length, Connection and
+  // Transfer-Encoding are the server's and must not appear here).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // A request body consumed as it arrives (image uploads) instead of buffered.
@@ -50,15 +59,32 @@ class BodySink {
 using Handler = std::function<HttpResponse(const HttpRequest&)>;
 // Creates the sink for a streaming route (may fail, e.g. bad query args).
 using SinkFactory = std::function<Result<std::unique_ptr<BodySink>>(const HttpRequest&)>;
+// Delivers the response of an asynchronous route; callable once, from any thread.
+using Responder = std::function<void(HttpResponse)>;
+// A route that answers later: called on the server's I/O thread once the body
+// arrived, it must not block; it hands the work to its own threads and calls
+// `respond` exactly once. The connection waits meanwhile without a thread.
+using AsyncHandler = std::function<void(HttpRequest, Responder respond)>;
 
+// Handlers of buffered routes run on the server's worker threads, never on
+// its I/O threads, so a slow one delays only its own connection.
 struct Route {
-  std::string method;
-  std::string pattern;  // "/v1/functions/{name}/invoke"
+  std::string method;   // "GET", ...; "*": any method
+  // "/v1/functions/{name}/invoke". A last segment "{name...}" matches the
+  // rest of the path (zero or more segments, '/' included, a trailing '/'
+  // kept), e.g. "/gw/{tenant}/{function}/{path...}".
+  std::string pattern;
   std::string summary;  // one line for the OpenAPI document
   Handler handler;      // set for buffered routes
   SinkFactory sink;     // set for streaming routes
   int success_status = 200;
   bool is_public = false;  // true: served without credentials (only /v1/health)
+  AsyncHandler async;      // set for asynchronous buffered routes (instead of handler)
+  // The router does not authenticate; the handler decides per request
+  // (gateway routes: each function is public, token or tenant-only).
+  // Documented as optional bearer auth.
+  bool handler_authenticates = false;
+  size_t max_body_bytes = 0;  // buffered body cap (413); 0: the server's
 };
 
 // Turns a bearer token into the caller, or fails (kUnauthenticated -> 401).

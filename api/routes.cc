@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/errors.h"
+#include "api/gateway.h"
 #include "api/json_fields.h"
 #include "api/render.h"
 
@@ -17,6 +18,13 @@ using manager::ExecState;
 // Executions that ended in `error` answer with an error status, the error
 // naming the field at fault, and the execution record beside it.
 HttpResponse ExecutionResponse(const manager::ExecutionRecord& e) {
+  if (e.state == ExecState::kLost) {
+    // Its node went away mid-run: the caller's answer is gone with it.
+    HttpResponse r = ErrorResponse(Status::Unavailable(e.error.empty() ? "the execution was lost" : e.error));
+    json body = json::parse(r.body);
+    body["execution"] = ExecutionJson(e);
+    return Json(r.status, body);
+  }
   if (e.state != ExecState::kError) return Json(200, ExecutionJson(e));
   Status st;
   if (e.error_code == "entrypoint_not_found" || e.error_code == "entrypoint_not_executable") {
@@ -35,8 +43,12 @@ HttpResponse ExecutionResponse(const manager::ExecutionRecord& e) {
 
 Result<manager::FunctionSpec> ParseFunctionSpec(const std::string& body, const std::string* path_name) {
   BERTH_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  FieldReader r(j);
   manager::FunctionSpec spec;
+  if (auto g = j.find("gateway"); g != j.end()) {
+    BERTH_RETURN_IF_ERROR(ParseGatewayPolicy(*g, &spec.gateway));
+    j.erase("gateway");
+  }
+  FieldReader r(j);
   int64_t vcpus = spec.vcpus, memory = static_cast<int64_t>(spec.memory_mib), timeout = spec.timeout_ms;
   BERTH_RETURN_IF_ERROR(r.String("name", &spec.name, path_name == nullptr));
   BERTH_RETURN_IF_ERROR(r.String("image", &spec.image, true));
@@ -47,6 +59,16 @@ Result<manager::FunctionSpec> ParseFunctionSpec(const std::string& body, const s
   BERTH_RETURN_IF_ERROR(r.StringMap("env", &spec.env));
   BERTH_RETURN_IF_ERROR(r.String("cwd", &spec.cwd));
   BERTH_RETURN_IF_ERROR(r.String("network", &spec.network));
+  int64_t min_warm = 0, max_warm = 0, idle_timeout = spec.idle_timeout_ms;
+  BERTH_RETURN_IF_ERROR(r.Bool("snapshot", &spec.snapshot));
+  BERTH_RETURN_IF_ERROR(r.Int("min_warm", &min_warm, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("max_warm", &max_warm, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("idle_timeout_ms", &idle_timeout, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Bool("keep_alive", &spec.keep_alive));
+  // Out of range: a value the manager's range check rejects by name.
+  spec.min_warm = min_warm < 0 || min_warm > 1 << 20 ? 1u << 30 : static_cast<uint32_t>(min_warm);
+  spec.max_warm = max_warm < 0 || max_warm > 1 << 20 ? 1u << 30 : static_cast<uint32_t>(max_warm);
+  spec.idle_timeout_ms = idle_timeout;
   BERTH_RETURN_IF_ERROR(r.NoUnknownFields());
   if (path_name) {
     if (!spec.name.empty() && spec.name != *path_name) {
@@ -105,7 +127,7 @@ class ImageUploadSink final : public BodySink {
 
 }  // namespace
 
-Router BuildRouter(manager::Service& svc) {
+Router BuildRouter(manager::Service& svc, manager::EventService* events) {
   Router router;
   router.set_authenticator([&svc](const std::string& bearer) -> Result<Caller> {
     auto p = svc.Authenticate(bearer);
@@ -170,10 +192,12 @@ Router BuildRouter(manager::Service& svc) {
                 Status s = svc.DeleteFunction(Who(req), req.params.at("name"));
                 return s.ok() ? Json(200, {{"deleted", req.params.at("name")}}) : ErrorResponse(s);
               }});
-  router.Add({"POST", "/v1/functions/{name}/invoke", "Invoke synchronously; answers when the execution ended",
-              [&svc](const HttpRequest& req) {
+  router.Add({"POST", "/v1/functions/{name}/invoke",
+              "Invoke synchronously; answers when the execution ended (?async=1: queue it; 202 + delivery_id)",
+              [&svc, events](const HttpRequest& req) {
                 auto inv = ParseInvoke(req.body);
                 if (!inv.ok()) return ErrorResponse(inv.status());
+                if (auto queued = MaybeInvokeAsync(events, req, *inv)) return *queued;
                 auto ex = svc.Invoke(Who(req), req.params.at("name"), *inv);
                 if (!ex.ok()) return ErrorResponse(ex.status());
                 return ExecutionResponse(*ex);
@@ -211,6 +235,8 @@ Router BuildRouter(manager::Service& svc) {
               }});
   AddProcRoutes(router, svc);
   AddDckRoutes(router, svc);
+  AddMetricsRoutes(router, svc);
+  AddGatewayRoutes(router, svc);
   return router;
 }
 

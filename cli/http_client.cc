@@ -20,6 +20,10 @@ HttpReply Perform(CURL* curl, curl_slist* headers) {
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply.body);
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
   CURLcode rc = curl_easy_perform(curl);
+  curl_off_t sent = 0;
+  if (curl_easy_getinfo(curl, CURLINFO_SIZE_UPLOAD_T, &sent) == CURLE_OK && sent > 0) {
+    reply.body_bytes_sent = static_cast<uint64_t>(sent);
+  }
   if (rc == CURLE_OK) {
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &reply.status);
   } else {
@@ -43,6 +47,13 @@ curl_slist* WithAuth(curl_slist* headers, const std::string& token) {
   return curl_slist_append(headers, ("Authorization: Bearer " + token).c_str());
 }
 
+// libcurl's transfer-info callback: forwards upload progress (0 = go on).
+int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t ultotal, curl_off_t ulnow) {
+  const auto& progress = *static_cast<const UploadProgress*>(user);
+  progress(static_cast<uint64_t>(ulnow), static_cast<uint64_t>(ultotal));
+  return 0;
+}
+
 }  // namespace
 
 HttpReply HttpRequest(const std::string& method, const std::string& url, const std::string& token,
@@ -57,6 +68,11 @@ HttpReply HttpRequest(const std::string& method, const std::string& url, const s
 }
 
 HttpReply HttpUploadFile(const std::string& url, const std::string& token, const std::string& path) {
+  return HttpUploadFile(url, token, path, UploadProgress());
+}
+
+HttpReply HttpUploadFile(const std::string& url, const std::string& token, const std::string& path,
+                         const UploadProgress& progress) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return {0, "", "cannot open " + path};
   std::fseek(f, 0, SEEK_END);
@@ -66,6 +82,11 @@ HttpReply HttpUploadFile(const std::string& url, const std::string& token, const
   curl_easy_setopt(curl, CURLOPT_POST, 1L);
   curl_easy_setopt(curl, CURLOPT_READDATA, f);
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(size));
+  if (progress) {
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &OnProgress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &progress);
+  }
   auto* headers = curl_slist_append(nullptr, "Content-Type: application/octet-stream");
   headers = curl_slist_append(headers, "Expect:");
   headers = WithAuth(headers, token);

@@ -67,7 +67,7 @@ int RunImageInspect(Env* env, const std::string& path, std::ostream& out, std::o
 }
 
 void AddImageCommands(CLI::App& app, int& exit_code) {
-  CLI::App* image = app.add_subcommand("image", "Build and inspect disk images locally");
+  CLI::App* image = app.add_subcommand("image", "Disk images: build locally, push to berthd, list, inspect, remove");
   image->require_subcommand(1);
 
   auto build_opts = std::make_shared<images::RootfsBuildOptions>();
@@ -83,13 +83,7 @@ void AddImageCommands(CLI::App& app, int& exit_code) {
   build->callback([build_opts, &exit_code] {
     exit_code = RunImageBuild(Env::Default(), *build_opts, std::cout, std::cerr);
   });
-
-  auto inspect_path = std::make_shared<std::string>();
-  CLI::App* inspect = image->add_subcommand("inspect", "Check whether a file is an acceptable disk image");
-  inspect->add_option("file", *inspect_path, "Image file")->required();
-  inspect->callback([inspect_path, &exit_code] {
-    exit_code = RunImageInspect(Env::Default(), *inspect_path, std::cout, std::cerr);
-  });
+  // `image inspect` (local file or berthd's record) is registered with the remote commands.
 }
 
 }  // namespace berth::cli

@@ -1,4 +1,6 @@
-// `berth image ...`: local image operations (no daemon needed).
+// `berth image ...`: local image operations (no daemon needed). `image
+// inspect` runs RunImageInspect when its argument is a local file
+// (cli/remote_commands.cc registers it).
 //
 //   berth image build DIR -o OUT [--size-mib N] [--format qcow2|raw] [--label L]
 //       Builds an ext4 root-filesystem image from DIR and prints one JSON

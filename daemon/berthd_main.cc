@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-pool", cfg.node.log_pool, "libvirt storage pool for console logs")->capture_default_str();
   app.add_option("--log-dir", cfg.node.log_dir, "Folder of that pool")->capture_default_str();
   app.add_option("--boot-timeout-ms", cfg.executor.boot_timeout_ms, "Domain start to agent hello")->capture_default_str();
+  app.add_option("--node-down-after-ms", cfg.node_down_after_ms,
+                 "A node whose libvirtd does not answer for this long is marked down")->capture_default_str();
+  app.add_option("--node-monitor-ms", cfg.node_monitor_interval_ms, "How often each node is checked")
+      ->capture_default_str();
   app.add_option("--kill-grace-ms", cfg.kill_grace_ms, "TERM: destroy a VM this long after asking it to stop")
       ->capture_default_str();
   app.add_option("--retention-records", cfg.retention_max_records,

@@ -58,7 +58,11 @@ Result<int> CronTicker::Tick() {
   int64_t now = log_->env()->NowUnixMs();
   BERTH_ASSIGN_OR_RETURN(auto crons, log_->ListEnabledCronTriggers());
   int fired = 0;
-  for (const CronTrigger& cron : crons) {
+  for (CronTrigger cron : crons) {
+    if (options_.fire_creation_minute && cron.last_fired_ms == 0) {
+      // Fire times are whole minutes strictly after created_ms: move it to just before its minute.
+      cron.created_ms = cron.created_ms - cron.created_ms % 60'000 - 1;
+    }
     auto fire = DueFireTime(cron, now);
     if (!fire) continue;
     BERTH_ASSIGN_OR_RETURN(bool did, log_->FireCron(cron.id, *fire));

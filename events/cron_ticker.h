@@ -19,6 +19,10 @@ namespace berth::events {
 
 struct CronTickerOptions {
   int64_t poll_interval_ms = 1000;  // how often the thread ticks (fire times are whole minutes)
+  // Also fire the slot of the minute a cron trigger was created in, when the
+  // schedule matches it and the trigger never fired: "* * * * *" then fires
+  // at once instead of at the next whole minute (tests, demos).
+  bool fire_creation_minute = false;
 };
 
 class CronTicker {

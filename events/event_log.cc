@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_once ON deliveries(event_id, trigger_id) WHERE redrive_of = 0;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_ms);
 CREATE INDEX IF NOT EXISTS deliveries_by_tenant ON deliveries(tenant, id);
+-- Webhook sources; names are global because /hooks/<name> carries no tenant.
+CREATE TABLE IF NOT EXISTS webhooks (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL UNIQUE, topic TEXT NOT NULL,
+  secret TEXT NOT NULL, created_ms INTEGER NOT NULL);
 PRAGMA user_version = 1;
 )sql";
 
@@ -62,26 +66,6 @@ PRAGMA user_version = 1;
   "backoff_max_ms, max_event_age_ms, dead_letter_topic, next_attempt_ms, last_error, execution_ids, " \
   "age_base_ms, created_ms, updated_ms, started_ms, finished_ms, redrive_of, redriven_by, "           \
   "dead_letter_event_id"
-
-std::string Base64(std::string_view in) {
-  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint32_t(uint8_t(in[i])) << 16) | (uint32_t(uint8_t(in[i + 1])) << 8) | uint8_t(in[i + 2]);
-    for (int s = 18; s >= 0; s -= 6) out += kAlphabet[(v >> s) & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint32_t(uint8_t(in[i])) << 16;
-    if (i + 1 < in.size()) v |= uint32_t(uint8_t(in[i + 1])) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
 
 Status ValidateTenant(const std::string& tenant) {
   if (tenant.empty() || tenant.size() > 100) return Status::InvalidArgument("tenant", "must be 1 to 100 characters");
@@ -226,6 +210,16 @@ class EventLog::Stmt {
     c.created_ms = Int(12);
     c.updated_ms = Int(13);
     return c;
+  }
+  Webhook ToWebhook() const {
+    Webhook w;
+    w.id = Text(0);
+    w.tenant = Text(1);
+    w.name = Text(2);
+    w.topic = Text(3);
+    w.secret = Text(4);
+    w.created_ms = Int(5);
+    return w;
   }
   Delivery ToDelivery() const {
     Delivery d;
@@ -599,8 +593,13 @@ Result<int64_t> EventLog::InsertDelivery(const Delivery& d) {
 // ---- events ----
 
 Result<PublishResult> EventLog::Publish(const Event& event) {
-  BERTH_RETURN_IF_ERROR(ValidateTenant(event.tenant));
   BERTH_RETURN_IF_ERROR(ValidateTopic(event.topic, /*allow_reserved=*/false));
+  return PublishSystem(event);
+}
+
+Result<PublishResult> EventLog::PublishSystem(const Event& event) {
+  BERTH_RETURN_IF_ERROR(ValidateTenant(event.tenant));
+  BERTH_RETURN_IF_ERROR(ValidateTopic(event.topic, /*allow_reserved=*/true));
   BERTH_RETURN_IF_ERROR(ValidatePayload(event.content_type, event.payload, options_.max_payload_bytes));
   if (event.idempotency_key && (event.idempotency_key->empty() || event.idempotency_key->size() > 200)) {
     return Status::InvalidArgument("idempotency_key", "must be 1 to 200 characters");
@@ -835,6 +834,60 @@ Result<bool> EventLog::FireCron(const std::string& cron_id, int64_t fire_ms) {
   return done->fired;
 }
 
+// ---- webhooks ----
+
+Result<Webhook> EventLog::CreateWebhook(const Webhook& spec) {
+  BERTH_RETURN_IF_ERROR(ValidateTenant(spec.tenant));
+  BERTH_RETURN_IF_ERROR(ValidateName(spec.name, "name"));
+  BERTH_RETURN_IF_ERROR(ValidateTopic(spec.topic, /*allow_reserved=*/false));
+  if (spec.secret.size() < 16 || spec.secret.size() > 200) {
+    return Status::InvalidArgument("secret", "must be 16 to 200 characters");
+  }
+  Webhook w = spec;
+  w.id = "hook-" + RandomHex(16);
+  w.created_ms = env_->NowUnixMs();
+  std::lock_guard<std::mutex> lk(db_mu_);
+  Stmt st(this, "INSERT INTO webhooks(id, tenant, name, topic, secret, created_ms) VALUES (?, ?, ?, ?, ?, ?)");
+  Status s = st.Bind(w.id).Bind(w.tenant).Bind(w.name).Bind(w.topic).Bind(w.secret).Bind(w.created_ms).Run(
+      "create webhook");
+  if (s.code() == Code::kAlreadyExists) {
+    return Status(Code::kAlreadyExists, "webhook '" + w.name + "' already exists", "name");
+  }
+  BERTH_RETURN_IF_ERROR(s);
+  return w;
+}
+
+Result<Webhook> EventLog::GetWebhook(const std::string& tenant, const std::string& name) {
+  std::lock_guard<std::mutex> lk(db_mu_);
+  Stmt st(this, "SELECT id, tenant, name, topic, secret, created_ms FROM webhooks "
+                "WHERE name = ? AND (? = '' OR tenant = ?)");
+  int rc = st.Bind(name).Bind(tenant).Bind(tenant).Step();
+  if (rc == SQLITE_DONE) return Status::NotFound("webhook '" + name + "' does not exist");
+  if (rc != SQLITE_ROW) return st.Error("get webhook");
+  return st.ToWebhook();
+}
+
+Result<Webhook> EventLog::FindWebhook(const std::string& name) { return GetWebhook("", name); }
+
+Result<std::vector<Webhook>> EventLog::ListWebhooks(const std::string& tenant) {
+  std::lock_guard<std::mutex> lk(db_mu_);
+  Stmt st(this, "SELECT id, tenant, name, topic, secret, created_ms FROM webhooks WHERE tenant = ? ORDER BY name");
+  st.Bind(tenant);
+  std::vector<Webhook> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.push_back(st.ToWebhook());
+  if (rc != SQLITE_DONE) return st.Error("list webhooks");
+  return out;
+}
+
+Status EventLog::DeleteWebhook(const std::string& tenant, const std::string& name) {
+  std::lock_guard<std::mutex> lk(db_mu_);
+  Stmt st(this, "DELETE FROM webhooks WHERE name = ? AND tenant = ?");
+  BERTH_RETURN_IF_ERROR(st.Bind(name).Bind(tenant).Run("delete webhook"));
+  if (st.changes() == 0) return Status::NotFound("webhook '" + name + "' does not exist");
+  return Status::Ok();
+}
+
 // ---- deliveries ----
 
 Result<int64_t> EventLog::Enqueue(const std::string& tenant, const std::string& function, std::string payload,
@@ -1015,7 +1068,7 @@ Status EventLog::FinishAttempt(int64_t delivery_id, const AttemptResult& result)
       if (auto parsed = ParsePayload(original.payload)) {
         letter["payload"] = std::move(*parsed);
       } else {
-        letter["payload_base64"] = Base64(original.payload);
+        letter["payload_base64"] = Base64Encode(original.payload);
       }
       Event dead_event;
       dead_event.tenant = d.tenant;

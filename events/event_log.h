@@ -89,6 +89,9 @@ class EventLog {
   // With an idempotency key already used for (tenant, topic) within the
   // window (also earlier in the same batch): the first event's id, duplicate=true.
   Result<PublishResult> Publish(const Event& event);
+  // Publish for berth's own events: the same, but on reserved "_" topics too
+  // (e.g. "_system.execution.finished").
+  Result<PublishResult> PublishSystem(const Event& event);
   Result<Event> GetEvent(const std::string& tenant, int64_t event_id);
   // Events of a tenant (optionally one topic) with id > after_id, oldest first; limit 1..1000.
   Result<std::vector<Event>> ListEvents(const std::string& tenant, const std::string& topic, int64_t after_id,
@@ -122,6 +125,18 @@ class EventLog {
   // Returns false (and does nothing) when fire_ms <= last_fired_ms, or the
   // cron trigger is gone or disabled.
   Result<bool> FireCron(const std::string& cron_id, int64_t fire_ms);
+
+  // ---- webhooks ----
+
+  // Validates (fields "tenant", "name", "topic" (not reserved), "secret": 16
+  // to 200 characters); AlreadyExists when any tenant has a hook of that name.
+  // Ignores id and created_ms in `spec`.
+  Result<Webhook> CreateWebhook(const Webhook& spec);
+  Result<Webhook> GetWebhook(const std::string& tenant, const std::string& name);
+  // By name alone, whatever the tenant (for the public /hooks/<name> endpoint).
+  Result<Webhook> FindWebhook(const std::string& name);
+  Result<std::vector<Webhook>> ListWebhooks(const std::string& tenant);
+  Status DeleteWebhook(const std::string& tenant, const std::string& name);
 
   // ---- deliveries ----
 

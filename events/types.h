@@ -101,6 +101,21 @@ struct Delivery {
   int64_t dead_letter_event_id = 0;  // the dead-letter event published when it died
 };
 
+// A webhook source: `POST /hooks/<name>` with the hook's secret publishes
+// the request body as an event on `topic` for `tenant`. Names are unique
+// across tenants (the public URL carries no tenant).
+struct Webhook {
+  std::string id;      // "hook-<16 hex>", set on create
+  std::string tenant;
+  std::string name;
+  std::string topic;   // a non-reserved topic
+  std::string secret;  // shared secret (HMAC key); only shown to the API when created
+  int64_t created_ms = 0;
+};
+
+// Standard base64 with padding (for non-JSON payloads inside JSON).
+std::string Base64Encode(std::string_view bytes);
+
 // Validation, each returning InvalidArgument naming `field`.
 // Topics: 1..200 chars of [A-Za-z0-9._:/-], starting with a letter or digit;
 // with allow_reserved, also a leading '_' (system topics: _timer., _dead., _invoke.).

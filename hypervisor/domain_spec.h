@@ -63,6 +63,10 @@ struct DomainSpec {
   std::string machine = "q35";
   uint32_t vcpus = 1;
   uint64_t memory_mib = 256;
+  // TCG only: QEMU's translation block cache (<features><tcg><tb-cache>).
+  // QEMU's own default is far larger than a small guest needs, and it is
+  // resident memory of every idle VM. 0: QEMU's default.
+  uint32_t tcg_tb_cache_mib = 32;
 
   // Direct kernel boot. Both empty: boot from the first disk (the image's
   // own bootloader and kernel).

@@ -183,7 +183,13 @@ void BuildDomain(pugi::xml_node root, const DomainSpec& spec) {
   }
 
   // ACPI is what lets the guest power itself off cleanly.
-  AddElement(AddElement(domain, "features"), "acpi");
+  auto features = AddElement(domain, "features");
+  AddElement(features, "acpi");
+  if (spec.accel == Accel::kTcg && spec.tcg_tb_cache_mib > 0) {
+    // Bounds the translation cache, the largest part of an idle TCG guest's RSS.
+    auto cache = AddText(AddElement(features, "tcg"), "tb-cache", std::to_string(spec.tcg_tb_cache_mib));
+    SetAttr(cache, "unit", "MiB");
+  }
   // TCG cannot pass the host CPU through; QEMU's default model is right there.
   if (spec.accel == Accel::kKvm) SetAttr(AddElement(domain, "cpu"), "mode", "host-passthrough");
   SetAttr(AddElement(domain, "clock"), "offset", "utc");

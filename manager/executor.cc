@@ -8,6 +8,8 @@
 
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
+#include "manager/metrics.h"
+#include "manager/templates.h"
 
 namespace berth::manager {
 namespace {
@@ -28,6 +30,7 @@ struct Executor::Live {
   int kill_signal = 0;       // first signal requested (0: none)
   bool domain_started = false;
   bool disk_boot = false;
+  bool lost = false;         // its node went down
   std::string domain;
   Node* node = nullptr;
   hv::AgentClient* agent = nullptr;  // set while the command runs
@@ -39,7 +42,42 @@ std::string OverlayVolumeName(const std::string& execution_id) { return "ovl-" +
 std::string SeedVolumeName(const std::string& execution_id) { return "seed-" + execution_id + ".iso"; }
 std::string ConsoleLogVolumeName(const std::string& domain) { return domain + ".console.log"; }
 
-Executor::~Executor() { WaitForCleanups(); }
+Executor::Executor(Env* env, Store* store, ExecutorOptions options)
+    : env_(env), store_(store), options_(std::move(options)) {
+  WarmPoolOptions pool_options;
+  pool_options.kernel_cmdline = options_.kernel_cmdline;
+  pool_options.boot_timeout_ms = options_.boot_timeout_ms;
+  pools_ = std::make_unique<WarmPools>(env_, pool_options);
+}
+
+Executor::~Executor() {
+  WaitForCleanups();
+  pools_->Shutdown();
+}
+
+void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
+                               const FunctionRecord* previous) {
+  if (TemplateCache* cache = node.templates(); cache && previous && previous->version != fn.version) {
+    images::ImageRecord old_image;
+    old_image.id = previous->spec.image;
+    const std::string old_key = cache->KeyFor(*previous, old_image);
+    if (Status s = cache->Invalidate(old_key); !s.ok()) {
+      spdlog::warn("deleting the template of {} v{}: {}", previous->spec.name, previous->version, s.ToString());
+    }
+  }
+  pools_->Configure(node, fn, image);
+}
+
+void Executor::FunctionDeleted(Node& node, const FunctionRecord& fn) {
+  pools_->Remove(fn.tenant, fn.spec.name);
+  if (TemplateCache* cache = node.templates()) {
+    images::ImageRecord image;
+    image.id = fn.spec.image;
+    if (Status s = cache->Invalidate(cache->KeyFor(fn, image)); !s.ok()) {
+      spdlog::warn("deleting the template of {} v{}: {}", fn.spec.name, fn.version, s.ToString());
+    }
+  }
+}
 
 void Executor::WaitForCleanups() {
   std::unique_lock lock(cleanup_mu_);
@@ -63,7 +101,9 @@ void Executor::Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRe
   auto run = [this, teardown, ex]() mutable {
     int64_t c0 = env_->MonotonicMs();
     teardown->Run();
+    if (release_hook_) release_hook_(ex.id);
     ex.timings.cleanup_ms = env_->MonotonicMs() - c0;
+    Metrics::Global().ObservePhase("cleanup", static_cast<double>(ex.timings.cleanup_ms) / 1000.0);
     if (Status s = store_->UpdateExecution(ex); !s.ok()) spdlog::warn("recording cleanup of {}: {}", ex.id, s.ToString());
   };
   if (!options_.async_cleanup) {
@@ -102,7 +142,7 @@ Status Executor::Advance(ExecutionRecord& ex, ExecState to) {
 
 Result<std::shared_ptr<Executor::Live>> Executor::Create(Node& node, const Launch& launch, ExecutionRecord* out) {
   ExecutionRecord& ex = *out;
-  ex.id = RandomHex(16);
+  ex.id = launch.id.empty() ? RandomHex(16) : launch.id;
   ex.function = launch.function;
   ex.function_version = launch.function_version;
   ex.tenant = launch.tenant;
@@ -155,6 +195,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   launch.spec.timeout_ms = fn.spec.timeout_ms;
   launch.spec.cwd = fn.spec.cwd;
   launch.ppid = request.ppid;
+  launch.id = request.id;
   ExecutionRecord ex;
   BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
   ex = Execute(node, launch, std::move(ex), live);
@@ -203,7 +244,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   const int64_t created_unix = ex.created_ms;
   const bool disk_boot = launch.spec.boot == BootMode::kDisk;
   const std::string overlay = OverlayVolumeName(ex.id);
-  const std::string console = ConsoleLogVolumeName(ex.domain);
+  std::string console = ConsoleLogVolumeName(ex.domain);
   auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console, SeedVolumeName(ex.id));
   auto kill_signal = [&] {
     std::lock_guard lock(live->mu);
@@ -224,7 +265,16 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   // its volumes are torn down after the answer (Teardown), unless options
   // say otherwise.
   auto finish = [&](ExecState to, std::string error_code, std::string error) -> ExecutionRecord {
-    if (int sig = kill_signal(); sig != 0) {
+    bool lost = false;
+    {
+      std::lock_guard lock(live->mu);
+      lost = live->lost;
+    }
+    if (lost) {
+      to = ExecState::kLost;
+      error_code = "node_lost";
+      error = "node " + node.name() + " stopped answering while this execution ran";
+    } else if (int sig = kill_signal(); sig != 0) {
       // A requested kill decides the outcome, however the command ended.
       to = ExecState::kKilled;
       if (ex.signal == 0) ex.signal = sig;
@@ -242,6 +292,16 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
       }
     }
     ex.timings.total_ms = env_->MonotonicMs() - t0;
+    {
+      Metrics& m = Metrics::Global();
+      m.CountExecution(ExecStateName(to));
+      const PhaseTimings& t = ex.timings;
+      m.ObservePhase("queue", t.queue_ms / 1000.0);
+      m.ObservePhase("total", t.total_ms / 1000.0);
+      if (t.disk_ready_at) m.ObservePhase("prepare", t.prepare_ms / 1000.0);
+      if (t.agent_ready_at || (disk_boot && t.booted_at)) m.ObservePhase("boot", t.boot_ms / 1000.0);
+      if (ex.state == ExecState::kRunning) m.ObservePhase("run", t.run_ms / 1000.0);
+    }
     ex.error_code = std::move(error_code);
     ex.error = std::move(error);
     if (Status s = Advance(ex, to); !s.ok()) spdlog::error("recording end of {}: {}", ex.id, s.ToString());
@@ -257,20 +317,54 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     return true;
   };
 
+  // Fast start applies to function runs on the berth runtime: a VM from the
+  // function's warm pool, else a clone of its snapshot template, else a boot.
+  std::optional<FunctionRecord> fn;
+  if (launch.kind == ProcKind::kRun && !disk_boot && !launch.function.empty()) {
+    auto found = store_->GetFunction(launch.tenant, launch.function);
+    if (found.ok() && found->version == launch.function_version) fn = std::move(*found);
+  }
+  std::unique_ptr<hv::AgentClient> agent;
+  std::optional<PooledVm> warm;
+  if (fn) warm = pools_->Take(node, *fn, launch.image);
+  if (warm) {
+    // The pooled VM already holds its overlay, console log and capacity.
+    ex.domain = warm->domain;
+    console = warm->console_volume;
+    cleanup = std::make_shared<ExecutionTeardown>(node, warm->domain, warm->overlay_volume, warm->console_volume);
+    cleanup->mark_overlay_created();
+    cleanup->mark_started();
+    cleanup->reserved(warm->vcpus, warm->memory_mib);
+    agent = std::move(warm->agent);
+    std::lock_guard lock(live->mu);
+    live->domain = warm->domain;
+    live->domain_started = true;
+  }
+
   // Place: capacity on the node.
   ex.timings.queue_ms = env_->NowUnixMs() - created_unix;
   if (!advance(ExecState::kPlacing)) return finish(ExecState::kError, "store_failed", "could not record placing");
-  if (Status s = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib); !s.ok()) {
-    return finish(ExecState::kError, "no_capacity", s.message());
+  if (!warm) {
+    if (Status s = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib); !s.ok()) {
+      return finish(ExecState::kError, "no_capacity", s.message());
+    }
+    cleanup->reserved(launch.spec.vcpus, launch.spec.memory_mib);  // held until the VM is gone
   }
-  cleanup->reserved(launch.spec.vcpus, launch.spec.memory_mib);  // held until the VM is gone
   ex.timings.placed_at = env_->NowUnixMs();
   if (kill_signal()) return finish(ExecState::kKilled, "", "");
+
+  if (warm) {
+    ex.timings.disk_ready_at = ex.timings.booted_at = ex.timings.agent_ready_at = env_->NowUnixMs();
+    ex.timings.prepare_ms = env_->MonotonicMs() - t0;
+    ex.timings.boot_ms = 0;
+    ex.timings.start = "warm";
+    if (!advance(ExecState::kStarting)) return finish(ExecState::kError, "store_failed", "could not record starting");
+  } else {
 
   // Disk: the image on the node, a copy-on-write overlay, a seed for disk boots.
   auto base = node.EnsureImage(launch.image);
   if (!base.ok()) return finish(ExecState::kError, "image_unavailable", base.status().message());
-  auto ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
+  Result<hv::VolumeInfo> ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
   if (!ovl.ok()) return finish(ExecState::kError, "overlay_failed", ovl.status().message());
   cleanup->mark_overlay_created();
   std::string seed_path;
@@ -302,6 +396,33 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   if (disk_boot) spec.disks.push_back({seed_path, "raw", "vdb", true});
   spec.console_log_path = node.config().log_dir + "/" + console;
   spec.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
+  if (TemplateCache* cache = fn && fn->spec.snapshot ? node.templates() : nullptr) {
+    const std::string key = cache->KeyFor(*fn, launch.image);
+    if (!cache->Lookup(key).ok()) {
+      pools_->EnsureTemplate(node, *fn, launch.image);  // this call boots; later ones restore
+    } else {
+      CloneRequest req{spec.name, "", spec.title, spec.metadata, ovl->path, spec.console_log_path};
+      cleanup->mark_started();
+      auto clone = cache->StartClone(key, req);
+      if (clone.ok()) {
+        agent = std::move(clone->agent);
+        ex.timings.boot_ms = clone->copy_ms + clone->restore_ms + clone->hello_ms;
+        ex.timings.start = "template";
+        ex.timings.booted_at = ex.timings.agent_ready_at = env_->NowUnixMs();
+        std::lock_guard lock(live->mu);
+        live->domain_started = true;
+        if (live->kill_signal == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
+      } else {
+        spdlog::warn("execution {}: template start failed ({}); booting cold", ex.id, clone.status().ToString());
+        // The failed clone may have written to the overlay: boot from a fresh one.
+        (void)node.hypervisor().DeleteVolume(node.config().pool, overlay);
+        ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
+        if (!ovl.ok()) return finish(ExecState::kError, "overlay_failed", ovl.status().message());
+        spec.disks[0].path = ovl->path;
+      }
+    }
+  }
+  if (!agent) {
   const int64_t b0 = env_->MonotonicMs();
   cleanup->mark_started();  // a failed start may still leave a console log
   if (Status s = node.hypervisor().StartDomain(spec); !s.ok()) {
@@ -332,6 +453,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
                       "stopped after exceeding the timeout of " + std::to_string(launch.spec.timeout_ms) + " ms");
       }
       std::unique_lock lock(live->mu);
+      if (live->lost) break;
       live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
     }
     ex.timings.run_ms = env_->MonotonicMs() - r0;
@@ -342,14 +464,17 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
 
   auto channel = node.hypervisor().OpenAgentChannel(spec.name, spec.agent_channel.name);
   if (!channel.ok()) return finish(ExecState::kError, "agent_unreachable", channel.status().message());
-  hv::AgentClient agent(std::move(*channel));
-  auto hello = agent.Hello(options_.boot_timeout_ms);
+  agent = std::make_unique<hv::AgentClient>(std::move(*channel));
+  auto hello = agent->Hello(options_.boot_timeout_ms);
   if (!hello.ok()) {
     const char* code = hello.status().code() == Code::kDeadlineExceeded ? "boot_timeout" : "agent_unreachable";
     return finish(ExecState::kError, code, hello.status().message());
   }
   ex.timings.boot_ms = env_->MonotonicMs() - b0;
   ex.timings.agent_ready_at = env_->NowUnixMs();
+  }  // cold boot
+  }  // not warm
+  Metrics::Global().CountStart(ex.timings.start);
 
   // Run.
   if (!advance(ExecState::kRunning)) return finish(ExecState::kError, "store_failed", "could not record running");
@@ -366,10 +491,10 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   {
     std::lock_guard lock(live->mu);
     killed_before_exec = live->kill_signal != 0;
-    if (!killed_before_exec) live->agent = &agent;  // from here on Kill signals through the agent
+    if (!killed_before_exec) live->agent = agent.get();  // from here on Kill signals through the agent
   }
   if (killed_before_exec) {
-    agent.Close();
+    agent->Close();
     return finish(ExecState::kKilled, "", "");
   }
   const int64_t host_timeout = launch.spec.timeout_ms > 0 ? launch.spec.timeout_ms + options_.host_grace_ms : kForever;
@@ -381,13 +506,13 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     if (bytes.size() > room) live->output.truncated = true;
     sink.append(bytes, 0, std::min(room, bytes.size()));
   };
-  auto outcome = agent.Exec(msg, launch.spec.stdin_data, options_.max_output_bytes, host_timeout, on_output);
+  auto outcome = agent->Exec(msg, launch.spec.stdin_data, options_.max_output_bytes, host_timeout, on_output);
   ex.timings.run_ms = env_->MonotonicMs() - r0;
   {
     std::lock_guard lock(live->mu);
     live->agent = nullptr;
   }
-  agent.Close();
+  agent->Close();
   if (!outcome.ok()) {
     if (outcome.status().code() == Code::kDeadlineExceeded) {
       // The agent did not enforce the timeout (hung guest): the host does.
@@ -483,6 +608,26 @@ Result<LiveOutput> Executor::Output(const std::string& execution_id) {
   }
   std::lock_guard lock(live->mu);
   return live->output;
+}
+
+void Executor::MarkNodeLost(const std::string& node_name) {
+  std::vector<std::shared_ptr<Live>> on_node;
+  {
+    std::lock_guard lock(live_mu_);
+    for (auto& [id, live] : live_) {
+      if (live->node && live->node->name() == node_name) on_node.push_back(live);
+    }
+  }
+  for (auto& live : on_node) {
+    {
+      std::lock_guard lock(live->mu);
+      live->lost = true;
+      // A command waiting on the agent channel notices when the channel
+      // dies with the node; make sure it does not wait forever.
+      if (live->agent) live->agent->Close();  // the channel is thread-safe; Receive returns at once
+    }
+    live->cv.notify_all();
+  }
 }
 
 bool Executor::IsLive(const std::string& execution_id) {

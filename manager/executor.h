@@ -20,6 +20,7 @@
 #include "manager/node.h"
 #include "manager/store.h"
 #include "manager/types.h"
+#include "manager/warm_pool.h"
 
 namespace berth::manager {
 
@@ -29,6 +30,7 @@ struct InvokeRequest {
   std::string stdin_data;
   int64_t ppid = kInitPid;                 // parent process (1: init)
   std::string name;                        // process name ("" : the function's name)
+  std::string id;                          // execution id to use ("" : a new random one)
 };
 
 // Everything needed to start one process; a function run and an instance
@@ -43,6 +45,7 @@ struct Launch {
   images::ImageRecord image;
   ProcSpec spec;                         // spec.command is the full argv (entrypoint + args)
   int64_t ppid = kInitPid;
+  std::string id;                        // execution id to use ("" : a new random one)
 };
 
 struct ExecutorOptions {
@@ -82,6 +85,8 @@ class ExecutionTeardown {
   void mark_overlay_created() { overlay_created_ = true; }
   void mark_started() { started_ = true; }
   void mark_seed_created() { seed_created_ = true; }
+  // Hands everything over to someone else (e.g. a warm pool): Run does nothing.
+  void Disarm() { done_ = true; }
   bool started() const { return started_; }
   void reserved(uint32_t vcpus, uint64_t memory_mib) {
     reserved_vcpus_ = vcpus;
@@ -104,7 +109,7 @@ struct LiveOutput {
 
 class Executor {
  public:
-  Executor(Env* env, Store* store, ExecutorOptions options) : env_(env), store_(store), options_(std::move(options)) {}
+  Executor(Env* env, Store* store, ExecutorOptions options);
   // Waits for executions and teardowns still running in the background.
   ~Executor();
   void WaitForCleanups();
@@ -130,6 +135,21 @@ class Executor {
   // Output of a live process so far; NotFound once it ended (read the record).
   Result<LiveOutput> Output(const std::string& execution_id);
   bool IsLive(const std::string& execution_id);
+  // Called with an execution's id once its VM and volumes are gone (the
+  // cluster releases the execution's capacity claim there).
+  void SetReleaseHook(std::function<void(const std::string& execution_id)> hook) { release_hook_ = std::move(hook); }
+  // The node stopped answering: its live executions end "lost" (their
+  // threads are unblocked; nothing is retried here).
+  void MarkNodeLost(const std::string& node_name);
+
+  // Fast start. A function was created or updated (`previous`: its record
+  // before an update, else null): its template is built in the background,
+  // the previous version's template is deleted, its warm pool reconfigured.
+  void FunctionChanged(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
+                       const FunctionRecord* previous);
+  // A function was deleted: its pool's VMs and its template go.
+  void FunctionDeleted(Node& node, const FunctionRecord& fn);
+  WarmPools& pools() { return *pools_; }
 
  private:
   struct Live;
@@ -150,8 +170,10 @@ class Executor {
   std::mutex cleanup_mu_;
   std::condition_variable cleanup_cv_;
   int pending_cleanups_ = 0;
+  std::function<void(const std::string&)> release_hook_;
   std::mutex live_mu_;
   std::map<std::string, std::shared_ptr<Live>> live_;
+  std::unique_ptr<WarmPools> pools_;
 };
 
 }  // namespace berth::manager

@@ -4,6 +4,8 @@
 
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
+#include "manager/templates.h"
+#include "manager/warm_pool.h"
 
 namespace berth::manager {
 
@@ -14,6 +16,8 @@ Status ValidateAccel(const std::string& accel) {
 
 Node::Node(Env* env, NodeConfig config, std::unique_ptr<hv::Hypervisor> hypervisor)
     : env_(env), config_(std::move(config)), hv_(std::move(hypervisor)) {}
+
+Node::~Node() = default;
 
 std::string Node::ImageVolumeName(const std::string& sha256, const std::string& format) {
   return "img-" + sha256 + "." + format;
@@ -41,6 +45,8 @@ Status Node::Prepare(const RuntimeArtifacts& runtime) {
   }
   spdlog::info("node {} ({}): {} cpus, {} MiB, accel {}", config_.name, config_.uri, info_.cpus, info_.memory_mib,
                accel_ == hv::Accel::kKvm ? "kvm" : "tcg");
+  templates_ = std::make_unique<TemplateCache>(env_, *this, runtime);
+  RemoveStalePoolVms(*this);
   return Status::Ok();
 }
 

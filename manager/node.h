@@ -15,6 +15,8 @@
 
 namespace berth::manager {
 
+class TemplateCache;
+
 struct NodeConfig {
   std::string name = "local";
   std::string uri = "qemu:///system";
@@ -32,9 +34,13 @@ Status ValidateAccel(const std::string& accel);
 class Node {
  public:
   Node(Env* env, NodeConfig config, std::unique_ptr<hv::Hypervisor> hypervisor);
+  ~Node();
 
-  // Makes the node ready: pools exist, the runtime is on it, accel resolved.
+  // Makes the node ready: pools exist, the runtime is on it, accel resolved,
+  // its template cache exists and warm-pool VMs an earlier berthd left are gone.
   Status Prepare(const RuntimeArtifacts& runtime);
+  // The node's snapshot templates (null before Prepare).
+  TemplateCache* templates() { return templates_.get(); }
 
   const NodeConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
@@ -70,6 +76,7 @@ class Node {
   hv::NodeInfo info_;
   hv::Accel accel_ = hv::Accel::kTcg;
   std::string kernel_path_, initrd_path_;
+  std::unique_ptr<TemplateCache> templates_;
 
   std::mutex upload_mu_;  // one upload of an image at a time
   std::mutex capacity_mu_;

@@ -6,6 +6,7 @@
 #include <csignal>
 
 #include "common/sha256.h"
+#include "common/ids.h"
 #include "hypervisor/domain_xml.h"
 
 namespace berth::manager {
@@ -55,6 +56,27 @@ Status ValidateFunctionName(const std::string& name) { return ValidateName("name
 Status ValidateTenantName(const std::string& name) { return ValidateName("tenant", name); }
 
 
+// Field names as the JSON API spells them: "gateway.<name>".
+static Status ValidateGatewayPolicy(const GatewayPolicy& g) {
+  if (g.auth != "public" && g.auth != "token" && g.auth != "tenant") {
+    return Status::InvalidArgument("gateway.auth", "must be public, token or tenant");
+  }
+  auto rate_ok = [](double r) { return r >= 0 && r <= 1e6; };  // also false for NaN
+  if (!rate_ok(g.rate_limit_per_s)) return Status::InvalidArgument("gateway.rate_limit_per_s", "must be between 0 and 1000000");
+  if (!rate_ok(g.token_rate_limit_per_s)) {
+    return Status::InvalidArgument("gateway.token_rate_limit_per_s", "must be between 0 and 1000000");
+  }
+  if (g.burst < 0 || g.burst > 1'000'000) return Status::InvalidArgument("gateway.burst", "must be between 0 and 1000000");
+  if (g.token_burst < 0 || g.token_burst > 1'000'000) {
+    return Status::InvalidArgument("gateway.token_burst", "must be between 0 and 1000000");
+  }
+  if (g.max_concurrency < 0 || g.max_concurrency > 10'000) {
+    return Status::InvalidArgument("gateway.max_concurrency", "must be between 0 (the gateway's bound) and 10000");
+  }
+  if (g.max_queue < 0 || g.max_queue > 100'000) return Status::InvalidArgument("gateway.max_queue", "must be between 0 and 100000");
+  return Status::Ok();
+}
+
 Status ValidateFunctionSpec(const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(spec.name));
   if (!IsSha256Hex(spec.image)) {
@@ -81,6 +103,14 @@ Status ValidateFunctionSpec(const FunctionSpec& spec) {
   if (spec.network != "none") {
     return Status::InvalidArgument("network", "only 'none' is supported for now (guests have no network device)");
   }
+  if (spec.max_warm > kMaxWarm) {
+    return Status::InvalidArgument("max_warm", "must be between 0 (no pool) and " + std::to_string(kMaxWarm));
+  }
+  if (spec.min_warm > spec.max_warm) return Status::InvalidArgument("min_warm", "must be between 0 and max_warm");
+  if (spec.idle_timeout_ms < 100 || spec.idle_timeout_ms > 86'400'000) {
+    return Status::InvalidArgument("idle_timeout_ms", "must be between 100 and 86400000 (one day)");
+  }
+  BERTH_RETURN_IF_ERROR(ValidateGatewayPolicy(spec.gateway));
   return Status::Ok();
 }
 
@@ -93,13 +123,68 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   svc->images_ = std::make_unique<images::ImageStore>(env, config.data_dir + "/images");
   BERTH_RETURN_IF_ERROR(svc->images_->init_status());
   BERTH_ASSIGN_OR_RETURN(svc->runtime_, LoadRuntime(env, config.runtime_dir));
-  BERTH_ASSIGN_OR_RETURN(auto hypervisor, hv::ConnectLibvirt(config.node.uri));
-  svc->node_ = std::make_unique<Node>(env, config.node, std::move(hypervisor));
-  BERTH_RETURN_IF_ERROR(svc->node_->Prepare(svc->runtime_).WithContext("preparing node " + config.node.name));
+  ClusterOptions copts;
+  // Pool folders of added nodes sit beside the local pool's (the data dir may
+  // be private to root; QEMU on a node must reach its pool folder).
+  {
+    std::string pool_dir = config.node.pool_dir;
+    while (pool_dir.size() > 1 && pool_dir.back() == '/') pool_dir.pop_back();
+    size_t slash = pool_dir.rfind('/');
+    copts.state_dir = (slash == std::string::npos || slash == 0 ? std::string("/var/lib/berth") : pool_dir.substr(0, slash)) + "/nodes";
+  }
+  copts.down_after_ms = config.node_down_after_ms;
+  copts.monitor_interval_ms = config.node_monitor_interval_ms;
+  copts.policy.strategy = sched::Strategy::kSpread;  // keep load even; binpack is a flag away
+  svc->cluster_ = std::make_unique<Cluster>(env, svc->store_.get(), svc->runtime_, copts);
+  BERTH_ASSIGN_OR_RETURN(svc->node_, svc->cluster_->AddLocal(config.node));
   svc->executor_ = std::make_unique<Executor>(env, svc->store_.get(), config.executor);
+  Cluster* cluster = svc->cluster_.get();
+  svc->executor_->SetReleaseHook([cluster](const std::string& id) { cluster->Release(id); });
+  BERTH_RETURN_IF_ERROR(svc->cluster_->LoadRegistered());
   BERTH_RETURN_IF_ERROR(svc->Reconcile());
+  // Nothing runs yet (executions are not adopted across restarts): every claim is stale.
+  svc->cluster_->ReleaseAllClaims();
+  Service* raw = svc.get();
+  svc->cluster_->SetNodeListener([raw](const std::string& name, bool up) {
+    if (!up) {
+      raw->executor_->MarkNodeLost(name);
+      return;
+    }
+    // Back: sweep what it holds of ended executions before it takes new work.
+    if (Node* n = raw->cluster_->Get(name)) {
+      if (Status s = raw->ReconcileNode(*n); !s.ok()) spdlog::warn("reconciling node {}: {}", name, s.ToString());
+    }
+  });
+  svc->cluster_->StartMonitor();
   return svc;
 }
+
+Service::~Service() {
+  if (cluster_) cluster_->StopMonitor();
+}
+
+Result<Node*> Service::Place(const std::string& id, uint32_t vcpus, uint64_t memory_mib,
+                             const std::map<std::string, std::string>& selector) {
+  return cluster_->Place(id, vcpus, memory_mib, selector);
+}
+
+Result<NodeView> Service::AddNode(const Principal& caller, const NodeSpec& spec) {
+  if (!caller.admin) return Status::PermissionDenied("only an admin token can register nodes");
+  return cluster_->Add(spec);
+}
+
+Status Service::RemoveNode(const Principal& caller, const std::string& name) {
+  if (!caller.admin) return Status::PermissionDenied("only an admin token can remove nodes");
+  return cluster_->Remove(name);
+}
+
+Result<NodeView> Service::SetNodeState(const Principal& caller, const std::string& name, const std::string& action) {
+  if (!caller.admin) return Status::PermissionDenied("only an admin token can change a node's state");
+  return cluster_->SetAdminState(name, action);
+}
+
+std::vector<NodeView> Service::NodeViews() { return cluster_->Views(); }
+Result<NodeView> Service::NodeViewOf(const std::string& name) { return cluster_->View(name); }
 
 // Synchronous executions die with the berthd that ran them: end their
 // records and remove their domains and volumes so nothing is orphaned. Then
@@ -107,40 +192,59 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
 // teardown cut short by a crash). Domains and volumes of executions this
 // store does not know belong to someone else and are left alone.
 Status Service::Reconcile() {
-  auto& hv = node_->hypervisor();
-  auto remove = [&](const std::string& id, const std::string& domain) {
-    if (Status s = hv.DestroyDomain(domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
-    (void)hv.DeleteVolume(node_->config().pool, OverlayVolumeName(id));
-    (void)hv.DeleteVolume(node_->config().log_pool, ConsoleLogVolumeName(domain));
-  };
   BERTH_ASSIGN_OR_RETURN(auto unfinished, store_->ListUnfinishedExecutions());
   for (auto& ex : unfinished) {
     spdlog::warn("execution {} (pid {}) was {} when berthd stopped; cleaning up", ex.id, ex.pid,
                  ExecStateName(ex.state));
-    remove(ex.id, ex.domain);
-    (void)hv.DeleteVolume(node_->config().pool, SeedVolumeName(ex.id));
+    if (Node* n = cluster_->Get(ex.node); n && !cluster_->IsDown(ex.node)) {
+      auto& hv = n->hypervisor();
+      if (Status s = hv.DestroyDomain(ex.domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
+      (void)hv.DeleteVolume(n->config().pool, OverlayVolumeName(ex.id));
+      (void)hv.DeleteVolume(n->config().pool, SeedVolumeName(ex.id));
+      (void)hv.DeleteVolume(n->config().log_pool, ConsoleLogVolumeName(ex.domain));
+    }
     ex.state = ExecState::kLost;
     ex.error_code = "manager_restarted";
     ex.error = "berthd stopped while this execution was running";
     ex.finished_ms = env_->NowUnixMs();
     BERTH_RETURN_IF_ERROR(store_->UpdateExecution(ex));
   }
+  for (Node* n : cluster_->All()) {
+    if (cluster_->IsDown(n->name())) continue;
+    if (Status s = ReconcileNode(*n); !s.ok()) spdlog::warn("reconciling node {}: {}", n->name(), s.ToString());
+  }
+  return Status::Ok();
+}
+
+// Sweeps one node for leftovers of this store's ended executions (a teardown
+// cut short by a crash or by the node going away). Domains and volumes of
+// executions this store does not know belong to someone else: left alone.
+Status Service::ReconcileNode(Node& node) {
+  auto& hv = node.hypervisor();
+  auto remove = [&](const std::string& id, const std::string& domain) {
+    if (Status s = hv.DestroyDomain(domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
+    (void)hv.DeleteVolume(node.config().pool, OverlayVolumeName(id));
+    (void)hv.DeleteVolume(node.config().pool, SeedVolumeName(id));
+    (void)hv.DeleteVolume(node.config().log_pool, ConsoleLogVolumeName(domain));
+  };
   BERTH_ASSIGN_OR_RETURN(auto domains, hv.ListDomains(hv::kDomainNamePrefix));
   for (const auto& domain : domains) {
     auto xml = hv.GetDomainXml(domain);
     if (!xml.ok()) continue;
     auto md = hv::ParseDomainMetadata(*xml);
-    if (!md.ok() || !store_->GetExecution(md->execution_id).ok()) continue;
-    spdlog::warn("reconcile: removing leftover domain {} of finished execution {}", domain, md->execution_id);
+    if (!md.ok()) continue;
+    auto ex = store_->GetExecution(md->execution_id);
+    if (!ex.ok() || !IsTerminal(ex->state) || executor_->IsLive(ex->id)) continue;
+    spdlog::warn("reconcile: removing leftover domain {} of ended execution {}", domain, md->execution_id);
     remove(md->execution_id, domain);
   }
-  BERTH_ASSIGN_OR_RETURN(auto volumes, hv.ListVolumes(node_->config().pool));
+  BERTH_ASSIGN_OR_RETURN(auto volumes, hv.ListVolumes(node.config().pool));
   for (const auto& vol : volumes) {
     const std::string& n = vol.name;
     if (n.rfind("ovl-", 0) != 0 || n.size() < 11 || n.substr(n.size() - 6) != ".qcow2") continue;
     std::string id = n.substr(4, n.size() - 10);
     auto ex = store_->GetExecution(id);
-    if (!ex.ok() || !IsTerminal(ex->state)) continue;
+    if (!ex.ok() || !IsTerminal(ex->state) || executor_->IsLive(id)) continue;
     spdlog::warn("reconcile: removing leftover overlay {}", n);
     remove(id, ex->domain);
   }
@@ -205,7 +309,9 @@ Status Service::DeleteImage(const Principal& caller, const std::string& id) {
   // Another tenant's record still needs the file (and the node's copy).
   BERTH_ASSIGN_OR_RETURN(int64_t others, store_->ImageRecordCount(id));
   if (others > 0) return Status::Ok();
-  (void)node_->hypervisor().DeleteVolume(node_->config().pool, Node::ImageVolumeName(id, meta.format));
+  for (Node* n : cluster_->All()) {
+    if (!cluster_->IsDown(n->name())) (void)n->hypervisor().DeleteVolume(n->config().pool, Node::ImageVolumeName(id, meta.format));
+  }
   return images_->Remove(id);
 }
 
@@ -225,15 +331,21 @@ Result<FunctionRecord> Service::CreateFunction(const Principal& caller, const Fu
   fn.tenant = caller.tenant;
   fn.created_ms = fn.updated_ms = env_->NowUnixMs();
   BERTH_RETURN_IF_ERROR(store_->CreateFunction(fn));
-  return store_->GetFunction(caller.tenant, spec.name);
+  BERTH_ASSIGN_OR_RETURN(auto created, store_->GetFunction(caller.tenant, spec.name));
+  // Fast start: its template is built (and its pool warmed) ahead of demand.
+  if (auto image = images_->Get(created.spec.image); image.ok()) executor_->FunctionChanged(*node_, created, *image, nullptr);
+  return created;
 }
 
 Result<FunctionRecord> Service::UpdateFunction(const Principal& caller, const FunctionSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionSpec(spec));
   // Another tenant's function is not there: NotFound before any image check.
-  BERTH_RETURN_IF_ERROR(store_->GetFunction(caller.tenant, spec.name).status());
+  BERTH_ASSIGN_OR_RETURN(auto previous, store_->GetFunction(caller.tenant, spec.name));
   BERTH_RETURN_IF_ERROR(CheckImageExists(caller.tenant, spec.image));
-  return store_->UpdateFunction(caller.tenant, spec, env_->NowUnixMs());
+  BERTH_ASSIGN_OR_RETURN(auto updated, store_->UpdateFunction(caller.tenant, spec, env_->NowUnixMs()));
+  // Fast start: the old version's template and pooled VMs go, the new ones are built.
+  if (auto image = images_->Get(updated.spec.image); image.ok()) executor_->FunctionChanged(*node_, updated, *image, &previous);
+  return updated;
 }
 
 Result<FunctionRecord> Service::GetFunction(const Principal& caller, const std::string& name) {
@@ -247,7 +359,10 @@ Result<std::vector<FunctionRecord>> Service::ListFunctions(const Principal& call
 
 Status Service::DeleteFunction(const Principal& caller, const std::string& name) {
   BERTH_RETURN_IF_ERROR(ValidateFunctionName(name));
-  return store_->DeleteFunction(caller.tenant, name);
+  auto fn = store_->GetFunction(caller.tenant, name);
+  BERTH_RETURN_IF_ERROR(store_->DeleteFunction(caller.tenant, name));
+  if (fn.ok()) executor_->FunctionDeleted(*node_, *fn);  // its pooled VMs and template
+  return Status::Ok();
 }
 
 Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::string& function,
@@ -262,7 +377,25 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
   }
   BERTH_RETURN_IF_ERROR(CheckParent(caller.tenant, request.ppid));
   MaybePrune();
-  return executor_->Run(*node_, fn, *image, request);
+  InvokeRequest placed_request = request;
+  placed_request.id = RandomHex(16);
+  BERTH_ASSIGN_OR_RETURN(Node * node, Place(placed_request.id, fn.spec.vcpus, fn.spec.memory_mib, {}));
+  auto ex = executor_->Run(*node, fn, *image, placed_request);
+  if (!ex.ok()) cluster_->Release(placed_request.id);
+  if (ex.ok()) {
+    std::function<void(const ExecutionRecord&)> listener;
+    {
+      std::lock_guard<std::mutex> lk(listener_mu_);
+      listener = execution_listener_;
+    }
+    if (listener) listener(*ex);
+  }
+  return ex;
+}
+
+void Service::SetExecutionListener(std::function<void(const ExecutionRecord&)> listener) {
+  std::lock_guard<std::mutex> lk(listener_mu_);
+  execution_listener_ = std::move(listener);
 }
 
 void Service::MaybePrune() {
@@ -393,7 +526,16 @@ Result<ExecutionRecord> Service::Exec(const Principal& caller, const ExecRequest
     launch.spec.timeout_ms = req.timeout_ms;
   }
   MaybePrune();
-  return executor_->Start(*node_, std::move(launch));
+  return StartPlaced(std::move(launch), req.node_selector);
+}
+
+Result<ExecutionRecord> Service::StartPlaced(Launch launch, const std::map<std::string, std::string>& selector) {
+  launch.id = RandomHex(16);
+  BERTH_ASSIGN_OR_RETURN(Node * node, Place(launch.id, launch.spec.vcpus, launch.spec.memory_mib, selector));
+  const std::string id = launch.id;
+  auto started = executor_->Start(*node, std::move(launch));
+  if (!started.ok()) cluster_->Release(id);
+  return started;
 }
 
 Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, const std::string& name) {
@@ -420,7 +562,9 @@ Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, cons
   launch.spec = parent.spec;
   launch.ppid = pid;
   MaybePrune();
-  return executor_->Start(*node_, std::move(launch));
+  // A fork lands where its parent runs when that node can take it.
+  std::map<std::string, std::string> none;
+  return StartPlaced(std::move(launch), none);
 }
 
 Result<ExecutionRecord> Service::GetProc(const Principal& caller, int64_t pid) {
@@ -524,7 +668,9 @@ Result<ProcLogs> Service::Logs(const Principal& caller, const ExecutionRecord& e
     logs.output_truncated = live->truncated;
     if (ex.state == ExecState::kRunning || ex.state == ExecState::kStarting) {
       constexpr size_t kCap = 256 << 10;
-      auto console = node_->hypervisor().DownloadVolumeTail(node_->config().log_pool, ConsoleLogVolumeName(ex.domain),
+      Node* on = cluster_->Get(ex.node);
+      if (!on) on = node_;
+      auto console = on->hypervisor().DownloadVolumeTail(on->config().log_pool, ConsoleLogVolumeName(ex.domain),
                                                             kCap + 1);
       if (console.ok()) {
         logs.console_truncated = console->size() > kCap;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include "common/env.h"
 #include "images/image_store.h"
 #include "manager/auth.h"
+#include "manager/cluster.h"
 #include "manager/executor.h"
 #include "manager/node.h"
 #include "manager/runtime.h"
@@ -35,6 +37,7 @@ struct ExecRequest {
   std::string stdin_data;
   std::string userdata;
   std::string boot = "runtime";      // runtime | disk
+  std::map<std::string, std::string> node_selector;  // node labels that must all match
   uint32_t vcpus = 1;
   uint64_t memory_mib = 256;
   int64_t timeout_ms = 0;            // 0: no limit
@@ -47,6 +50,8 @@ struct ProcLogs {
 };
 
 struct ServiceConfig {
+  int64_t node_down_after_ms = 6000;     // a node that does not answer this long is down
+  int64_t node_monitor_interval_ms = 2000;
   std::string data_dir = "/var/lib/berth";  // berth.db and images/ live here
   std::string runtime_dir;                  // default: <data_dir>/runtime
   NodeConfig node;
@@ -86,6 +91,15 @@ class Service {
   // Opens the store, the image store, connects and prepares the node, and
   // reconciles executions left unfinished by an earlier berthd.
   static Result<std::unique_ptr<Service>> Start(Env* env, ServiceConfig config);
+  ~Service();
+
+  // Nodes (admin only for changes): register a libvirt host, cordon /
+  // uncordon / drain it, remove it (409 while it runs work).
+  Result<NodeView> AddNode(const Principal& caller, const NodeSpec& spec);
+  Status RemoveNode(const Principal& caller, const std::string& name);
+  Result<NodeView> SetNodeState(const Principal& caller, const std::string& name, const std::string& action);
+  std::vector<NodeView> NodeViews();
+  Result<NodeView> NodeViewOf(const std::string& name);
 
   // Authentication: `bearer` is the token secret from "Authorization: Bearer
   // <secret>". kUnauthenticated when it is empty, unknown or revoked.
@@ -157,8 +171,17 @@ class Service {
   std::vector<NodeReport> Nodes();
   const ServiceConfig& config() const { return config_; }
 
+  // Called with the final record each time an Invoke'd execution ends (from
+  // the invoking thread; it must not block for long). One listener; {} clears.
+  void SetExecutionListener(std::function<void(const ExecutionRecord&)> listener);
+
  private:
   Service(Env* env, ServiceConfig config) : env_(env), config_(std::move(config)) {}
+  // Places an execution (id) on a node that fits; its claim is released when its VM is gone.
+  Result<Node*> Place(const std::string& id, uint32_t vcpus, uint64_t memory_mib,
+                      const std::map<std::string, std::string>& selector);
+  Status ReconcileNode(Node& node);
+  Result<ExecutionRecord> StartPlaced(Launch launch, const std::map<std::string, std::string>& selector);
   Status Reconcile();
   Result<images::ImageRecord> ResolveImage(const std::string& tenant, const std::string& image, const char* field);
   Status CheckParent(const std::string& tenant, int64_t ppid);
@@ -171,13 +194,16 @@ class Service {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Auth> auth_;
   std::unique_ptr<images::ImageStore> images_;
-  std::unique_ptr<Node> node_;
+  std::unique_ptr<Cluster> cluster_;  // owns the nodes; outlives the executor
+  Node* node_ = nullptr;              // the local node (berthd's --node-uri)
   std::unique_ptr<Executor> executor_;
   RuntimeArtifacts runtime_;
   // Serializes image record changes against file removal, so a file is never
   // removed while another tenant's record for it is being written.
   std::mutex image_mu_;
   std::atomic<uint64_t> started_count_{0};
+  std::mutex listener_mu_;
+  std::function<void(const ExecutionRecord&)> execution_listener_;
 };
 
 }  // namespace berth::manager

@@ -40,6 +40,13 @@ CREATE INDEX IF NOT EXISTS executions_by_finished ON executions(finished_ms);
 CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
 CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions(tenant, created_ms);
 CREATE INDEX IF NOT EXISTS executions_by_state ON executions(state);
+CREATE TABLE IF NOT EXISTS nodes (
+  name TEXT PRIMARY KEY, uri TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, state TEXT NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+  id TEXT PRIMARY KEY, node TEXT NOT NULL, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS claims_by_node ON claims(node);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
 )sql";
@@ -134,7 +141,12 @@ class Stmt {
 json SpecToJson(const FunctionSpec& s) {
   return {{"entrypoint", s.entrypoint}, {"vcpus", s.vcpus}, {"memory_mib", s.memory_mib},
           {"timeout_ms", s.timeout_ms}, {"env", s.env},     {"cwd", s.cwd},
-          {"network", s.network}};
+          {"network", s.network}, {"snapshot", s.snapshot},    {"min_warm", s.min_warm},
+          {"max_warm", s.max_warm}, {"idle_timeout_ms", s.idle_timeout_ms}, {"keep_alive", s.keep_alive},
+          {"gateway", {{"auth", s.gateway.auth}, {"rate_limit_per_s", s.gateway.rate_limit_per_s},
+                       {"burst", s.gateway.burst}, {"token_rate_limit_per_s", s.gateway.token_rate_limit_per_s},
+                       {"token_burst", s.gateway.token_burst}, {"max_concurrency", s.gateway.max_concurrency},
+                       {"max_queue", s.gateway.max_queue}}}};
 }
 
 FunctionRecord FunctionFromRow(const Stmt& st) {
@@ -154,6 +166,21 @@ FunctionRecord FunctionFromRow(const Stmt& st) {
     fn.spec.env = j.value("env", std::map<std::string, std::string>{});
     fn.spec.cwd = j.value("cwd", "/");
     fn.spec.network = j.value("network", "none");
+    fn.spec.snapshot = j.value("snapshot", true);
+    fn.spec.min_warm = j.value("min_warm", 0u);
+    fn.spec.max_warm = j.value("max_warm", 0u);
+    fn.spec.idle_timeout_ms = j.value("idle_timeout_ms", int64_t{300000});
+    fn.spec.keep_alive = j.value("keep_alive", false);
+    if (auto g = j.find("gateway"); g != j.end() && g->is_object()) {
+      GatewayPolicy& p = fn.spec.gateway;
+      p.auth = g->value("auth", std::string("tenant"));
+      p.rate_limit_per_s = g->value("rate_limit_per_s", 0.0);
+      p.burst = g->value("burst", int64_t{0});
+      p.token_rate_limit_per_s = g->value("token_rate_limit_per_s", 0.0);
+      p.token_burst = g->value("token_burst", int64_t{0});
+      p.max_concurrency = g->value("max_concurrency", int64_t{0});
+      p.max_queue = g->value("max_queue", int64_t{0});
+    }
   }
   return fn;
 }
@@ -628,6 +655,58 @@ Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
   Stmt st(db_, (std::string("SELECT ") + kExecCols +
                 " FROM executions WHERE state IN ('pending','placing','starting','running') ORDER BY pid").c_str());
   return st.Collect(ExecutionFromRow, "listing executions");
+}
+
+Status Store::PutNode(const NodeRow& n) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT INTO nodes(name, uri, spec, state, created_ms) VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE "
+               "SET uri = excluded.uri, spec = excluded.spec, state = excluded.state");
+  st.Bind(n.name).Bind(n.uri).Bind(n.spec_json).Bind(n.state).Bind(n.created_ms);
+  int rc = st.Step();
+  if (rc == SQLITE_CONSTRAINT) return Status::AlreadyExists("another node already has uri '" + n.uri + "'");
+  if (rc != SQLITE_DONE) return st.Error("storing node");
+  return Status::Ok();
+}
+
+Result<std::vector<NodeRow>> Store::ListNodes() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT name, uri, spec, state, created_ms FROM nodes ORDER BY created_ms, name");
+  return st.Collect(
+      [](const Stmt& r) { return NodeRow{r.Text(0), r.Text(1), r.Text(2), r.Text(3), r.Int(4)}; }, "listing nodes");
+}
+
+Status Store::DeleteNode(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM nodes WHERE name = ?");
+  st.Bind(name);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting node");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("node '" + name + "' does not exist");
+  return Status::Ok();
+}
+
+Status Store::InsertClaim(const ClaimRow& c) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT INTO claims(id, node, vcpus, memory_mib, created_ms) VALUES (?,?,?,?,?)");
+  st.Bind(c.id).Bind(c.node).Bind(c.vcpus).Bind(c.memory_mib).Bind(c.created_ms);
+  int rc = st.Step();
+  if (rc == SQLITE_CONSTRAINT) return Status::AlreadyExists("claim '" + c.id + "' exists");
+  if (rc != SQLITE_DONE) return st.Error("storing claim");
+  return Status::Ok();
+}
+
+Status Store::DeleteClaim(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM claims WHERE id = ?");
+  st.Bind(id);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting claim");
+  return Status::Ok();
+}
+
+Result<std::vector<ClaimRow>> Store::ListClaims() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT id, node, vcpus, memory_mib, created_ms FROM claims ORDER BY created_ms");
+  return st.Collect([](const Stmt& r) { return ClaimRow{r.Text(0), r.Text(1), r.Int(2), r.Int(3), r.Int(4)}; },
+                    "listing claims");
 }
 
 }  // namespace berth::manager

@@ -18,6 +18,20 @@ struct sqlite3;
 
 namespace berth::manager {
 
+// A registered node: its spec (JSON, see manager/cluster.h) and its
+// administrative state (up, cordoned, draining).
+struct NodeRow {
+  std::string name, uri, spec_json, state;
+  int64_t created_ms = 0;
+};
+
+// Capacity claimed on a node by one execution (id = the execution's id),
+// from placement until its VM is gone.
+struct ClaimRow {
+  std::string id, node;
+  int64_t vcpus = 0, memory_mib = 0, created_ms = 0;
+};
+
 struct ExecutionFilter {
   std::string function;                // "" any
   std::vector<ExecState> states;       // empty: any
@@ -88,6 +102,15 @@ class Store {
   // Retention: deletes finished records beyond the newest `keep` that
   // finished before `finished_before_ms` (0: any time). Returns how many.
   Result<int64_t> PruneFinishedExecutions(size_t keep, int64_t finished_before_ms);
+  // Nodes. PutNode inserts or updates by name; AlreadyExists if another node has the uri.
+  Status PutNode(const NodeRow& node);
+  Result<std::vector<NodeRow>> ListNodes();
+  Status DeleteNode(const std::string& name);
+  // Claims (allocations). Insert fails AlreadyExists for a duplicate id.
+  Status InsertClaim(const ClaimRow& claim);
+  Status DeleteClaim(const std::string& id);  // a missing claim is fine
+  Result<std::vector<ClaimRow>> ListClaims();
+
   // Executions that were not terminal when berthd stopped (for reconciliation).
   Result<std::vector<ExecutionRecord>> ListUnfinishedExecutions();
 

@@ -134,6 +134,8 @@ std::string CloneSaveVolumeName(const std::string& domain) { return "tplclone-" 
 
 namespace {
 std::string BuildOverlayVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".qcow2"; }
+// In the node's pool, not the log pool: the log pool holds executions' logs only.
+std::string BuildConsoleVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".console.log"; }
 }  // namespace
 
 TemplateCache::TemplateCache(Env* env, Node& node, RuntimeArtifacts runtime, TemplateOptions options)
@@ -267,7 +269,7 @@ Result<TemplateCache::Entry> TemplateCache::Build(const TemplateKeyInputs& input
   auto cleanup = [&] {
     log(hv.DestroyDomain(domain), "destroying " + domain);
     log(hv.DeleteVolume(node_.config().pool, BuildOverlayVolumeName(key)), "deleting the template overlay");
-    log(hv.DeleteVolume(node_.config().log_pool, domain + ".console.log"), "deleting the template console log");
+    log(hv.DeleteVolume(node_.config().pool, BuildConsoleVolumeName(key)), "deleting the template console log");
   };
   cleanup();  // leftovers of a build a crash interrupted
   log(RemoveVolumes(key), "removing an incomplete template");
@@ -291,12 +293,11 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
   auto& hv = node_.hypervisor();
   const NodeConfig& cfg = node_.config();
   const std::string domain = TemplateDomainName(key);
-  const std::string console = domain + ".console.log";
+  const std::string console = BuildConsoleVolumeName(key);
 
   BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo base, node_.EnsureImage(image));
   BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo disk, hv.CreateOverlay(cfg.pool, BuildOverlayVolumeName(key), base, 0));
   BERTH_ASSIGN_OR_RETURN(std::string pool_path, hv.GetPoolPath(cfg.pool));
-  BERTH_ASSIGN_OR_RETURN(std::string log_path, hv.GetPoolPath(cfg.log_pool));
 
   hv::DomainSpec spec;
   spec.name = domain;
@@ -311,7 +312,7 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
   // Attached, not mounted: the agent mounts /dev/vda at the first exec, so a
   // clone's own overlay (same image, same size) is read from the start.
   spec.disks.push_back({disk.path, "qcow2", "vda", false});
-  spec.console_log_path = log_path + "/" + console;
+  spec.console_log_path = pool_path + "/" + console;
   spec.metadata.execution_id = "tpl-" + key.substr(0, 16);
   spec.metadata.function = fn.spec.name;
   spec.metadata.tenant = fn.tenant;
@@ -325,7 +326,7 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
     agent.Close();
     if (!hello.ok()) {
       std::string why = hello.status().message();
-      auto tail = hv.DownloadVolumeTail(cfg.log_pool, console, 2048);
+      auto tail = hv.DownloadVolumeTail(cfg.pool, console, 2048);
       if (tail.ok() && !tail->empty()) why += "\n--- console (tail) ---\n" + *tail;
       return Status(hello.status().code(), "template guest: " + why);
     }

@@ -13,7 +13,7 @@
 //                            counts only once both exist and the save image is complete
 //   tplclone-<domain>.save   a clone's save image, only while its restore runs
 // While a template builds: domain berth-tpl-<key16>, overlay tpl-<key16>.qcow2
-// (pool) and console log berth-tpl-<key16>.console.log (log pool); all removed
+// (pool) and console log tpl-<key16>.console.log (pool); all removed
 // when the build ends, whatever its outcome.
 #pragma once
 

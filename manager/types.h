@@ -17,6 +17,8 @@ inline constexpr const char* kDefaultTenant = "default";
 // Every execution descends from init; neither root can be killed.
 inline constexpr int64_t kKernelPid = 0;
 inline constexpr int64_t kInitPid = 1;
+// Largest warm pool of one function (FunctionSpec::max_warm).
+inline constexpr uint32_t kMaxWarm = 16;
 
 // Who is calling: the tenant a token belongs to, the token's id, and whether
 // it is an admin token. Every Service method touching tenant data takes one;
@@ -40,6 +42,23 @@ struct TokenRecord {
   std::optional<int64_t> revoked_ms;
 };
 
+// Access to a function through the HTTP gateway (issue 7). auth: "public"
+// (no token), "token" (any valid token) or "tenant" (a token of the
+// function's tenant). Token buckets: rate_limit_per_s/burst for the function
+// as a whole, token_rate_limit_per_s/token_burst per caller (its token, or its
+// address on public routes); 0 = unlimited, burst 0 = max(1, rate).
+// max_concurrency: executions at once through the gateway (0 = the gateway's
+// own bound); max_queue: requests waiting beyond that (further ones: 429).
+struct GatewayPolicy {
+  std::string auth = "tenant";
+  double rate_limit_per_s = 0;
+  int64_t burst = 0;
+  double token_rate_limit_per_s = 0;
+  int64_t token_burst = 0;
+  int64_t max_concurrency = 0;
+  int64_t max_queue = 0;
+};
+
 struct FunctionSpec {
   std::string name;
   std::string image;                    // sha256 of a registered image
@@ -50,6 +69,19 @@ struct FunctionSpec {
   std::map<std::string, std::string> env;
   std::string cwd = "/";
   std::string network = "none";
+  // Fast start (issue 6). snapshot: restore starts from a saved template
+  // instead of booting. A warm pool (max_warm > 0) keeps up to max_warm VMs
+  // past hello; while the function is called it refills to
+  // max(min_warm, 1) (capped by max_warm); after idle_timeout_ms without a
+  // call it shrinks to zero and wakes from the template on the next call.
+  // keep_alive: a VM goes back to the pool after a successful run (reuse,
+  // opt-in; by default every execution gets a fresh VM).
+  bool snapshot = true;
+  uint32_t min_warm = 0;
+  uint32_t max_warm = 0;
+  int64_t idle_timeout_ms = 300'000;
+  bool keep_alive = false;
+  GatewayPolicy gateway;  // who may call it through /gw/<tenant>/<name>/..., and how often
 };
 
 struct FunctionRecord {

@@ -2,6 +2,7 @@
 # Several libvirt hosts on this machine, for multinode tests.
 #
 #   tests/multinode/hosts.sh up N STATE_DIR    start N hosts, print one URI per line
+#   tests/multinode/hosts.sh kill I STATE_DIR  kill -9 host I's libvirtd (a failure test)
 #   tests/multinode/hosts.sh down STATE_DIR    destroy their guests, stop them, remove all
 #
 # Host i (1..N) is a libvirtd in its own network namespace (berth-h<i>-<tag>,
@@ -26,7 +27,11 @@ case "$cmd" in
   down)
     state="${2:?usage: $0 down STATE_DIR}"
     ;;
-  *) die "usage: $0 up N STATE_DIR | down STATE_DIR" ;;
+  kill)
+    n="${2:?usage: $0 kill I STATE_DIR}"
+    state="${3:?usage: $0 kill I STATE_DIR}"
+    ;;
+  *) die "usage: $0 up N STATE_DIR | down STATE_DIR | kill I STATE_DIR" ;;
 esac
 
 down() {
@@ -40,6 +45,12 @@ down() {
     # Guests first: QEMU outlives a killed libvirtd.
     for d in $(timeout 10 virsh -q -c "$uri" list --name 2>/dev/null); do
       timeout 20 virsh -q -c "$uri" destroy "$d" >/dev/null 2>&1 || true
+    done
+    # Guests of a libvirtd that was killed (failure tests) are orphans: end them by their pid files.
+    for pf in "$state/h$i/run/qemu/"*.pid; do
+      [[ -f $pf ]] || continue
+      qpid=$(cat "$pf" 2>/dev/null || true)
+      [[ -n $qpid ]] && grep -q qemu "/proc/$qpid/comm" 2>/dev/null && kill -9 "$qpid" 2>/dev/null || true
     done
     if kill -0 "$pid" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
@@ -55,6 +66,13 @@ down() {
 
 if [[ $cmd == down ]]; then
   down "$state"
+  exit 0
+fi
+if [[ $cmd == kill ]]; then
+  # here $n is the host number
+  while read -r i pid; do
+    [[ $i == "$n" ]] && kill -9 "$pid"
+  done <"$state/hosts"
   exit 0
 fi
 

@@ -1,0 +1,318 @@
+// berth-bench-gateway: requests/s and p50/p99 latency of the synchronous
+// gateway (ANY /gw/<tenant>/<function>/...) under `wrk` at 64 and 256
+// connections, next to the very same CGI script (bench/gateway-cgi/app.sh)
+// served on the host by a plain CGI server (busybox httpd) in the same run.
+//
+//   A (berth):    GET /gw/default/app/items?x=1 -> a fresh VM per request
+//                 (cold boot, or whatever start tier the function gets), the
+//                 script as its CGI program, its stdout parsed as the answer.
+//   B (baseline): GET /cgi-bin/app.sh/items?x=1 on busybox httpd: fork + exec
+//                 of the same script on the host.
+//
+// Each connection count runs B, then A. berthd is restarted between A runs:
+// wrk stops with requests still queued in the gateway, and those would keep
+// booting VMs into the next run. Every response must be 2xx (zero errors);
+// requests still running when wrk stops are not counted either way. busybox
+// httpd closes the connection after each CGI answer; wrk reports that as a
+// "read" socket error on a complete response, so those are not errors there.
+//   RESULT <name> value=<v> unit=<u> baseline=<b> ratio=<v/b> goal=<g>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <utility>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <curl/curl.h>
+
+#include "common/env.h"
+#include "common/ids.h"
+#include "images/rootfs_builder.h"
+
+namespace {
+
+using json = nlohmann::json;
+
+std::function<void()> g_cleanup;  // stops berthd and httpd, removes pools and folders
+
+[[noreturn]] void Fail(const std::string& why) {
+  std::fprintf(stderr, "berth-bench-gateway: %s\n", why.c_str());
+  if (auto c = std::exchange(g_cleanup, nullptr)) c();
+  std::exit(1);
+}
+
+std::string Sh(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct HttpResult {
+  long status = 0;
+  std::string body;
+};
+
+size_t Collect(char* p, size_t s, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(p, s * n);
+  return s * n;
+}
+
+HttpResult Http(const std::string& method, const std::string& url, const std::string& body, const std::string& token,
+                const std::string& type = "application/json") {
+  HttpResult r;
+  CURL* c = curl_easy_init();
+  curl_slist* h = nullptr;
+  if (!token.empty()) h = curl_slist_append(h, ("Authorization: Bearer " + token).c_str());
+  h = curl_slist_append(h, ("Content-Type: " + type).c_str());
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method != "GET") {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  }
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, Collect);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 600L);
+  if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(c);
+  return r;
+}
+
+pid_t Spawn(std::vector<std::string> args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    FILE* f = std::fopen(log.c_str(), "a");
+    if (f) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+void StopProcess(pid_t& pid, int wait_s) {
+  if (pid <= 0) return;
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < wait_s * 10; ++i) {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      pid = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ::kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  pid = -1;
+}
+
+struct WrkResult {
+  double rps = 0, p50_ms = 0, p99_ms = 0;
+  long requests = 0, errors = 0;
+  long read_eof = 0;  // "read" socket errors: wrk's count of connections the server closed
+};
+
+double ToMs(const std::string& v) {
+  std::smatch m;
+  std::regex re(R"(([0-9.]+)(us|ms|s|m))");
+  if (!std::regex_search(v, m, re)) return 0;
+  double x = std::stod(m[1]);
+  if (m[2] == "us") return x / 1000;
+  if (m[2] == "s") return x * 1000;
+  if (m[2] == "m") return x * 60'000;
+  return x;
+}
+
+WrkResult RunWrk(const std::string& url, int connections, int threads, int duration_s, const std::string& label) {
+  std::string cmd = "wrk --latency -t" + std::to_string(threads) + " -c" + std::to_string(connections) + " -d" +
+                    std::to_string(duration_s) + "s --timeout " + std::to_string(duration_s + 60) + "s '" + url +
+                    "' 2>&1";
+  std::string out = Sh(cmd);
+  std::printf("--- %s (%d connections, %d s) ---\n%s", label.c_str(), connections, duration_s, out.c_str());
+  WrkResult r;
+  std::smatch m;
+  if (std::regex_search(out, m, std::regex(R"(Requests/sec:\s+([0-9.]+))"))) r.rps = std::stod(m[1]);
+  if (std::regex_search(out, m, std::regex(R"(\n\s+50%\s+(\S+))"))) r.p50_ms = ToMs(m[1]);
+  if (std::regex_search(out, m, std::regex(R"(\n\s+99%\s+(\S+))"))) r.p99_ms = ToMs(m[1]);
+  if (std::regex_search(out, m, std::regex(R"((\d+) requests in)"))) r.requests = std::stol(m[1]);
+  if (std::regex_search(out, m, std::regex(R"(Non-2xx or 3xx responses:\s+(\d+))"))) r.errors += std::stol(m[1]);
+  if (std::regex_search(out, m, std::regex(R"(Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+))"))) {
+    r.errors += std::stol(m[1]) + std::stol(m[3]) + std::stol(m[4]);
+    r.read_eof = std::stol(m[2]);
+  }
+  return r;
+}
+
+void Result(const std::string& name, double v, const char* unit, double b, double goal) {
+  std::printf("RESULT %s value=%.3f unit=%s baseline=%.3f ratio=%.6f goal=%g\n", name.c_str(), v, unit, b,
+              b > 0 ? v / b : 0.0, goal);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string runtime_dir = std::string(BERTH_BINARY_DIR) + "/runtime";
+  std::string berthd_bin = std::string(BERTH_BINARY_DIR) + "/daemon/berthd";
+  std::string work_root = "/var/lib/berth/bench";
+  std::vector<int> connections = {64, 256};
+  int duration_s = 60, baseline_duration_s = 10, max_concurrency = 4, threads = 2;
+  uint64_t memory_mib = 128;
+  CLI::App app{"berth-bench-gateway: the CGI gateway under wrk vs the same script under busybox httpd"};
+  app.add_option("--runtime-dir", runtime_dir, "vmlinuz, initramfs, rootfs-busybox/")->capture_default_str();
+  app.add_option("--berthd", berthd_bin, "berthd binary")->capture_default_str();
+  app.add_option("--work-root", work_root, "World-traversable folder for the pools")->capture_default_str();
+  app.add_option("--connections", connections, "wrk connection counts")->capture_default_str();
+  app.add_option("--duration-s", duration_s, "wrk duration against the gateway")->capture_default_str();
+  app.add_option("--baseline-duration-s", baseline_duration_s, "wrk duration against busybox httpd")->capture_default_str();
+  app.add_option("--max-concurrency", max_concurrency, "the function's gateway.max_concurrency (VMs at once)")
+      ->capture_default_str();
+  app.add_option("--memory-mib", memory_mib, "guest memory")->capture_default_str();
+  app.add_option("--wrk-threads", threads, "wrk threads")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+  curl_global_init(CURL_GLOBAL_ALL);
+  if (Sh("command -v wrk").empty()) Fail("wrk is not installed (apt-get install wrk)");
+  if (Sh("command -v busybox").empty()) Fail("busybox is not installed (apt-get install busybox-static)");
+
+  std::string id = berth::RandomHex(6);
+  std::string tmp = "/tmp/berth-bench-gw-" + id, work = work_root + "/gw-" + id;
+  std::string script = std::string(BERTH_SOURCE_DIR) + "/bench/gateway-cgi/app.sh";
+  std::system(("mkdir -p " + tmp + "/root/srv " + tmp + "/www/cgi-bin " + work + " && chmod 755 " + work_root + " " +
+               work).c_str());
+  // The image: busybox root filesystem + the script at /srv/app.sh.
+  if (std::system(("cp -a " + runtime_dir + "/rootfs-busybox/. " + tmp + "/root/ && cp " + script + " " + tmp +
+                   "/root/srv/app.sh && cp " + script + " " + tmp + "/www/cgi-bin/app.sh")
+                      .c_str()) != 0) {
+    Fail("copying the root filesystem from " + runtime_dir);
+  }
+  berth::images::RootfsBuildOptions rootfs;
+  rootfs.source_dir = tmp + "/root";
+  rootfs.output_path = tmp + "/cgi.qcow2";
+  if (auto s = berth::images::BuildRootfsImage(berth::Env::Default(), rootfs); !s.ok()) Fail(s.ToString());
+
+  std::string pool = "berth-bench-gw-" + id, log_pool = pool + "-logs";
+  pid_t berthd = -1, httpd = -1;
+  std::string base, token;
+  auto start_berthd = [&] {
+    std::remove((tmp + "/port").c_str());
+    berthd = Spawn({berthd_bin, "--data-dir", tmp + "/data", "--runtime-dir", runtime_dir, "--port", "0",
+                    "--port-file", tmp + "/port", "--pool", pool, "--pool-dir", work + "/pool", "--log-pool",
+                    log_pool, "--log-dir", work + "/logs", "--accel", "tcg", "--log-level", "warn"},
+                   tmp + "/berthd.log");
+    for (int i = 0; i < 1200; ++i) {
+      std::string port = ReadAll(tmp + "/port");
+      if (!port.empty() && port.back() == '\n') {
+        base = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
+        if (Http("GET", base + "/v1/health", "", "").status == 200) {
+          token = ReadAll(tmp + "/data/admin.token");
+          while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+          return;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    Fail("berthd did not come up; log: " + tmp + "/berthd.log");
+  };
+  auto cleanup = [&] {
+    StopProcess(httpd, 5);
+    StopProcess(berthd, 120);
+    for (const auto& p : {pool, log_pool}) {
+      Sh("virsh -q -c qemu:///system pool-destroy " + p + " >/dev/null 2>&1; virsh -q -c qemu:///system pool-undefine " +
+         p + " >/dev/null 2>&1");
+    }
+    std::system(("rm -rf " + work + " " + tmp).c_str());
+  };
+
+  g_cleanup = cleanup;
+  start_berthd();
+  auto up = Http("POST", base + "/v1/images?name=cgi", ReadAll(rootfs.output_path), token, "application/octet-stream");
+  if (up.status != 201) Fail("upload: " + up.body);
+  json fn = {{"name", "app"},
+             {"image", json::parse(up.body)["id"]},
+             {"entrypoint", {"/srv/app.sh"}},
+             {"memory_mib", memory_mib},
+             {"timeout_ms", 120000},
+             {"gateway", {{"auth", "public"}, {"max_concurrency", max_concurrency}, {"max_queue", 100000}}}};
+  auto created = Http("POST", base + "/v1/functions", fn.dump(), token);
+  if (created.status != 201) Fail("function: " + created.body);
+  // First call puts the image on the node (not measured).
+  auto first = Http("GET", base + "/gw/default/app/items?x=1", "", "");
+  if (first.status != 200) Fail("first gateway call: HTTP " + std::to_string(first.status) + " " + first.body);
+
+  int httpd_port = 20000 + static_cast<int>(std::stoul(id.substr(0, 4), nullptr, 16) % 20000);
+  std::string busybox = Sh("command -v busybox");
+  busybox.erase(busybox.find_last_not_of("\n") + 1);
+  httpd = Spawn({busybox, "httpd", "-f", "-p", "127.0.0.1:" + std::to_string(httpd_port), "-h", tmp + "/www"},
+                tmp + "/httpd.log");
+  std::string host_url = "http://127.0.0.1:" + std::to_string(httpd_port) + "/cgi-bin/app.sh/items?x=1";
+  for (int i = 0; i < 50 && Http("GET", host_url, "", "").status != 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto check = Http("GET", host_url, "", "");
+  // Same script, same answer (but SCRIPT_NAME, which names the server's path).
+  auto same = [](const std::string& body) { return body.substr(0, body.find("script=")); };
+  if (check.status != 200 || same(check.body) != same(first.body)) {
+    Fail("busybox httpd answers differently: " + check.body + " vs " + first.body);
+  }
+
+  std::vector<std::string> results;
+  long total_errors = 0;
+  for (size_t i = 0; i < connections.size(); ++i) {
+    int c = connections[i];
+    if (i > 0) {  // a fresh berthd: nothing queued from the run before
+      StopProcess(berthd, 300);
+      start_berthd();
+    }
+    WrkResult b = RunWrk(host_url, c, threads, baseline_duration_s, "baseline: busybox httpd CGI");
+    WrkResult a = RunWrk(base + "/gw/default/app/items?x=1", c, threads, duration_s, "berth gateway");
+    // busybox httpd ends every CGI response by closing the connection (no
+    // Content-Length), which wrk counts as a read error on a complete 200:
+    // not an error there. berthd sends Content-Length and keeps connections.
+    a.errors += a.read_eof;
+    total_errors += a.errors + b.errors;
+    std::printf("c=%d: gateway %.2f req/s p50 %.0f ms p99 %.0f ms (%ld requests, %ld errors) | httpd %.1f req/s "
+                "p50 %.2f ms p99 %.2f ms (%ld requests, %ld errors)\n",
+                c, a.rps, a.p50_ms, a.p99_ms, a.requests, a.errors, b.rps, b.p50_ms, b.p99_ms, b.requests, b.errors);
+    std::string sfx = "_c" + std::to_string(c);
+    Result("gateway_rps" + sfx, a.rps, "req/s", b.rps, 0.5);
+    Result("gateway_p50" + sfx, a.p50_ms, "ms", b.p50_ms, 10);
+    Result("gateway_p99" + sfx, a.p99_ms, "ms", b.p99_ms, 10);
+  }
+  g_cleanup = nullptr;
+  cleanup();
+  Result("gateway_errors", static_cast<double>(total_errors), "responses", 0, 0);
+  return total_errors == 0 ? 0 : 2;
+}

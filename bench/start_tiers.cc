@@ -1,0 +1,587 @@
+// berth-bench-start-tiers: the three ways berth starts a function's VM,
+// measured through the real HTTP API of a real berthd in one process.
+//
+//   cold:     a function with "snapshot": false: overlay, domain start, boot
+//             to the agent's hello (the baseline).
+//   template: a function whose snapshot template exists: the save image is
+//             copied, its header rewritten and restored as a new domain.
+//   warm:     a function with a warm pool ("min_warm": 1, "max_warm": 1): the
+//             invoke takes a VM that is already past hello.
+//
+// All three run /bin/true. Rounds are interleaved (cold, template, warm, ...)
+// and figures are medians: the client's HTTP round trip and the execution's
+// own timings (total_ms, boot_ms). After the rounds: N concurrent invokes of
+// the template function (wall time to the last answer, failures), and the
+// resident memory (VmRSS of the QEMU process, from /run/libvirt/qemu/<name>.pid)
+// of an idle pooled VM. Lines at the end, one per figure:
+//   RESULT <name> value=<v> unit=<u> baseline=<b> ratio=<v/b> goal=<g>
+// The baseline of the start figures is the cold start in the same run.
+// Everything created is removed on exit (as bench/cold_start.cc does).
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/env.h"
+#include "common/ids.h"
+#include "hypervisor/agent_client.h"
+#include "hypervisor/domain_spec.h"
+#include "hypervisor/domain_xml.h"
+#include "hypervisor/hypervisor.h"
+#include "images/rootfs_builder.h"
+
+namespace {
+
+using berth::Env;
+using berth::Status;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_stop{false};
+
+double MsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+[[noreturn]] void Fail(const std::string& what) { throw std::runtime_error(what); }
+
+void CheckStop() {
+  if (g_stop.load()) Fail("interrupted");
+}
+
+void Check(const Status& s, const std::string& what) {
+  if (!s.ok()) Fail(what + ": " + s.ToString());
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+// Runs a command and ignores how it ends (cleanup).
+void TryRun(const std::vector<std::string>& argv) { (void)Env::Default()->Run(argv, {}, 60'000); }
+
+// ---------------------------------------------------------------------------
+// HTTP (libcurl). A transfer in progress is aborted once g_stop is set.
+
+struct HttpResult {
+  long status = 0;
+  std::string body;
+  std::string error;  // transport error, if any
+};
+
+size_t Collect(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+int AbortOnStop(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return g_stop.load() ? 1 : 0; }
+
+// berthd's admin token (read from <data dir>/admin.token once berthd is up).
+std::string g_token;
+
+HttpResult Http(const std::string& method, const std::string& url, const std::string& body = {},
+                const std::string& content_type = "application/json") {
+  HttpResult result;
+  CURL* curl = curl_easy_init();
+  if (!curl) Fail("curl_easy_init failed");
+  curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
+  if (!g_token.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + g_token).c_str());
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  if (method == "POST" || method == "PUT") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  }
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &AbortOnStop);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  CURLcode rc = curl_easy_perform(curl);
+  if (rc == CURLE_OK) {
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
+  } else {
+    result.error = curl_easy_strerror(rc);
+  }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+
+struct Options {
+  int rounds = 5;
+  int concurrency = 8;
+  std::string runtime_dir = std::string(BERTH_BINARY_DIR) + "/runtime";
+  std::string berthd = std::string(BERTH_BINARY_DIR) + "/daemon/berthd";
+  std::string uri = "qemu:///system";
+  std::string work_root = "/var/lib/berth/bench";
+  uint64_t memory_mib = 192;
+};
+
+struct Sample {
+  std::string start;     // timings.start
+  double invoke_ms = 0;  // client wall-clock of the POST
+  double total_ms = 0, boot_ms = 0, prepare_ms = 0, run_ms = 0;
+  std::string domain;
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+template <typename S>
+double MedianOf(const std::vector<S>& samples, double S::*field) {
+  std::vector<double> v;
+  for (const auto& s : samples) v.push_back(s.*field);
+  return Median(v);
+}
+
+// Removes what run `id` left on the node: its domains (baseline names carry
+// the id; berthd's domains have their disks in the run's folder), its two
+// pools, its folder under work_root and its temp folder. Call it only once
+// that run's berthd is gone.
+void RemoveRun(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root, const std::string& id,
+               const std::string& tmp_dir) {
+  const std::string dir = work_root + "/" + id;
+  if (hv) {
+    auto doms = hv->ListDomains(berth::hv::kDomainNamePrefix);
+    if (doms.ok()) {
+      for (const auto& d : *doms) {
+        bool ours = d.rfind("berth-bench-" + id + "-", 0) == 0;
+        if (!ours) {
+          auto xml = hv->GetDomainXml(d);
+          ours = xml.ok() && xml->find(dir + "/") != std::string::npos;
+        }
+        if (ours) {
+          std::fprintf(stderr, "cleanup: destroying leftover domain %s\n", d.c_str());
+          (void)hv->DestroyDomain(d);
+        }
+      }
+    }
+  }
+  for (const auto& p : {"berth-bench-" + id, "berth-bench-" + id + "-logs"}) {
+    auto exists = Env::Default()->Run({"virsh", "-q", "-c", uri, "pool-info", p}, {}, 60'000);
+    if (!exists.ok() || exists->exit_code != 0) continue;
+    TryRun({"virsh", "-q", "-c", uri, "pool-destroy", p});
+    TryRun({"virsh", "-q", "-c", uri, "pool-undefine", p});
+  }
+  (void)Env::Default()->RemoveTree(dir);
+  if (tmp_dir.rfind("/tmp/berth-bench-", 0) == 0) (void)Env::Default()->RemoveTree(tmp_dir);
+}
+
+// A run killed outright (SIGKILL, crash) cannot clean up after itself. Each
+// run writes "<pid> <tmp dir>" to <work_root>/<id>/owner; runs whose process
+// is gone are removed here. (Their berthd got SIGTERM when they died.)
+void ReclaimStale(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(work_root, ec)) {
+    std::ifstream in(entry.path() / "owner");
+    pid_t pid = 0;
+    std::string tmp_dir;
+    if (!(in >> pid >> tmp_dir) || pid <= 0) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // still running
+    std::string id = entry.path().filename().string();
+    std::fprintf(stderr, "removing what an earlier run (pid %d, id %s) left behind\n", pid, id.c_str());
+    RemoveRun(hv, uri, work_root, id, tmp_dir);
+  }
+}
+
+// One benchmark run: owns berthd, the pools, the folders and the domains it
+// creates, and removes them all in its destructor.
+class StartTiersBench {
+ public:
+  explicit StartTiersBench(Options opts) : opts_(std::move(opts)), id_(berth::RandomHex(8)) {}
+  ~StartTiersBench() { Cleanup(); }
+
+  void Setup();
+  Sample Invoke(const std::string& function, bool wait_teardown = true);
+  HttpResult InvokeRaw(const std::string& function);
+  // Waits until the warm function's pool holds a VM again; its domain name.
+  std::string WaitForPooledVm();
+  // Idle RSS (MiB) of a pooled VM's QEMU process; -1 if unknown.
+  double PooledVmRssMib(const std::string& domain);
+  void Cleanup();
+
+  const std::string kCold = "tier-cold", kTemplate = "tier-template", kWarm = "tier-warm";
+
+ private:
+  void StartBerthd();
+  void StopBerthd();
+  std::string BerthdLogTail() const { return Tail(ReadAll(tmp_dir_ + "/berthd.log"), 4000); }
+
+  Options opts_;
+  std::string id_;
+  std::string tmp_dir_;
+  std::string work_dir_;
+  std::string pool_, log_pool_, pool_dir_, log_dir_;
+  pid_t berthd_pid_ = -1;
+  std::string base_url_;
+  std::string image_id_;
+  std::unique_ptr<berth::hv::Hypervisor> hv_;
+  bool cleaned_ = false;
+};
+
+void StartTiersBench::Setup() {
+  char tmpl[] = "/tmp/berth-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) Fail(std::string("mkdtemp: ") + std::strerror(errno));
+  tmp_dir_ = tmpl;
+  auto hv = berth::hv::ConnectLibvirt(opts_.uri);
+  Check(hv.status(), "connecting to " + opts_.uri);
+  hv_ = std::move(*hv);
+  ReclaimStale(hv_.get(), opts_.uri, opts_.work_root);
+  Check(Env::Default()->CreateDirs(opts_.work_root, 0755), "creating " + opts_.work_root);
+  work_dir_ = opts_.work_root + "/" + id_;
+  pool_dir_ = work_dir_ + "/pool";
+  log_dir_ = work_dir_ + "/logs";
+  Check(Env::Default()->CreateDirs(work_dir_, 0755), "creating " + work_dir_);
+  for (const auto& d : {opts_.work_root, work_dir_}) ::chmod(d.c_str(), 0755);
+  Check(Env::Default()->WriteFileAtomic(work_dir_ + "/owner", std::to_string(::getpid()) + " " + tmp_dir_ + "\n"),
+        "writing " + work_dir_ + "/owner");
+  pool_ = "berth-bench-" + id_;
+  log_pool_ = "berth-bench-" + id_ + "-logs";
+
+  std::printf("building the busybox root filesystem image from %s/rootfs-busybox\n", opts_.runtime_dir.c_str());
+  berth::images::RootfsBuildOptions rootfs;
+  rootfs.source_dir = opts_.runtime_dir + "/rootfs-busybox";
+  rootfs.output_path = tmp_dir_ + "/busybox.qcow2";
+  Check(berth::images::BuildRootfsImage(Env::Default(), rootfs), "building the busybox image");
+  StartBerthd();
+  auto up = Http("POST", base_url_ + "/v1/images?name=busybox", ReadAll(rootfs.output_path), "application/octet-stream");
+  if (up.status != 201) Fail("image upload: HTTP " + std::to_string(up.status) + " " + up.error + " " + up.body);
+  image_id_ = json::parse(up.body).at("id").get<std::string>();
+
+  auto create = [&](const std::string& name, json extra) {
+    json fn = {{"name", name},       {"image", image_id_}, {"entrypoint", {"/bin/true"}},
+               {"memory_mib", opts_.memory_mib}, {"vcpus", 1}, {"timeout_ms", 30000}};
+    for (auto it = extra.begin(); it != extra.end(); ++it) fn[it.key()] = it.value();
+    auto created = Http("POST", base_url_ + "/v1/functions", fn.dump());
+    if (created.status != 201) Fail("creating " + name + ": HTTP " + std::to_string(created.status) + " " + created.body);
+  };
+  create(kCold, {{"snapshot", false}});
+  // The first invocation also copies the image onto the node: not measured.
+  std::printf("first invocation (puts the image on the node; not measured)\n");
+  Invoke(kCold);
+  create(kTemplate, json::object());
+  create(kWarm, {{"min_warm", 1}, {"max_warm", 1}, {"idle_timeout_ms", 3'600'000}});
+  std::printf("waiting for the template (built ahead of demand) and the warm pool\n");
+  auto deadline = Clock::now() + std::chrono::minutes(5);
+  for (;;) {
+    Sample s = Invoke(kTemplate);
+    if (s.start == "template") break;
+    if (Clock::now() > deadline) Fail("no template start within 5 minutes:\n" + BerthdLogTail());
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+  WaitForPooledVm();
+}
+
+HttpResult StartTiersBench::InvokeRaw(const std::string& function) {
+  return Http("POST", base_url_ + "/v1/functions/" + function + "/invoke", "{}");
+}
+
+Sample StartTiersBench::Invoke(const std::string& function, bool wait_teardown) {
+  CheckStop();
+  auto t0 = Clock::now();
+  auto r = InvokeRaw(function);
+  auto t1 = Clock::now();
+  if (r.status != 200) {
+    Fail("invoke " + function + ": HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body +
+         "\n--- berthd log (tail) ---\n" + BerthdLogTail());
+  }
+  json j = json::parse(r.body);
+  if (j.value("status", "") != "succeeded") Fail("invoke did not succeed: " + r.body);
+  const json& t = j.at("timings");
+  Sample s;
+  s.start = t.value("start", "");
+  s.invoke_ms = MsBetween(t0, t1);
+  s.total_ms = t.at("total_ms").get<double>();
+  s.boot_ms = t.at("boot_ms").get<double>();
+  s.prepare_ms = t.at("prepare_ms").get<double>();
+  s.run_ms = t.at("run_ms").get<double>();
+  s.domain = j.value("domain", "");
+  // Let the teardown finish (untimed) so the next start has the machine alone.
+  for (int i = 0; wait_teardown && i < 200; ++i) {
+    auto state = Env::Default()->Run({"virsh", "-q", "-c", opts_.uri, "domstate", s.domain}, {}, 10'000);
+    if (!state.ok() || state->exit_code != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return s;
+}
+
+std::string StartTiersBench::WaitForPooledVm() {
+  const std::string prefix = "berth-pool-" + kWarm + "-";
+  auto deadline = Clock::now() + std::chrono::minutes(3);
+  while (Clock::now() < deadline) {
+    CheckStop();
+    auto metrics = Http("GET", base_url_ + "/metrics");
+    if (metrics.body.find("berth_pool_vms{tenant=\"default\",function=\"" + kWarm + "\"} 1") != std::string::npos) {
+      auto doms = hv_->ListDomains(prefix);
+      if (doms.ok() && !doms->empty()) return doms->front();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  Fail("the warm pool did not refill within 3 minutes:\n" + BerthdLogTail());
+}
+
+double StartTiersBench::PooledVmRssMib(const std::string& domain) {
+  std::string pid = ReadAll("/run/libvirt/qemu/" + domain + ".pid");
+  while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+  if (pid.empty()) return -1;
+  std::ifstream in("/proc/" + pid + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  }
+  return -1;
+}
+
+void StartTiersBench::StartBerthd() {
+  std::string port_file = tmp_dir_ + "/port";
+  std::string log_path = tmp_dir_ + "/berthd.log";
+  std::vector<std::string> args = {opts_.berthd,  "--data-dir",   tmp_dir_ + "/data",
+                                   "--runtime-dir", opts_.runtime_dir, "--port",       "0",
+                                   "--port-file", port_file,        "--node-uri",   opts_.uri,
+                                   "--pool",      pool_,            "--pool-dir",   pool_dir_,
+                                   "--log-pool",  log_pool_,        "--log-dir",    log_dir_,
+                                   "--accel",     "tcg"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (::access(opts_.berthd.c_str(), X_OK) != 0) Fail("berthd not found at " + opts_.berthd + " (use --berthd)");
+
+  pid_t pid = ::fork();
+  if (pid < 0) Fail(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and exec.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);  // a Ctrl-C on the terminal reaches us only; we stop berthd
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // and if we die without cleaning up, berthd stops too
+    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  berthd_pid_ = pid;
+
+  for (int i = 0; i < 1200; ++i) {
+    CheckStop();
+    int status;
+    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
+      berthd_pid_ = -1;
+      Fail("berthd exited during startup:\n" + BerthdLogTail());
+    }
+    std::string port = ReadAll(port_file);
+    if (!port.empty() && port.back() == '\n') {
+      base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
+      if (Http("GET", base_url_ + "/v1/health").status == 200) {
+        g_token = ReadAll(tmp_dir_ + "/data/admin.token");
+        while (!g_token.empty() && (g_token.back() == '\n' || g_token.back() == ' ')) g_token.pop_back();
+        std::printf("berthd %s (pid %d, pools %s, %s)\n", base_url_.c_str(), berthd_pid_, pool_.c_str(),
+                    log_pool_.c_str());
+        return;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Fail("berthd did not answer /v1/health within 120 s:\n" + BerthdLogTail());
+}
+
+void StartTiersBench::StopBerthd() {
+  if (berthd_pid_ <= 0) return;
+  ::kill(berthd_pid_, SIGTERM);
+  int status;
+  for (int i = 0; i < 300; ++i) {
+    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
+      berthd_pid_ = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "berthd did not stop within 30 s; killing it\n");
+  ::kill(berthd_pid_, SIGKILL);
+  waitpid(berthd_pid_, &status, 0);
+  berthd_pid_ = -1;
+}
+
+void StartTiersBench::Cleanup() {
+  if (cleaned_) return;
+  cleaned_ = true;
+  StopBerthd();
+  if (!work_dir_.empty()) RemoveRun(hv_.get(), opts_.uri, opts_.work_root, id_, tmp_dir_);
+  hv_.reset();
+  ::rmdir(opts_.work_root.c_str());  // only if empty: other runs may be using it
+  if (!tmp_dir_.empty()) (void)Env::Default()->RemoveTree(tmp_dir_);
+}
+
+std::string Fmt(double v, int decimals = 1) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+void PrintResult(const std::string& name, double value, const std::string& unit, double baseline, double goal) {
+  std::printf("RESULT %s value=%s unit=%s baseline=%s ratio=%s goal=%s\n", name.c_str(), Fmt(value).c_str(),
+              unit.c_str(), Fmt(baseline).c_str(), Fmt(baseline > 0 ? value / baseline : 0, 3).c_str(),
+              Fmt(goal, 2).c_str());
+}
+
+int Run(const Options& opts) {
+  StartTiersBench bench(opts);
+  try {
+    bench.Setup();
+    std::vector<Sample> cold, tpl, warm;
+    for (int r = 0; r < opts.rounds; ++r) {
+      cold.push_back(bench.Invoke(bench.kCold));
+      tpl.push_back(bench.Invoke(bench.kTemplate));
+      bench.WaitForPooledVm();
+      warm.push_back(bench.Invoke(bench.kWarm));
+      for (const auto* s : {&cold.back(), &tpl.back(), &warm.back()}) {
+        std::printf("round %d/%d  %-8s http %7.1f ms  total %7.1f  prepare %6.1f  boot %7.1f  run %6.1f\n", r + 1,
+                    opts.rounds, s->start.c_str(), s->invoke_ms, s->total_ms, s->prepare_ms, s->boot_ms, s->run_ms);
+      }
+      if (cold.back().start != "cold" || tpl.back().start != "template" || warm.back().start != "warm") {
+        std::printf("  note: a start was not of the tier it measures (%s, %s, %s)\n", cold.back().start.c_str(),
+                    tpl.back().start.c_str(), warm.back().start.c_str());
+      }
+    }
+    auto med = [](const std::vector<Sample>& v, double Sample::*f) { return MedianOf(v, f); };
+    std::printf("\nmedians over %d rounds (ms)   http    total   boot\n", opts.rounds);
+    for (const auto& [name, v] : {std::pair{"cold", &cold}, {"template", &tpl}, {"warm", &warm}}) {
+      std::printf("  %-10s %10.1f %8.1f %7.1f\n", name, med(*v, &Sample::invoke_ms), med(*v, &Sample::total_ms),
+                  med(*v, &Sample::boot_ms));
+    }
+
+    // N concurrent starts of the template function.
+    bench.WaitForPooledVm();
+    std::printf("\n%d concurrent invokes of the template function\n", opts.concurrency);
+    std::vector<std::thread> threads;
+    std::vector<HttpResult> results(opts.concurrency);
+    auto c0 = Clock::now();
+    for (int i = 0; i < opts.concurrency; ++i) {
+      threads.emplace_back([&, i] { results[i] = bench.InvokeRaw(bench.kTemplate); });
+    }
+    for (auto& t : threads) t.join();
+    double concurrent_ms = MsBetween(c0, Clock::now());
+    int failures = 0, from_template = 0;
+    for (const auto& r : results) {
+      json j = json::parse(r.body, nullptr, false);
+      bool ok = r.status == 200 && j.is_object() && j.value("status", "") == "succeeded";
+      if (!ok) {
+        ++failures;
+        std::printf("  failed: HTTP %ld %s %s\n", r.status, r.error.c_str(), Tail(r.body, 300).c_str());
+      } else if (j["timings"].value("start", "") == "template") {
+        ++from_template;
+      }
+    }
+    std::printf("  wall %.1f ms, %d failed, %d from the template\n", concurrent_ms, failures, from_template);
+
+    // Idle RSS of a pooled VM (local node only).
+    std::string pooled = bench.WaitForPooledVm();
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    double rss = bench.PooledVmRssMib(pooled);
+    std::printf("\nidle pooled VM %s: VmRSS %.1f MiB (guest memory %llu MiB)\n", pooled.c_str(), rss,
+                static_cast<unsigned long long>(opts.memory_mib));
+    CheckStop();
+    bench.Cleanup();
+
+    const double cold_http = med(cold, &Sample::invoke_ms), cold_total = med(cold, &Sample::total_ms),
+                 cold_boot = med(cold, &Sample::boot_ms);
+    std::printf("\n");
+    PrintResult("start_template_invoke", med(tpl, &Sample::invoke_ms), "ms", cold_http, 0.15);
+    PrintResult("start_template_total", med(tpl, &Sample::total_ms), "ms", cold_total, 0.15);
+    PrintResult("start_template_boot", med(tpl, &Sample::boot_ms), "ms", cold_boot, 0.15);
+    PrintResult("start_warm_invoke", med(warm, &Sample::invoke_ms), "ms", cold_http, 0.02);
+    PrintResult("start_warm_total", med(warm, &Sample::total_ms), "ms", cold_total, 0.02);
+    // Baseline: the same starts one after another at the median template time.
+    PrintResult("start_template_concurrent" + std::to_string(opts.concurrency), concurrent_ms, "ms",
+                opts.concurrency * med(tpl, &Sample::invoke_ms), 1.0);
+    PrintResult("start_template_concurrent" + std::to_string(opts.concurrency) + "_failures", failures, "count",
+                opts.concurrency, 0.0);
+    PrintResult("pool_vm_idle_rss", rss, "MiB", static_cast<double>(opts.memory_mib), 1.0);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "berth-bench-start-tiers: %s\n", e.what());
+    bench.Cleanup();
+    return g_stop.load() ? 130 : 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Stop signals are taken by one thread (below), before libvirt or curl start
+  // theirs, so an interrupt always ends in the cleanup path.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
+  std::thread([stop] {
+    int sig = 0;
+    sigwait(&stop, &sig);
+    std::fprintf(stderr, "berth-bench-start-tiers: signal %d, stopping after the current step and cleaning up\n", sig);
+    g_stop.store(true);
+  }).detach();
+
+  Options opts;
+  CLI::App app{"berth-bench-start-tiers: cold boot vs template restore vs warm pool through berth's HTTP API"};
+  app.add_option("--rounds", opts.rounds, "Measured rounds (each: one cold, one template, one warm invoke)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--runtime-dir", opts.runtime_dir, "Guest runtime folder (vmlinuz, initramfs, rootfs-busybox/)")
+      ->capture_default_str();
+  app.add_option("--berthd", opts.berthd, "berthd binary")->capture_default_str();
+  app.add_option("--uri", opts.uri, "libvirt URI")->capture_default_str();
+  app.add_option("--work-root", opts.work_root, "World-traversable folder for pools and overlays")
+      ->capture_default_str();
+  app.add_option("--memory-mib", opts.memory_mib, "Guest memory")->check(CLI::Range(64, 65536))->capture_default_str();
+  app.add_option("--concurrency", opts.concurrency, "Concurrent template starts")->check(CLI::Range(1, 64))->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  int rc = Run(opts);
+  curl_global_cleanup();
+  std::fflush(stdout);
+  return rc;
+}

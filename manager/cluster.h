@@ -1,0 +1,139 @@
+// Cluster: the registry of nodes (libvirt hosts), where each execution is
+// placed, and what is known about each node's health.
+//
+// Nodes are persisted in the store and reconnected when berthd starts; the
+// local node (berthd's own --node-uri) is registered by default, so a single
+// machine needs no set-up. Placement asks the scheduler (scheduler/) for a
+// node that is up, matches the label selector and has the capacity, and
+// records the claim in the store; the claim is released when the execution's
+// VM is gone. A monitor thread marks a node down when its libvirtd stops
+// answering (within --node-down-after-ms) and reconciles it when it returns.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/env.h"
+#include "manager/node.h"
+#include "manager/runtime.h"
+#include "manager/store.h"
+#include "scheduler/scheduler.h"
+
+namespace berth::manager {
+
+// What an operator says about a node.
+struct NodeSpec {
+  std::string name;
+  std::string uri;
+  std::string accel = "auto";  // kvm | tcg | auto
+  std::map<std::string, std::string> labels;
+  double cpu_overcommit = 4.0;
+  double memory_overcommit = 1.0;
+  uint64_t reserved_memory_mib = 512;
+};
+
+// Checks a node spec: name (like function names), a libvirt URI with a
+// supported transport (qemu:///system, qemu+tcp://, qemu+ssh://,
+// qemu+tls://, qemu+unix://), accel, labels, ratios. Fields as the API names them.
+Status ValidateNodeSpec(const NodeSpec& spec);
+
+struct NodeView {
+  NodeSpec spec;
+  std::string state;  // up | down | cordoned | draining
+  std::string accel;  // resolved: kvm | tcg ("" while never connected)
+  hv::NodeInfo info;
+  uint64_t vcpus_capacity = 0, vcpus_allocated = 0;
+  uint64_t memory_capacity_mib = 0, memory_allocated_mib = 0;
+  int64_t claims = 0;
+  std::string last_error;
+};
+
+struct ClusterOptions {
+  std::string state_dir = "/var/lib/berth/nodes";  // pool folders of added nodes: <state_dir>/<name>/{pool,logs}
+  int64_t monitor_interval_ms = 2000;
+  int64_t down_after_ms = 6000;  // no answer for this long: down
+  sched::Policy policy;
+};
+
+class Cluster {
+ public:
+  Cluster(Env* env, Store* store, RuntimeArtifacts runtime, ClusterOptions options);
+  ~Cluster();
+
+  // Registers and prepares berthd's own node (config from flags); kept in the store.
+  Result<Node*> AddLocal(const NodeConfig& config);
+  // Reconnects the nodes the store knows (other than the local one). Nodes
+  // that cannot be reached start "down" and are retried by the monitor.
+  Status LoadRegistered();
+  // Connects, prepares (pools, runtime, accel) and registers a node.
+  // AlreadyExists for a duplicate name or URI; FailedPrecondition (field
+  // "uri") when libvirt there cannot be reached.
+  Result<NodeView> Add(const NodeSpec& spec);
+  // FailedPrecondition while executions hold claims on it (409 at the API).
+  Status Remove(const std::string& name);
+  // "cordon" (no new work), "uncordon", "drain" (no new work; becomes
+  // cordoned once its claims are gone).
+  Result<NodeView> SetAdminState(const std::string& name, const std::string& action);
+
+  // Places an execution: claims vcpus/memory on a node that is up, matches
+  // every selector label and has room. ResourceExhausted says why none fits.
+  Result<Node*> Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                      const std::map<std::string, std::string>& selector);
+  // Releases a claim (idempotent).
+  void Release(const std::string& claim_id);
+  // Drops claims of executions that are not live (after a restart).
+  void ReleaseAllClaims();
+
+  Node* Get(const std::string& name);
+  Node* local() { return local_; }
+  std::vector<Node*> All();
+  Result<NodeView> View(const std::string& name);
+  std::vector<NodeView> Views();
+  bool IsDown(const std::string& name);
+
+  // Called (from the monitor thread) when a node goes down or comes back.
+  void SetNodeListener(std::function<void(const std::string& node, bool up)> listener);
+  void StartMonitor();
+  void StopMonitor();
+
+ private:
+  struct Entry {
+    NodeSpec spec;
+    std::unique_ptr<Node> node;  // null while never connected
+    std::string admin_state = "up";  // up | cordoned | draining
+    bool down = false;
+    int64_t last_ok_ms = 0;
+    std::string last_error;
+  };
+  Result<std::unique_ptr<Node>> Connect(const NodeSpec& spec, const NodeConfig& base);
+  NodeConfig ConfigFor(const NodeSpec& spec) const;
+  void PushToScheduler(const Entry& e);
+  Status Persist(const Entry& e);
+  NodeView ViewOf(const Entry& e);
+  void MonitorLoop();
+
+  Env* env_;
+  Store* store_;
+  RuntimeArtifacts runtime_;
+  ClusterOptions options_;
+  std::mutex mu_;
+  std::map<std::string, Entry> nodes_;
+  Node* local_ = nullptr;
+  std::string local_name_;
+  NodeConfig local_config_;
+  sched::Scheduler scheduler_;
+  std::function<void(const std::string&, bool)> listener_;
+  std::thread monitor_;
+  std::mutex monitor_mu_;
+  std::condition_variable monitor_cv_;
+  bool stop_ = false;
+};
+
+}  // namespace berth::manager
