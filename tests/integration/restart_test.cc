@@ -45,7 +45,7 @@ TEST(RestartTest, CrashDuringExecutionIsReconciledOnRestart) {
   EXPECT_FALSE(DomainRunning(domain));
   for (const auto& vol : PoolVolumes(daemon.pool())) EXPECT_NE(vol, "ovl-" + id + ".qcow2");
   auto rec = daemon.Get("/v1/executions/" + id).json();
-  EXPECT_EQ(rec["status"], "error");
+  EXPECT_EQ(rec["status"], "lost") << "a crash loses what ran (it is not adopted)";
   EXPECT_EQ(rec["error_code"], "manager_restarted");
 
   // And the restarted daemon still works, with the earlier records intact.
