@@ -14,6 +14,24 @@ Status ValidateAccel(const std::string& accel) {
   return Status::InvalidArgument("accel", "must be one of kvm, tcg, auto (got '" + accel + "')");
 }
 
+void RemoveStaleDomains(Node& node, const std::string& prefix, const std::set<std::string>& pool_volumes,
+                        const std::function<std::vector<std::pair<std::string, std::string>>(const std::string&)>&
+                            volumes_of) {
+  auto& hv = node.hypervisor();
+  auto domains = hv.ListDomains(prefix);
+  if (!domains.ok()) {
+    spdlog::warn("reconcile: listing {}* domains: {}", prefix, domains.status().ToString());
+    return;
+  }
+  for (const auto& domain : *domains) {
+    auto volumes = volumes_of(domain);
+    if (volumes.empty() || !pool_volumes.count(volumes.front().second)) continue;  // another berthd's
+    spdlog::warn("reconcile: removing {} left by an earlier berthd", domain);
+    if (Status s = hv.DestroyDomain(domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
+    for (const auto& [pool, volume] : volumes) (void)hv.DeleteVolume(pool, volume);
+  }
+}
+
 Node::Node(Env* env, NodeConfig config, std::unique_ptr<hv::Hypervisor> hypervisor)
     : env_(env), config_(std::move(config)), hv_(std::move(hypervisor)) {}
 
@@ -47,6 +65,7 @@ Status Node::Prepare(const RuntimeArtifacts& runtime) {
                accel_ == hv::Accel::kKvm ? "kvm" : "tcg");
   templates_ = std::make_unique<TemplateCache>(env_, *this, runtime);
   RemoveStalePoolVms(*this);
+  RemoveStaleTemplateBuilds(*this);
   return Status::Ok();
 }
 

@@ -3,7 +3,11 @@
 // its free capacity.
 #pragma once
 
+#include <functional>
 #include <map>
+#include <set>
+#include <utility>
+#include <vector>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +34,17 @@ struct NodeConfig {
 
 // Parses "kvm" / "tcg" / "auto".
 Status ValidateAccel(const std::string& accel);
+
+class Node;
+
+// Destroys the domains named `prefix`... that an earlier berthd left running
+// on `node` outside any execution (pooled VMs, template builds), and their
+// volumes. `volumes_of(domain)` names a domain's (pool, volume) pairs, its
+// overlay in the node's pool first; only domains whose overlay is among
+// `pool_volumes` (this node's pool) are touched, so another berthd's are not.
+void RemoveStaleDomains(Node& node, const std::string& prefix, const std::set<std::string>& pool_volumes,
+                        const std::function<std::vector<std::pair<std::string, std::string>>(const std::string&)>&
+                            volumes_of);
 
 class Node {
  public:

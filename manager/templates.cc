@@ -138,6 +138,24 @@ std::string BuildOverlayVolumeName(const std::string& key) { return "tpl-" + key
 std::string BuildConsoleVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".console.log"; }
 }  // namespace
 
+void RemoveStaleTemplateBuilds(Node& node) {
+  // A build domain is berth-tpl-<key16>; only this berthd builds into its
+  // pool, so one whose build overlay is there was cut short by a crash.
+  const std::string prefix = TemplateDomainName("");
+  auto volumes = node.hypervisor().ListVolumes(node.config().pool);
+  if (!volumes.ok()) {
+    spdlog::warn("template reconcile: listing volumes of {}: {}", node.config().pool, volumes.status().ToString());
+    return;
+  }
+  std::set<std::string> names;
+  for (const auto& v : *volumes) names.insert(v.name);
+  RemoveStaleDomains(node, prefix, names, [&](const std::string& domain) {
+    const std::string key16 = domain.substr(prefix.size());
+    return std::vector<std::pair<std::string, std::string>>{{node.config().pool, BuildOverlayVolumeName(key16)},
+                                                            {node.config().pool, BuildConsoleVolumeName(key16)}};
+  });
+}
+
 TemplateCache::TemplateCache(Env* env, Node& node, RuntimeArtifacts runtime, TemplateOptions options)
     : env_(env), node_(node), runtime_(std::move(runtime)), options_(std::move(options)) {}
 

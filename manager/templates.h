@@ -69,6 +69,10 @@ std::string TemplateRecordVolumeName(const std::string& key);  // tpl-<key>.json
 std::string TemplateDomainName(const std::string& key);        // berth-tpl-<key16>
 std::string CloneSaveVolumeName(const std::string& domain);    // tplclone-<domain>.save
 
+// Destroys template-build domains (and their build volumes) that a crashed
+// berthd left on this node's pool; runs when the node is prepared.
+void RemoveStaleTemplateBuilds(Node& node);
+
 // A built template, as recorded in tpl-<key>.json.
 struct TemplateInfo {
   std::string key;

@@ -39,16 +39,14 @@ void RemoveStalePoolVms(Node& node) {
   for (const auto& v : *volumes) {
     if (v.name.rfind("povl-", 0) == 0 && v.name.ends_with(".qcow2")) overlays.insert(v.name);
   }
-  if (auto domains = hv.ListDomains(kPoolDomainPrefix); domains.ok()) {
-    for (const auto& domain : *domains) {
-      size_t dash = domain.rfind('-');
-      if (dash == std::string::npos) continue;
-      if (!overlays.count(PoolOverlayVolumeName(domain.substr(dash + 1)))) continue;  // another berthd's
-      spdlog::warn("pool reconcile: removing pooled VM {} left by an earlier berthd", domain);
-      if (Status s = hv.DestroyDomain(domain); !s.ok()) spdlog::warn("pool reconcile: {}", s.ToString());
-      (void)hv.DeleteVolume(node.config().log_pool, ConsoleLogVolumeName(domain));
-    }
-  }
+  RemoveStaleDomains(node, kPoolDomainPrefix, overlays, [&](const std::string& domain) {
+    std::vector<std::pair<std::string, std::string>> vols;
+    size_t dash = domain.rfind('-');
+    if (dash == std::string::npos) return vols;
+    vols.push_back({pool, PoolOverlayVolumeName(domain.substr(dash + 1))});
+    vols.push_back({node.config().log_pool, ConsoleLogVolumeName(domain)});
+    return vols;
+  });
   for (const auto& name : overlays) (void)hv.DeleteVolume(pool, name);
 }
 

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -155,6 +156,15 @@ void BerthdProcess::Stop() {
 
 BerthdProcess::~BerthdProcess() {
   Stop();
+  // A domain still using this berthd's pools after it stopped is a leak:
+  // say so (tests that check cleanliness fail on it) and end it, so one
+  // test's leak does not outlive its pools and burden the rest.
+  std::string stray = Shell("for d in $(virsh -q -c qemu:///system list --name); do virsh -q -c qemu:///system dumpxml "
+                            "\"$d\" 2>/dev/null | grep -q '" + pool_dir_ + "/' && echo \"$d\"; done");
+  if (!stray.empty()) {
+    std::cerr << "harness: domains left running on " << pool_ << " after berthd stopped:\n" << stray;
+    Shell("for d in " + stray + "; do virsh -q -c qemu:///system destroy \"$d\" >/dev/null 2>&1; done");
+  }
   for (const auto& p : {pool_, log_pool_}) {
     Shell("virsh -q -c qemu:///system pool-destroy " + p + " >/dev/null 2>&1; virsh -q -c qemu:///system pool-undefine " +
           p + " >/dev/null 2>&1");
