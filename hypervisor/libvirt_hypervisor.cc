@@ -411,14 +411,7 @@ class LibvirtHypervisor final : public Hypervisor {
     virDomainPtr* doms = nullptr;
     int n = virConnectListAllDomains(conn.get(), &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
     if (n < 0) return LastLibvirtError("listing domains");
-    std::vector<std::string> out;
-    for (int i = 0; i < n; ++i) {
-      DomainHandle dom(doms[i]);
-      const char* name = virDomainGetName(dom.get());
-      if (name && std::string_view(name).substr(0, prefix.size()) == prefix) out.emplace_back(name);
-    }
-    std::free(doms);
-    return out;
+    return TakeNamesWithPrefix(doms, n, prefix, virDomainGetName, virDomainFree);
   }
 
   Result<std::string> GetDomainXml(const std::string& name) override {
@@ -666,15 +659,7 @@ class LibvirtHypervisor final : public Hypervisor {
     virNetworkPtr* nets = nullptr;
     const int n = virConnectListAllNetworks(conn.get(), &nets, 0);
     if (n < 0) return LastLibvirtError("listing networks");
-    std::vector<std::string> out;
-    for (int i = 0; i < n; ++i) {
-      NetworkHandle net(nets[i], virNetworkFree);
-      const char* name = virNetworkGetName(net.get());
-      if (name && std::string_view(name).substr(0, prefix.size()) == prefix) out.emplace_back(name);
-    }
-    std::free(nets);
-    std::sort(out.begin(), out.end());
-    return out;
+    return TakeNamesWithPrefix(nets, n, prefix, virNetworkGetName, virNetworkFree);
   }
 
   Result<NetworkSpec> GetNetwork(const std::string& name) override {
@@ -737,15 +722,7 @@ class LibvirtHypervisor final : public Hypervisor {
     virNWFilterPtr* filters = nullptr;
     const int n = virConnectListAllNWFilters(conn.get(), &filters, 0);
     if (n < 0) return LastLibvirtError("listing nwfilters");
-    std::vector<std::string> out;
-    for (int i = 0; i < n; ++i) {
-      NwFilterHandle filter(filters[i], virNWFilterFree);
-      const char* name = virNWFilterGetName(filter.get());
-      if (name && std::string_view(name).substr(0, prefix.size()) == prefix) out.emplace_back(name);
-    }
-    std::free(filters);
-    std::sort(out.begin(), out.end());
-    return out;
+    return TakeNamesWithPrefix(filters, n, prefix, virNWFilterGetName, virNWFilterFree);
   }
 
   Result<std::vector<InterfaceAddress>> GetDomainInterfaceAddresses(const std::string& domain) override {

@@ -5,8 +5,12 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -35,5 +39,22 @@ Status LastLibvirtError(const std::string& context);
 
 // libvirt returns malloc'd strings; this takes ownership.
 std::string TakeString(char* s);
+
+// Takes ownership of the `n` objects (and the array) a virConnectListAll*
+// call returned: frees them all and returns the sorted names that start
+// with `prefix`.
+template <typename Obj, typename GetName, typename Free>
+std::vector<std::string> TakeNamesWithPrefix(Obj** objs, int n, const std::string& prefix, GetName get_name,
+                                             Free free_obj) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    const char* name = get_name(objs[i]);
+    if (name && std::string_view(name).substr(0, prefix.size()) == prefix) out.emplace_back(name);
+    free_obj(objs[i]);
+  }
+  std::free(objs);
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 }  // namespace berth::hv
