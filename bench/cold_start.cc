@@ -48,6 +48,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/support/bench_support.h"
 #include "common/env.h"
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
@@ -61,99 +62,7 @@ namespace {
 using berth::Env;
 using berth::Status;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
-
-std::atomic<bool> g_stop{false};
-
-double MsBetween(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-[[noreturn]] void Fail(const std::string& what) { throw std::runtime_error(what); }
-
-void CheckStop() {
-  if (g_stop.load()) Fail("interrupted");
-}
-
-void Check(const Status& s, const std::string& what) {
-  if (!s.ok()) Fail(what + ": " + s.ToString());
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
-
-// Runs a command; fails unless it exits 0.
-berth::CommandResult MustRun(const std::vector<std::string>& argv, int64_t timeout_ms = 120'000) {
-  auto r = Env::Default()->Run(argv, {}, timeout_ms);
-  if (!r.ok()) Fail(argv[0] + ": " + r.status().ToString());
-  if (r->exit_code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-    Fail(cmd + " exited " + std::to_string(r->exit_code) + ": " + berth::FirstLine(r->err));
-  }
-  return *r;
-}
-
-// Runs a command and ignores how it ends (cleanup).
-void TryRun(const std::vector<std::string>& argv) { (void)Env::Default()->Run(argv, {}, 60'000); }
-
-// ---------------------------------------------------------------------------
-// HTTP (libcurl). A transfer in progress is aborted once g_stop is set.
-
-struct HttpResult {
-  long status = 0;
-  std::string body;
-  std::string error;  // transport error, if any
-};
-
-size_t Collect(char* data, size_t size, size_t n, void* out) {
-  static_cast<std::string*>(out)->append(data, size * n);
-  return size * n;
-}
-
-int AbortOnStop(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return g_stop.load() ? 1 : 0; }
-
-// berthd's admin token (read from <data dir>/admin.token once berthd is up).
-std::string g_token;
-
-HttpResult Http(const std::string& method, const std::string& url, const std::string& body = {},
-                const std::string& content_type = "application/json") {
-  HttpResult result;
-  CURL* curl = curl_easy_init();
-  if (!curl) Fail("curl_easy_init failed");
-  curl_slist* headers = curl_slist_append(nullptr, ("Content-Type: " + content_type).c_str());
-  if (!g_token.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + g_token).c_str());
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  if (method == "POST" || method == "PUT") {
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-  }
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
-  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &AbortOnStop);
-  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  CURLcode rc = curl_easy_perform(curl);
-  if (rc == CURLE_OK) {
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
-  } else {
-    result.error = curl_easy_strerror(rc);
-  }
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  return result;
-}
-
-// ---------------------------------------------------------------------------
+using namespace berth::bench;  // Fail, Check, Http, Median, RemoveRun, PrintResult, ...
 
 struct Options {
   int rounds = 5;
@@ -207,70 +116,6 @@ double ProcessCpuMs(pid_t pid) {
   return -1;
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-template <typename S>
-double MedianOf(const std::vector<S>& samples, double S::*field) {
-  std::vector<double> v;
-  for (const auto& s : samples) v.push_back(s.*field);
-  return Median(v);
-}
-
-// Removes what run `id` left on the node: its domains (baseline names carry
-// the id; berthd's domains have their disks in the run's folder), its two
-// pools, its folder under work_root and its temp folder. Call it only once
-// that run's berthd is gone.
-void RemoveRun(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root, const std::string& id,
-               const std::string& tmp_dir) {
-  const std::string dir = work_root + "/" + id;
-  if (hv) {
-    auto doms = hv->ListDomains(berth::hv::kDomainNamePrefix);
-    if (doms.ok()) {
-      for (const auto& d : *doms) {
-        bool ours = d.rfind("berth-bench-" + id + "-", 0) == 0;
-        if (!ours) {
-          auto xml = hv->GetDomainXml(d);
-          ours = xml.ok() && xml->find(dir + "/") != std::string::npos;
-        }
-        if (ours) {
-          std::fprintf(stderr, "cleanup: destroying leftover domain %s\n", d.c_str());
-          (void)hv->DestroyDomain(d);
-        }
-      }
-    }
-  }
-  for (const auto& p : {"berth-bench-" + id, "berth-bench-" + id + "-logs"}) {
-    auto exists = Env::Default()->Run({"virsh", "-q", "-c", uri, "pool-info", p}, {}, 60'000);
-    if (!exists.ok() || exists->exit_code != 0) continue;
-    TryRun({"virsh", "-q", "-c", uri, "pool-destroy", p});
-    TryRun({"virsh", "-q", "-c", uri, "pool-undefine", p});
-  }
-  (void)Env::Default()->RemoveTree(dir);
-  if (tmp_dir.rfind("/tmp/berth-bench-", 0) == 0) (void)Env::Default()->RemoveTree(tmp_dir);
-}
-
-// A run killed outright (SIGKILL, crash) cannot clean up after itself. Each
-// run writes "<pid> <tmp dir>" to <work_root>/<id>/owner; runs whose process
-// is gone are removed here. (Their berthd got SIGTERM when they died.)
-void ReclaimStale(berth::hv::Hypervisor* hv, const std::string& uri, const std::string& work_root) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(work_root, ec)) {
-    std::ifstream in(entry.path() / "owner");
-    pid_t pid = 0;
-    std::string tmp_dir;
-    if (!(in >> pid >> tmp_dir) || pid <= 0) continue;
-    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // still running
-    std::string id = entry.path().filename().string();
-    std::fprintf(stderr, "removing what an earlier run (pid %d, id %s) left behind\n", pid, id.c_str());
-    RemoveRun(hv, uri, work_root, id, tmp_dir);
-  }
-}
-
 // One benchmark run: owns berthd, the pools, the folders and the domains it
 // creates, and removes them all in its destructor.
 class ColdStartBench {
@@ -287,7 +132,7 @@ class ColdStartBench {
   void StartBerthd();
   void StopBerthd();
   void FindVolumes();
-  std::string BerthdLogTail() const { return Tail(ReadAll(tmp_dir_ + "/berthd.log"), 4000); }
+  std::string BerthdLogTail() const { return berth::bench::BerthdLogTail(tmp_dir_); }
 
   Options opts_;
   std::string id_;
@@ -339,8 +184,9 @@ void ColdStartBench::Setup() {
   if (up.status != 201) Fail("image upload: HTTP " + std::to_string(up.status) + " " + up.error + " " + up.body);
   image_id_ = json::parse(up.body).at("id").get<std::string>();
 
+  // "snapshot": false: this bench measures a cold boot; template restores are bench/start_tiers.
   json fn = {{"name", function_},          {"image", image_id_},  {"entrypoint", {"/bin/true"}},
-             {"memory_mib", opts_.memory_mib}, {"vcpus", 1},       {"timeout_ms", 30000}};
+             {"memory_mib", opts_.memory_mib}, {"vcpus", 1},       {"timeout_ms", 30000}, {"snapshot", false}};
   auto created = Http("POST", base_url_ + "/v1/functions", fn.dump());
   if (created.status != 201) Fail("creating the function: HTTP " + std::to_string(created.status) + " " + created.body);
 
@@ -352,77 +198,11 @@ void ColdStartBench::Setup() {
 }
 
 void ColdStartBench::StartBerthd() {
-  std::string port_file = tmp_dir_ + "/port";
-  std::string log_path = tmp_dir_ + "/berthd.log";
-  std::vector<std::string> args = {opts_.berthd,  "--data-dir",   tmp_dir_ + "/data",
-                                   "--runtime-dir", opts_.runtime_dir, "--port",       "0",
-                                   "--port-file", port_file,        "--node-uri",   opts_.uri,
-                                   "--pool",      pool_,            "--pool-dir",   pool_dir_,
-                                   "--log-pool",  log_pool_,        "--log-dir",    log_dir_,
-                                   "--accel",     "tcg"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  if (::access(opts_.berthd.c_str(), X_OK) != 0) Fail("berthd not found at " + opts_.berthd + " (use --berthd)");
-
-  pid_t pid = ::fork();
-  if (pid < 0) Fail(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    setpgid(0, 0);  // a Ctrl-C on the terminal reaches us only; we stop berthd
-    prctl(PR_SET_PDEATHSIG, SIGTERM);  // and if we die without cleaning up, berthd stops too
-    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  berthd_pid_ = pid;
-
-  for (int i = 0; i < 1200; ++i) {
-    CheckStop();
-    int status;
-    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
-      berthd_pid_ = -1;
-      Fail("berthd exited during startup:\n" + BerthdLogTail());
-    }
-    std::string port = ReadAll(port_file);
-    if (!port.empty() && port.back() == '\n') {
-      base_url_ = "http://127.0.0.1:" + port.substr(0, port.size() - 1);
-      if (Http("GET", base_url_ + "/v1/health").status == 200) {
-        g_token = ReadAll(tmp_dir_ + "/data/admin.token");
-        while (!g_token.empty() && (g_token.back() == '\n' || g_token.back() == ' ')) g_token.pop_back();
-        std::printf("berthd %s (pid %d, pools %s, %s)\n", base_url_.c_str(), berthd_pid_, pool_.c_str(),
-                    log_pool_.c_str());
-        return;
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  Fail("berthd did not answer /v1/health within 120 s:\n" + BerthdLogTail());
+  berth::bench::StartBerthd({opts_.berthd, tmp_dir_, opts_.runtime_dir, opts_.uri, pool_, pool_dir_, log_pool_, log_dir_},
+                            &berthd_pid_, &base_url_);
 }
 
-void ColdStartBench::StopBerthd() {
-  if (berthd_pid_ <= 0) return;
-  ::kill(berthd_pid_, SIGTERM);
-  int status;
-  for (int i = 0; i < 300; ++i) {
-    if (waitpid(berthd_pid_, &status, WNOHANG) == berthd_pid_) {
-      berthd_pid_ = -1;
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  std::fprintf(stderr, "berthd did not stop within 30 s; killing it\n");
-  ::kill(berthd_pid_, SIGKILL);
-  waitpid(berthd_pid_, &status, 0);
-  berthd_pid_ = -1;
-}
+void ColdStartBench::StopBerthd() { berth::bench::StopBerthd(&berthd_pid_); }
 
 // The runtime and the image as berthd put them into its pool: the files the
 // baseline's domain uses, exactly as berth's own domains do.
@@ -566,16 +346,6 @@ void ColdStartBench::Cleanup() {
   if (!tmp_dir_.empty()) (void)Env::Default()->RemoveTree(tmp_dir_);
 }
 
-std::string Fmt(double v, int decimals = 1) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
-
-void PrintResult(const std::string& name, double value, double baseline, double goal) {
-  std::printf("RESULT %s value=%s unit=ms baseline=%s ratio=%s goal=%s\n", name.c_str(), Fmt(value).c_str(),
-              Fmt(baseline).c_str(), Fmt(baseline > 0 ? value / baseline : 0, 3).c_str(), Fmt(goal, 2).c_str());
-}
 
 int Run(const Options& opts) {
   ColdStartBench bench(opts);
@@ -650,8 +420,8 @@ int Run(const Options& opts) {
                        [](const BaselineSample& y) { return y.answer_ms; }),
                 paired([](const BerthSample& x) { return x.boot_ms; },
                        [](const BaselineSample& y) { return y.boot_ms; }));
-    PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), mb(&BaselineSample::answer_ms), opts.goal);
-    PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), mb(&BaselineSample::boot_ms), opts.goal);
+    PrintResult("cold_start_invoke", ma(&BerthSample::invoke_ms), "ms", mb(&BaselineSample::answer_ms), opts.goal);
+    PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), "ms", mb(&BaselineSample::boot_ms), opts.goal);
     return 0;
   } catch (const std::exception& e) {
     std::fflush(stdout);
