@@ -99,18 +99,4 @@ json RootProcJson(int64_t pid) {
           {"kind", "root"},      {"status", "running"}};
 }
 
-json NodeJson(const manager::NodeReport& n) {
-  return {{"name", n.name},
-          {"uri", n.uri},
-          {"state", n.state},
-          {"accel", n.accel},
-          {"hostname", n.hostname},
-          {"cpu_model", n.cpu_model},
-          {"cpus", n.cpus},
-          {"memory_mib", n.memory_mib},
-          {"capacity", {{"vcpus", n.usage.vcpus_capacity}, {"memory_mib", n.usage.memory_capacity_mib}}},
-          {"allocated", {{"vcpus", n.usage.vcpus_used}, {"memory_mib", n.usage.memory_used_mib}}},
-          {"executions", n.executions}};
-}
-
 }  // namespace berth::api

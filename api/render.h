@@ -25,7 +25,6 @@ nlohmann::json ExecutionJson(const manager::ExecutionRecord& e);
 nlohmann::json ProcJson(const manager::ExecutionRecord& e);
 // The two roots of the process tree, which have no record.
 nlohmann::json RootProcJson(int64_t pid);
-nlohmann::json NodeJson(const manager::NodeReport& n);
 
 // Renders a list result as {"<key>": [render(item), ...]}.
 template <typename Render>

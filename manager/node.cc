@@ -161,14 +161,4 @@ void Node::Release(uint32_t vcpus, uint64_t memory_mib) {
   used_vcpus_ -= std::min(used_vcpus_, vcpus);
 }
 
-Node::Usage Node::usage() {
-  std::lock_guard lock(capacity_mu_);
-  Usage u;
-  u.vcpus_used = used_vcpus_;
-  u.vcpus_capacity = info_.cpus * 4;
-  u.memory_used_mib = used_memory_mib_;
-  u.memory_capacity_mib = info_.memory_mib > config_.reserved_memory_mib ? info_.memory_mib - config_.reserved_memory_mib : 0;
-  return u;
-}
-
 }  // namespace berth::manager

@@ -72,11 +72,6 @@ class Node {
   // the memory or vCPUs (vCPUs may be overcommitted 4x).
   Status Reserve(uint32_t vcpus, uint64_t memory_mib);
   void Release(uint32_t vcpus, uint64_t memory_mib);
-  struct Usage {
-    uint32_t vcpus_used = 0, vcpus_capacity = 0;        // capacity: cpus x 4 (overcommit)
-    uint64_t memory_used_mib = 0, memory_capacity_mib = 0;  // capacity: total - reserved
-  };
-  Usage usage();
 
   static std::string ImageVolumeName(const std::string& sha256, const std::string& format);
 

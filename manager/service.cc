@@ -712,24 +712,4 @@ HealthReport Service::Health() {
   return h;
 }
 
-std::vector<NodeReport> Service::Nodes() {
-  NodeReport r;
-  r.name = node_->name();
-  r.uri = node_->config().uri;
-  r.accel = node_->accel() == hv::Accel::kKvm ? "kvm" : "tcg";
-  auto info = node_->hypervisor().GetNodeInfo();
-  r.state = info.ok() ? "up" : "down";
-  const hv::NodeInfo& ni = info.ok() ? *info : node_->info();
-  r.cpu_model = ni.cpu_model;
-  r.hostname = ni.hostname;
-  r.cpus = ni.cpus;
-  r.memory_mib = ni.memory_mib;
-  r.usage = node_->usage();
-  auto live = store_->ListUnfinishedExecutions();
-  if (live.ok()) {
-    for (const auto& ex : *live) r.executions += ex.node == r.name ? 1 : 0;
-  }
-  return {r};
-}
-
 }  // namespace berth::manager

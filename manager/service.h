@@ -69,14 +69,6 @@ struct ServiceConfig {
 Status ValidateFunctionSpec(const FunctionSpec& spec);
 Status ValidateFunctionName(const std::string& name);
 
-struct NodeReport {
-  std::string name, uri, accel, state, cpu_model, hostname;
-  Node::Usage usage;
-  uint32_t cpus = 0;
-  uint64_t memory_mib = 0;
-  int64_t executions = 0;  // live on it
-};
-
 struct HealthReport {
   std::string node;
   std::string uri;
@@ -168,7 +160,6 @@ class Service {
   Result<std::vector<ExecutionRecord>> Children(const Principal& caller, int64_t pid, bool all);
 
   HealthReport Health();
-  std::vector<NodeReport> Nodes();
   const ServiceConfig& config() const { return config_; }
 
   // Called with the final record each time an Invoke'd execution ends (from
