@@ -458,6 +458,7 @@ void AddGatewayRoutes(Router& router, manager::Service& service, GatewayOptions 
   route.handler_authenticates = true;
   route.max_body_bytes = options.max_request_bytes;
   router.Add(std::move(route));
+  AddGatewayDocRoutes(router, service);
 }
 
 void AddGatewayRoutes(Router& router, manager::Service& service) { AddGatewayRoutes(router, service, GatewayOptions{}); }

@@ -82,3 +82,36 @@ class TokenBucket {
 };
 
 }  // namespace berth::api
+
+namespace berth::api {
+
+// ---- Declared routes and their documents (issue 7, item 6) ----
+//
+// A function definition may carry "routes": [{method, path, summary,
+// description, parameters: [{name, in: path|query|header, required,
+// description, schema}], request: {content_type, required, description,
+// schema}, responses: {"200"|"2XX"|"default": {description, content_type,
+// schema}}}]. `path` is relative to /gw/<tenant>/<function> ("/items/{id}");
+// its {placeholders} are path parameters (declared or not). Schemas are
+// OpenAPI 3.0 Schema Objects without $ref. The routes document; they do not
+// restrict what the gateway serves.
+
+// Checks and normalises a "routes" value; the result is the JSON text that
+// FunctionSpec::gateway_routes keeps. Errors are InvalidArgument naming the
+// field, e.g. "routes[1].parameters[0].in".
+Result<std::string> ParseGatewayRoutes(const nlohmann::json& routes);
+// The stored routes as JSON (an empty array when none).
+nlohmann::json GatewayRoutesJson(const std::string& gateway_routes);
+
+// OpenAPI 3.0 document of one function's declared gateway routes, its paths
+// absolute (/gw/<tenant>/<function>/...), auth as its gateway policy says.
+nlohmann::json FunctionGatewayOpenApi(const manager::FunctionRecord& function);
+// One document for all of a tenant's functions (each function a tag).
+nlohmann::json TenantGatewayOpenApi(const std::string& tenant, const std::vector<manager::FunctionRecord>& functions);
+
+// GET /v1/functions/{name}/openapi.json, GET /v1/gateway/openapi.json (the
+// caller's tenant; admins may pass ?tenant=) and GET /v1/gateway/docs (an
+// HTML page of the tenant's document, or one function's with ?function=).
+void AddGatewayDocRoutes(Router& router, manager::Service& service);
+
+}  // namespace berth::api

@@ -5,6 +5,7 @@
 #include "api/json_fields.h"
 #include "api/render.h"
 #include "api/routes.h"
+#include "api/svc_routes.h"
 
 namespace berth::api {
 namespace {
@@ -49,8 +50,12 @@ Result<int64_t> PathPid(const HttpRequest& req) {
 
 Result<manager::ExecRequest> ParseExec(const std::string& body) {
   BERTH_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  FieldReader r(j);
   manager::ExecRequest req;
+  if (auto n = j.find("network"); n != j.end()) {
+    BERTH_ASSIGN_OR_RETURN(req.network, ParseNetworkPolicy(*n, "network"));
+    j.erase(n);
+  }
+  FieldReader r(j);
   int64_t vcpus = req.vcpus, memory = static_cast<int64_t>(req.memory_mib);
   BERTH_RETURN_IF_ERROR(r.Int("ppid", &req.ppid, 0, kBig));
   BERTH_RETURN_IF_ERROR(r.String("name", &req.name));
@@ -194,20 +199,23 @@ void AddProcRoutes(Router& router, manager::Service& svc) {
                 return Respond(svc.GetProc(Who(req), *pid), 200, ProcJson);
               }});
   Route fork{"POST", "/v1/procs/{pid}/fork",
-             "fork: start a child of a live process with its image, user-data and spec {name}",
+             "fork: start a child of a live process with its image, user-data and spec {name, live: bool "
+             "(clone its current memory and disk state; the parent keeps running)}",
              [&svc](const HttpRequest& req) {
                auto pid = PathPid(req);
                if (!pid.ok()) return ErrorResponse(pid.status());
                std::string name;
+               bool live = false;
                if (!req.body.empty()) {
                  auto j = ParseJsonObject(req.body);
                  if (!j.ok()) return ErrorResponse(j.status());
                  FieldReader r(*j);
                  Status s = r.String("name", &name);
+                 if (s.ok()) s = r.Bool("live", &live);
                  if (s.ok()) s = r.NoUnknownFields();
                  if (!s.ok()) return ErrorResponse(s);
                }
-               return Respond(svc.Fork(Who(req), *pid, name), 201, ProcJson);
+               return Respond(svc.Fork(Who(req), *pid, name, live), 201, ProcJson);
              }};
   fork.success_status = 201;
   router.Add(std::move(fork));

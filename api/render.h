@@ -26,6 +26,14 @@ nlohmann::json ProcJson(const manager::ExecutionRecord& e);
 // The two roots of the process tree, which have no record.
 nlohmann::json RootProcJson(int64_t pid);
 
+// Registers the schemas of the bodies above (Image, Function, Execution,
+// Proc, Node, Logs, Health, ...) in `router` and describes the success body
+// of the v1 routes that answer with them. Call once the routes are added.
+// A field added to a renderer must be added to its schema here too: the
+// integration tests check real answers against the document, unknown fields
+// included.
+void DescribeResponses(Router& router);
+
 // Renders a list result as {"<key>": [render(item), ...]}.
 template <typename Render>
 auto ListOf(const char* key, Render render) {

@@ -97,19 +97,60 @@ Status Router::Authorize(const Route& route, HttpRequest* request) const {
   return Status::Ok();
 }
 
-std::string Router::OpenApiJson() const {
-  nlohmann::json doc = {{"openapi", "3.0.3"},
-                        {"info", {{"title", "berth API"}, {"version", "1"}}},
-                        {"paths", nlohmann::json::object()}};
+bool Router::Describe(const std::string& method, const std::string& pattern, nlohmann::json schema,
+                      const std::string& content_type) {
+  for (auto& r : routes_) {
+    if (r.method == method && r.pattern == pattern) {
+      r.response_schema = std::move(schema);
+      r.response_content_type = content_type;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string Router::OpenApiJson() const { return OpenApiDocument().dump(2); }
+
+nlohmann::json Router::OpenApiDocument() const {
+  using json = nlohmann::json;
+  json doc = {{"openapi", "3.0.3"},
+              {"info", {{"title", "berth API"}, {"version", "1"}}},
+              {"paths", json::object()}};
+  doc["components"]["schemas"] = json::object();
+  for (const auto& [name, schema] : schemas_) doc["components"]["schemas"][name] = schema;
+  doc["components"]["schemas"]["Error"] = {
+      {"type", "object"},
+      {"required", {"error"}},
+      {"properties",
+       {{"error",
+         {{"type", "object"},
+          {"required", {"code", "message"}},
+          {"properties",
+           {{"code", {{"type", "string"}, {"description", "e.g. INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED"}}},
+            {"message", {{"type", "string"}}},
+            {"field", {{"type", "string"}, {"description", "the request field at fault, when one is"}}},
+            {"execution_error_code", {{"type", "string"}}},
+            {"execution_id", {{"type", "string"}}}}}}},
+        {"execution_id", {{"type", "string"}}},
+        {"execution", {{"type", "object"}, {"description", "the execution record, for errors of an execution"}}}}}};
+  auto error_response = [](const char* what) {
+    return json{{"description", what},
+                {"content", {{"application/json", {{"schema", {{"$ref", "#/components/schemas/Error"}}}}}}}};
+  };
   if (authenticator_) {
-    doc["components"] = {{"securitySchemes", {{"bearerAuth", {{"type", "http"}, {"scheme", "bearer"}}}}}};
-    doc["security"] = nlohmann::json::array({{{"bearerAuth", nlohmann::json::array()}}});
+    doc["components"]["securitySchemes"] = {{"bearerAuth", {{"type", "http"}, {"scheme", "bearer"}}}};
+    doc["security"] = json::array({{{"bearerAuth", json::array()}}});
   }
   for (const auto& r : routes_) {
-    nlohmann::json op = {{"summary", r.summary},
-                         {"responses",
-                          {{std::to_string(r.success_status), {{"description", "success"}}},
-                           {"4XX", {{"description", "error: {\"error\": {\"code\", \"message\", \"field\"}}"}}}}}};
+    json success = {{"description", "success"}};
+    if (!r.response_schema.is_null()) {
+      success["content"][r.response_content_type]["schema"] = r.response_schema;
+    }
+    json op = {{"summary", r.summary},
+               {"responses",
+                {{std::to_string(r.success_status), success},
+                 {"4XX", error_response("a bad request, unknown object or conflict")},
+                 {"5XX", error_response("the server or a node cannot serve it now")}}}};
     // OpenAPI path templates cannot span '/': a "{rest...}" wildcard is
     // published as "{rest}" and described as taking the rest of the path.
     std::string doc_path;
@@ -137,9 +178,9 @@ std::string Router::OpenApiJson() const {
       } else if (r.handler_authenticates) {
         // Optional: the handler decides per request.
         op["security"] = nlohmann::json::array({nlohmann::json::object(), {{"bearerAuth", nlohmann::json::array()}}});
-        op["responses"]["401"] = {{"description", "this route needs a bearer token and none (or a bad one) was sent"}};
+        op["responses"]["401"] = error_response("this route needs a bearer token and none (or a bad one) was sent");
       } else {
-        op["responses"]["401"] = {{"description", "missing, malformed, unknown or revoked bearer token"}};
+        op["responses"]["401"] = error_response("missing, malformed, unknown or revoked bearer token");
       }
     }
     if (r.sink) {
@@ -159,7 +200,7 @@ std::string Router::OpenApiJson() const {
       doc["paths"][doc_path][m] = std::move(one);
     }
   }
-  return doc.dump(2);
+  return doc;
 }
 
 }  // namespace berth::api

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/status.h"
 
 namespace berth::api {
@@ -85,6 +87,11 @@ struct Route {
   // Documented as optional bearer auth.
   bool handler_authenticates = false;
   size_t max_body_bytes = 0;  // buffered body cap (413); 0: the server's
+  // The JSON Schema (OpenAPI 3.0 Schema Object; "$ref": "#/components/schemas/X"
+  // for a schema given to Router::AddSchema) of the success body; null: not
+  // described. Set with Router::Describe after the route is added.
+  nlohmann::json response_schema;
+  std::string response_content_type = "application/json";
 };
 
 // Turns a bearer token into the caller, or fails (kUnauthenticated -> 401).
@@ -107,11 +114,21 @@ class Router {
   // Authenticates `request` for `route` (filling request->caller), unless the
   // route is public or no authenticator is set. The one place auth happens.
   Status Authorize(const Route& route, HttpRequest* request) const;
-  // OpenAPI 3 document of all routes.
+  // OpenAPI 3 document of all routes. Error answers (4XX, 5XX) are
+  // documented with the schema "Error" ({"error": {code, message, field?}}).
   std::string OpenApiJson() const;
+  nlohmann::json OpenApiDocument() const;
+
+  // A named schema for the document's components.schemas (replaces one of the same name).
+  void AddSchema(const std::string& name, nlohmann::json schema) { schemas_[name] = std::move(schema); }
+  // Sets the success body schema of the route method+pattern (exactly as
+  // added); false when there is no such route.
+  bool Describe(const std::string& method, const std::string& pattern, nlohmann::json schema,
+                const std::string& content_type = "application/json");
 
  private:
   std::vector<Route> routes_;
+  std::map<std::string, nlohmann::json> schemas_;
   Authenticator authenticator_;
 };
 

@@ -1,6 +1,7 @@
 // JSON in, typed requests out. Handlers here only parse, call the Service and
 // render; they hold no logic of their own.
 #include "api/routes.h"
+#include "api/svc_routes.h"
 
 #include <nlohmann/json.hpp>
 
@@ -48,6 +49,11 @@ Result<manager::FunctionSpec> ParseFunctionSpec(const std::string& body, const s
     BERTH_RETURN_IF_ERROR(ParseGatewayPolicy(*g, &spec.gateway));
     j.erase("gateway");
   }
+  if (auto routes = j.find("routes"); routes != j.end()) {
+    BERTH_ASSIGN_OR_RETURN(spec.gateway_routes, ParseGatewayRoutes(*routes));
+    j.erase("routes");
+  }
+  BERTH_RETURN_IF_ERROR(TakeFunctionNetwork(j, &spec));
   FieldReader r(j);
   int64_t vcpus = spec.vcpus, memory = static_cast<int64_t>(spec.memory_mib), timeout = spec.timeout_ms;
   BERTH_RETURN_IF_ERROR(r.String("name", &spec.name, path_name == nullptr));
@@ -61,10 +67,21 @@ Result<manager::FunctionSpec> ParseFunctionSpec(const std::string& body, const s
   BERTH_RETURN_IF_ERROR(r.String("network", &spec.network));
   int64_t min_warm = 0, max_warm = 0, idle_timeout = spec.idle_timeout_ms;
   BERTH_RETURN_IF_ERROR(r.Bool("snapshot", &spec.snapshot));
+  BERTH_RETURN_IF_ERROR(r.Bool("retryable", &spec.retryable));
   BERTH_RETURN_IF_ERROR(r.Int("min_warm", &min_warm, -kBig, kBig));
   BERTH_RETURN_IF_ERROR(r.Int("max_warm", &max_warm, -kBig, kBig));
   BERTH_RETURN_IF_ERROR(r.Int("idle_timeout_ms", &idle_timeout, -kBig, kBig));
   BERTH_RETURN_IF_ERROR(r.Bool("keep_alive", &spec.keep_alive));
+  int64_t target_concurrency = spec.target_concurrency, max_instances = spec.max_instances,
+          max_queued = spec.max_queued;
+  BERTH_RETURN_IF_ERROR(r.Int("target_concurrency", &target_concurrency, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("max_instances", &max_instances, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("max_queued", &max_queued, -kBig, kBig));
+  BERTH_RETURN_IF_ERROR(r.Int("queue_timeout_ms", &spec.queue_timeout_ms, -kBig, kBig));
+  auto bounded = [](int64_t v) { return v < 0 || v > 1 << 20 ? 1u << 30 : static_cast<uint32_t>(v); };
+  spec.target_concurrency = bounded(target_concurrency);
+  spec.max_instances = bounded(max_instances);
+  spec.max_queued = bounded(max_queued);
   // Out of range: a value the manager's range check rejects by name.
   spec.min_warm = min_warm < 0 || min_warm > 1 << 20 ? 1u << 30 : static_cast<uint32_t>(min_warm);
   spec.max_warm = max_warm < 0 || max_warm > 1 << 20 ? 1u << 30 : static_cast<uint32_t>(max_warm);
@@ -108,23 +125,6 @@ json TokenJson(const manager::TokenRecord& t) {
           {"revoked_ms", t.revoked_ms ? json(*t.revoked_ms) : json(nullptr)}};
 }
 
-class ImageUploadSink final : public BodySink {
- public:
-  ImageUploadSink(manager::Service& svc, manager::Principal caller, std::unique_ptr<images::ImageUpload> upload,
-                  std::string name)
-      : svc_(svc), caller_(std::move(caller)), upload_(std::move(upload)), name_(std::move(name)) {}
-  Status Append(std::string_view chunk) override { return upload_->Append(chunk); }
-  HttpResponse Finish() override {
-    return Respond(svc_.CommitImageUpload(caller_, std::move(upload_), name_), 201, ImageJson);
-  }
-
- private:
-  manager::Service& svc_;
-  manager::Principal caller_;
-  std::unique_ptr<images::ImageUpload> upload_;
-  std::string name_;
-};
-
 }  // namespace
 
 Router BuildRouter(manager::Service& svc, manager::EventService* events) {
@@ -147,28 +147,7 @@ Router BuildRouter(manager::Service& svc, manager::EventService* events) {
   health.is_public = true;
   router.Add(std::move(health));
 
-  Route upload{"POST", "/v1/images", "Upload a disk image (raw ext2/3/4 or self-contained qcow2) as the body"};
-  upload.success_status = 201;
-  upload.sink = [&svc](const HttpRequest& req) -> Result<std::unique_ptr<BodySink>> {
-    std::string name;
-    if (auto it = req.query.find("name"); it != req.query.end()) name = it->second;
-    if (name.size() > 128) return Status::InvalidArgument("name", "must be at most 128 characters");
-    BERTH_ASSIGN_OR_RETURN(auto up, svc.BeginImageUpload());
-    // Optional ?format=raw|qcow2: the content must then be of that format (checked at commit).
-    if (auto it = req.query.find("format"); it != req.query.end()) up->ClaimFormat(it->second);
-    return std::unique_ptr<BodySink>(new ImageUploadSink(svc, Who(req), std::move(up), name));
-  };
-  router.Add(std::move(upload));
-  router.Add({"GET", "/v1/images", "List images", [&svc](const HttpRequest& req) {
-                return Respond(svc.ListImages(Who(req)), 200, ListOf("images", ImageJson));
-              }});
-  router.Add({"GET", "/v1/images/{id}", "Inspect an image", [&svc](const HttpRequest& req) {
-                return Respond(svc.GetImage(Who(req), req.params.at("id")), 200, ImageJson);
-              }});
-  router.Add({"DELETE", "/v1/images/{id}", "Delete an image no function uses", [&svc](const HttpRequest& req) {
-                Status s = svc.DeleteImage(Who(req), req.params.at("id"));
-                return s.ok() ? Json(200, {{"deleted", req.params.at("id")}}) : ErrorResponse(s);
-              }});
+  AddImageRoutes(router, svc);  // api/image_routes.cc
 
   Route create{"POST", "/v1/functions", "Register a function", [&svc](const HttpRequest& req) {
                  auto spec = ParseFunctionSpec(req.body, nullptr);
@@ -199,7 +178,14 @@ Router BuildRouter(manager::Service& svc, manager::EventService* events) {
                 if (!inv.ok()) return ErrorResponse(inv.status());
                 if (auto queued = MaybeInvokeAsync(events, req, *inv)) return *queued;
                 auto ex = svc.Invoke(Who(req), req.params.at("name"), *inv);
-                if (!ex.ok()) return ErrorResponse(ex.status());
+                if (!ex.ok()) {
+                  HttpResponse r = ErrorResponse(ex.status());
+                  // The function is at its max_instances and its queue is full: too many requests.
+                  if (ex.status().code() == Code::kResourceExhausted && ex.status().field() == "max_instances") {
+                    r.status = 429;
+                  }
+                  return r;
+                }
                 return ExecutionResponse(*ex);
               }});
   router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {
@@ -237,6 +223,8 @@ Router BuildRouter(manager::Service& svc, manager::EventService* events) {
   AddDckRoutes(router, svc);
   AddMetricsRoutes(router, svc);
   AddGatewayRoutes(router, svc);
+  AddSvcRoutes(router, svc);
+  DescribeResponses(router);
   return router;
 }
 

@@ -20,6 +20,8 @@ Router BuildRouter(manager::Service& service, manager::EventService* events = nu
 // docs (proc_routes.cc); seed 001's DCK API under /dck/api/v1.0 (dck_routes.cc).
 void AddProcRoutes(Router& router, manager::Service& service);
 void AddDckRoutes(Router& router, manager::Service& service);
+// /v1/images: uploads, resumable upload sessions, tags, inspect, delete (image_routes.cc).
+void AddImageRoutes(Router& router, manager::Service& service);
 // The event engine (event_routes.cc): /v1/events, /v1/triggers,
 // /v1/cron-triggers, /v1/deliveries, /v1/dead-letters, /v1/webhooks and the
 // public POST /hooks/{name}.

@@ -3,9 +3,12 @@
 // connections, next to the very same CGI script (bench/gateway-cgi/app.sh)
 // served on the host by a plain CGI server (busybox httpd) in the same run.
 //
-//   A (berth):    GET /gw/default/app/items?x=1 -> a fresh VM per request
-//                 (cold boot, or whatever start tier the function gets), the
-//                 script as its CGI program, its stdout parsed as the answer.
+//   A (berth):    GET /gw/default/app/items?x=1 -> the script runs in a
+//                 WARM VM (the function has min_warm = max_warm = --warm VMs
+//                 and keep_alive, so a VM goes back to the pool after each
+//                 answer; wrk starts only once the pool is full), the script
+//                 as its CGI program, its stdout parsed as the answer.
+//                 --warm 0: a fresh VM per request (cold boot or restore).
 //   B (baseline): GET /cgi-bin/app.sh/items?x=1 on busybox httpd: fork + exec
 //                 of the same script on the host.
 //
@@ -156,10 +159,23 @@ double ToMs(const std::string& v) {
   return x;
 }
 
-WrkResult RunWrk(const std::string& url, int connections, int threads, int duration_s, const std::string& label) {
+// A wrk script that prints the status and body of the first few non-2xx
+// answers of each thread ("NON2XX <status> <body>"), so errors say what they are.
+constexpr const char* kWrkErrorScript = R"lua(
+local shown = 0
+response = function(status, headers, body)
+  if status >= 300 and shown < 5 then
+    shown = shown + 1
+    io.write("NON2XX " .. status .. " " .. string.sub(body or "", 1, 300) .. "\n")
+  end
+end
+)lua";
+
+WrkResult RunWrk(const std::string& url, int connections, int threads, int duration_s, const std::string& label,
+                 const std::string& script_path = "") {
   std::string cmd = "wrk --latency -t" + std::to_string(threads) + " -c" + std::to_string(connections) + " -d" +
-                    std::to_string(duration_s) + "s --timeout " + std::to_string(duration_s + 60) + "s '" + url +
-                    "' 2>&1";
+                    std::to_string(duration_s) + "s --timeout " + std::to_string(duration_s + 60) + "s " +
+                    (script_path.empty() ? "" : "-s " + script_path + " ") + "'" + url + "' 2>&1";
   std::string out = Sh(cmd);
   std::printf("--- %s (%d connections, %d s) ---\n%s", label.c_str(), connections, duration_s, out.c_str());
   WrkResult r;
@@ -188,7 +204,7 @@ int main(int argc, char** argv) {
   std::string berthd_bin = std::string(BERTH_BINARY_DIR) + "/daemon/berthd";
   std::string work_root = "/var/lib/berth/bench";
   std::vector<int> connections = {64, 256};
-  int duration_s = 60, baseline_duration_s = 10, max_concurrency = 4, threads = 2;
+  int duration_s = 60, baseline_duration_s = 10, max_concurrency = 4, threads = 2, warm = 4;
   uint64_t memory_mib = 128;
   CLI::App app{"berth-bench-gateway: the CGI gateway under wrk vs the same script under busybox httpd"};
   app.add_option("--runtime-dir", runtime_dir, "vmlinuz, initramfs, rootfs-busybox/")->capture_default_str();
@@ -200,9 +216,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-concurrency", max_concurrency, "the function's gateway.max_concurrency (VMs at once)")
       ->capture_default_str();
   app.add_option("--memory-mib", memory_mib, "guest memory")->capture_default_str();
+  app.add_option("--warm", warm, "warm VMs of the function (min_warm = max_warm, keep_alive); 0: cold")
+      ->capture_default_str();
   app.add_option("--wrk-threads", threads, "wrk threads")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
   curl_global_init(CURL_GLOBAL_ALL);
   if (Sh("command -v wrk").empty()) Fail("wrk is not installed (apt-get install wrk)");
   if (Sh("command -v busybox").empty()) Fail("busybox is not installed (apt-get install busybox-static)");
@@ -266,11 +285,37 @@ int main(int argc, char** argv) {
              {"memory_mib", memory_mib},
              {"timeout_ms", 120000},
              {"gateway", {{"auth", "public"}, {"max_concurrency", max_concurrency}, {"max_queue", 100000}}}};
+  if (warm > 0) {
+    fn["min_warm"] = warm;
+    fn["max_warm"] = warm;
+    fn["keep_alive"] = true;
+    fn["idle_timeout_ms"] = 3600000;
+  }
   auto created = Http("POST", base + "/v1/functions", fn.dump(), token);
   if (created.status != 201) Fail("function: " + created.body);
   // First call puts the image on the node (not measured).
   auto first = Http("GET", base + "/gw/default/app/items?x=1", "", "");
   if (first.status != 200) Fail("first gateway call: HTTP " + std::to_string(first.status) + " " + first.body);
+  // Waits until the function's pool holds `warm` idle VMs (berth_pool_vms in /metrics).
+  auto wait_warm = [&] {
+    if (warm <= 0) return;
+    std::regex gauge(R"re(berth_pool_vms\{tenant="default",function="app"\} (\d+))re");
+    int have = 0;
+    for (int i = 0; i < 3000; ++i) {
+      std::smatch m;
+      std::string metrics = Http("GET", base + "/metrics", "", token).body;
+      have = std::regex_search(metrics, m, gauge) ? std::stoi(m[1]) : 0;
+      if (have >= warm) {
+        std::printf("warm pool: %d idle VMs\n", have);
+        return;
+      }
+      // A call wakes a pool that idled (and is answered by a warm VM once there).
+      if (i % 50 == 0) Http("GET", base + "/gw/default/app/warmup", "", "");
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    Fail("the warm pool did not fill (" + std::to_string(have) + " of " + std::to_string(warm) + " VMs)");
+  };
+  wait_warm();
 
   int httpd_port = 20000 + static_cast<int>(std::stoul(id.substr(0, 4), nullptr, 16) % 20000);
   std::string busybox = Sh("command -v busybox");
@@ -295,9 +340,11 @@ int main(int argc, char** argv) {
     if (i > 0) {  // a fresh berthd: nothing queued from the run before
       StopProcess(berthd, 300);
       start_berthd();
+      wait_warm();
     }
     WrkResult b = RunWrk(host_url, c, threads, baseline_duration_s, "baseline: busybox httpd CGI");
-    WrkResult a = RunWrk(base + "/gw/default/app/items?x=1", c, threads, duration_s, "berth gateway");
+    std::ofstream(tmp + "/errors.lua") << kWrkErrorScript;
+    WrkResult a = RunWrk(base + "/gw/default/app/items?x=1", c, threads, duration_s, "berth gateway", tmp + "/errors.lua");
     // busybox httpd ends every CGI response by closing the connection (no
     // Content-Length), which wrk counts as a read error on a complete 200:
     // not an error there. berthd sends Content-Length and keeps connections.

@@ -135,10 +135,13 @@ void AddProcCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_co
       return;
     }
     const int64_t now = NowUnixMs();
-    std::vector<std::vector<std::string>> rows = {{"PID", "PPID", "STATE", "KIND", "NAME", "IMAGE", "AGE"}};
+    std::vector<std::vector<std::string>> rows = {{"PID", "PPID", "STATE", "KIND", "NAME", "IMAGE", "AGE", "ADDR"}};
     for (const auto& p : procs) {
+      std::string addr;  // guest IPv4 addresses (network mode egress/isolated)
+      for (const auto& a : p.value("addresses", json::array())) addr += (addr.empty() ? "" : ",") + a.get<std::string>();
       rows.push_back({Text(p, "pid"), Text(p, "ppid"), Text(p, "status"), Text(p, "kind"), Text(p, "name"),
-                      ShortId(p.value("image", "")), Age(p.value("created_ms", int64_t{0}), now)});
+                      ShortId(p.value("image", "")), Age(p.value("created_ms", int64_t{0}), now),
+                      addr.empty() ? "-" : addr});
     }
     PrintTable(rows);
   });
@@ -233,14 +236,19 @@ void AddProcCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_co
   struct ForkArgs {
     int64_t pid = -1;
     std::string name;
+    bool live = false;
   };
   auto fa = std::make_shared<ForkArgs>();
   auto* fork = app.add_subcommand("fork", "Start a child of a live process with its image, user-data and spec; prints its pid");
   fork->add_option("pid", fa->pid, "The process to fork")->required();
   fork->add_option("--name", fa->name, "Name of the child (default: the parent's)");
+  fork->add_flag("--live", fa->live,
+                 "Clone the running process's current memory and disk state (the child continues its command; "
+                 "the parent keeps running)");
   fork->callback([=, &exit_code] {
     json body = json::object();
     if (!fa->name.empty()) body["name"] = fa->name;
+    if (fa->live) body["live"] = true;
     auto r = remote->Call("POST", "/v1/procs/" + std::to_string(fa->pid) + "/fork", body.dump());
     if (!Ok(r)) {
       exit_code = Fail(r);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -52,20 +53,6 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_, last_{};
 };
 
-// True when berthd's route table (its OpenAPI document) has a way to
-// continue an upload: a PATCH route or an upload-session path under
-// /v1/images. berthd has neither today.
-bool ServerResumesUploads(const Remote& remote) {
-  auto r = remote.Call("GET", "/v1/openapi.json");
-  if (!Ok(r)) return false;
-  const json paths = Body(r).value("paths", json::object());
-  for (const auto& [path, ops] : paths.items()) {
-    if (path.rfind("/v1/images", 0) != 0 || !ops.is_object()) continue;
-    if (ops.contains("patch") || path.find("upload") != std::string::npos) return true;
-  }
-  return false;
-}
-
 struct PushArgs {
   std::string source, name, format;
   uint64_t size_mib = 0;
@@ -96,8 +83,6 @@ int RunPush(const Remote& remote, const PushArgs& args) {
   } else if (!std::filesystem::is_regular_file(args.source, ec)) {
     return UsageError("image push: " + args.source + " is neither a file nor a directory");
   }
-  std::string path = "/v1/images?name=" + UrlEncode(args.name);
-  if (!args.format.empty()) path += "&format=" + UrlEncode(args.format);
 
   const uint64_t total = std::filesystem::file_size(file, ec);
   const bool show = !args.no_progress && isatty(STDERR_FILENO);
@@ -110,20 +95,14 @@ int RunPush(const Remote& remote, const PushArgs& args) {
       bar.Update(sent);
     };
   }
-  HttpReply r = remote.Upload(path, file, progress);
+  // Through an upload session: an interrupted push resumes (cli/image_commands.h).
+  ResumablePush rp{remote.api, remote.Token(), file, args.name, args.format};
+  rp.progress = progress;
+  rp.notes = &std::cerr;
+  HttpReply r = PushResumable(rp);
   if (show) bar.Done(r.status ? total : std::max(last_sent, r.body_bytes_sent));
   if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir, ec);
 
-  if (r.status == 0 && r.body_bytes_sent > 0 && r.body_bytes_sent < total) {
-    std::cerr << "berth: upload interrupted after " << Bytes(r.body_bytes_sent) << " of " << Bytes(total) << "\n";
-    if (ServerResumesUploads(remote)) {
-      std::cerr << "berth: berthd offers resumable uploads, but this berth does not speak that protocol yet; "
-                   "run the push again to start over\n";
-    } else {
-      std::cerr << "berth: berthd does not support resuming uploads (no upload-session route in its "
-                   "/v1/openapi.json); run the push again to start over\n";
-    }
-  }
   if (!Ok(r)) return Fail(r);
   json img = Body(r);
   if (remote.json) {
@@ -278,8 +257,8 @@ void AddRemoteCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_
       ->check(CLI::IsMember({"qcow2", "raw"}));
   push->add_option("--size-mib", pa->size_mib, "For a directory: filesystem size (0: automatic)");
   push->add_flag("--no-progress", pa->no_progress, "No progress bar (it is shown only when stderr is a terminal)");
-  push->footer("Prints the image id (sha256). An interrupted upload is not resumable: berthd has no upload\n"
-               "sessions yet (berth checks its /v1/openapi.json and says so); push again to start over.");
+  push->footer("Prints the image id (sha256). Uploads go through a resumable session: after an interruption,\n"
+               "run the same push again and it continues where berthd's copy ends.");
   push->callback([=, &exit_code] { exit_code = RunPush(*remote, *pa); });
 
   image->add_subcommand("ls", "List images")->callback([=, &exit_code] {
@@ -290,6 +269,8 @@ void AddRemoteCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_
     }
     PrintImages(Body(r).value("images", json::array()));
   });
+
+  AddImageTagCommand(*image, remote, exit_code);
 
   auto ref = std::make_shared<std::string>();
   auto* inspect = image->add_subcommand(
@@ -463,22 +444,121 @@ void AddRemoteCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_
     PrintTable(rows);
   });
 
-  // nodes
-  app.add_subcommand("nodes", "Nodes, their capacity and what is allocated")->callback([=, &exit_code] {
+  // nodes [ls] / add / show / rm / cordon / uncordon / drain
+  auto* nodes = app.add_subcommand("nodes", "Nodes (libvirt hosts): list, add, show, remove, cordon, uncordon, drain");
+  auto print_nodes = [=, &exit_code] {
     auto r = remote->Call("GET", "/v1/nodes");
     if (!Ok(r) || remote->json) {
       exit_code = PrintJson(r);
       return;
     }
-    std::vector<std::vector<std::string>> rows = {{"NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "EXECUTIONS", "URI"}};
+    std::vector<std::vector<std::string>> rows = {
+        {"NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "EXECUTIONS", "LABELS", "URI"}};
     for (const auto& n : Body(r).value("nodes", json::array())) {
       json cap = n.value("capacity", json::object()), used = n.value("allocated", json::object());
+      std::string labels;
+      if (n.contains("labels") && n["labels"].is_object()) {
+        for (auto it = n["labels"].begin(); it != n["labels"].end(); ++it) {
+          labels += (labels.empty() ? "" : ",") + it.key() + "=" +
+                    (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+        }
+      }
       rows.push_back({Text(n, "name"), Text(n, "state"), Text(n, "accel"), Text(used, "vcpus") + "/" + Text(cap, "vcpus"),
                       Text(used, "memory_mib") + "/" + Text(cap, "memory_mib") + " MiB", Text(n, "executions"),
-                      Text(n, "uri")});
+                      labels.empty() ? "-" : labels, Text(n, "uri")});
     }
     PrintTable(rows);
+  };
+  nodes->callback([=] {
+    if (nodes->get_subcommands().empty()) print_nodes();
   });
+  nodes->add_subcommand("ls", "List nodes with their state, capacity and what is allocated")->callback(print_nodes);
+  struct NodeArgs {
+    std::string uri, name, accel;
+    std::vector<std::string> labels;
+    double cpu_overcommit = 0, memory_overcommit = 0;
+    int64_t reserved_memory_mib = -1;
+  };
+  auto na = std::make_shared<NodeArgs>();
+  auto* nadd = nodes->add_subcommand("add", "Register a libvirt host (admin): berth nodes add qemu+tcp://HOST/system");
+  nadd->add_option("uri", na->uri, "libvirt URI (qemu:///system, qemu+tcp://, qemu+ssh://, qemu+tls://)")->required();
+  nadd->add_option("--name", na->name, "Node name (default: from the URI's host)");
+  nadd->add_option("-l,--label", na->labels, "Label k=v (repeatable; partitions for node selectors)");
+  nadd->add_option("--accel", na->accel, "kvm | tcg | auto (probe)");
+  nadd->add_option("--cpu-overcommit", na->cpu_overcommit, "vCPU overcommit ratio");
+  nadd->add_option("--memory-overcommit", na->memory_overcommit, "Memory overcommit ratio");
+  nadd->add_option("--reserved-memory-mib", na->reserved_memory_mib, "Memory kept for the host (MiB)");
+  nadd->callback([=, &exit_code] {
+    json body = {{"uri", na->uri}};
+    std::string name = na->name;
+    if (name.empty()) {
+      // qemu+tcp://user@10.0.0.5:16509/system -> 10-0-0-5
+      std::string host = na->uri;
+      if (size_t p = host.find("://"); p != std::string::npos) host = host.substr(p + 3);
+      host = host.substr(0, host.find('/'));
+      if (size_t at = host.rfind('@'); at != std::string::npos) host = host.substr(at + 1);
+      host = host.substr(0, host.find(':'));
+      for (char c : host) {
+        char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        name += std::isalnum(static_cast<unsigned char>(l)) ? l : '-';
+      }
+    }
+    if (name.empty()) {
+      exit_code = UsageError("cannot derive a node name from '" + na->uri + "'; pass --name");
+      return;
+    }
+    body["name"] = name;
+    json labels = json::object();
+    for (const auto& kv : na->labels) {
+      size_t eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        exit_code = UsageError("label '" + kv + "' is not k=v");
+        return;
+      }
+      labels[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    if (!labels.empty()) body["labels"] = labels;
+    if (!na->accel.empty()) body["accel"] = na->accel;
+    if (na->cpu_overcommit > 0) body["cpu_overcommit"] = na->cpu_overcommit;
+    if (na->memory_overcommit > 0) body["memory_overcommit"] = na->memory_overcommit;
+    if (na->reserved_memory_mib >= 0) body["reserved_memory_mib"] = na->reserved_memory_mib;
+    auto r = remote->Call("POST", "/v1/nodes", body.dump());
+    if (!Ok(r) || remote->json) {
+      exit_code = PrintJson(r);
+      return;
+    }
+    json n = Body(r);
+    std::cout << "added node " << Text(n, "name") << " (" << Text(n, "uri") << "): " << Text(n, "state") << ", "
+              << Text(n, "accel") << ", " << Text(n, "cpus") << " cpus, " << Text(n, "memory_mib") << " MiB\n";
+  });
+  auto* nshow = nodes->add_subcommand("show", "One node in full (JSON)");
+  nshow->add_option("name", na->name, "Node name")->required();
+  nshow->callback([=, &exit_code] { exit_code = PrintJson(remote->Call("GET", "/v1/nodes/" + UrlEncode(na->name))); });
+  auto* nrm = nodes->add_subcommand("rm", "Remove a node (admin; refused while it runs work: drain it first)");
+  nrm->add_option("name", na->name, "Node name")->required();
+  nrm->callback([=, &exit_code] {
+    auto r = remote->Call("DELETE", "/v1/nodes/" + UrlEncode(na->name));
+    if (!Ok(r) || remote->json) {
+      exit_code = PrintJson(r);
+      return;
+    }
+    std::cout << "removed node " << na->name << "\n";
+  });
+  for (const char* action : {"cordon", "uncordon", "drain"}) {
+    const std::string a = action;
+    auto* sub = nodes->add_subcommand(a, a == "cordon"     ? "No new work on the node (admin)"
+                                         : a == "uncordon" ? "Let the node take new work again (admin)"
+                                                           : "No new work; cordoned once its executions ended (admin)");
+    sub->add_option("name", na->name, "Node name")->required();
+    sub->callback([=, &exit_code] {
+      auto r = remote->Call("POST", "/v1/nodes/" + UrlEncode(na->name) + "/" + a, "{}");
+      if (!Ok(r) || remote->json) {
+        exit_code = PrintJson(r);
+        return;
+      }
+      std::cout << "node " << na->name << ": " << Text(Body(r), "state") << "\n";
+    });
+  }
 
   // token create / ls / rm
   auto* token = app.add_subcommand("token", "Manage API tokens");

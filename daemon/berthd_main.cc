@@ -31,9 +31,28 @@ int main(int argc, char** argv) {
   app.add_option("--log-pool", cfg.node.log_pool, "libvirt storage pool for console logs")->capture_default_str();
   app.add_option("--log-dir", cfg.node.log_dir, "Folder of that pool")->capture_default_str();
   app.add_option("--boot-timeout-ms", cfg.executor.boot_timeout_ms, "Domain start to agent hello")->capture_default_str();
+  app.add_option("--subnet-pool", cfg.executor.networks.pool.pool,
+                 "Guest networks: the block tenant subnets are taken from")
+      ->capture_default_str();
+  app.add_option("--subnet-prefix", cfg.executor.networks.pool.prefix_length, "Guest networks: size of a tenant subnet")
+      ->capture_default_str();
+  app.add_option("--dhcp-timeout-ms", cfg.executor.dhcp_timeout_ms,
+                 "Guest networks: agent hello to the guest's DHCP lease")
+      ->capture_default_str();
   app.add_option("--node-down-after-ms", cfg.node_down_after_ms,
                  "A node whose libvirtd does not answer for this long is marked down")->capture_default_str();
   app.add_option("--node-monitor-ms", cfg.node_monitor_interval_ms, "How often each node is checked")
+      ->capture_default_str();
+  app.add_option("--image-gc-interval-ms", cfg.image_gc_interval_ms, "Image GC: how often it runs (0: never)")
+      ->capture_default_str();
+  app.add_option("--image-gc-grace-ms", cfg.image_gc_grace_ms,
+                 "Image GC: unreferenced images (no tag, function or live execution) older than this go")
+      ->capture_default_str();
+  app.add_option("--upload-session-grace-ms", cfg.upload_session_grace_ms,
+                 "Image GC: upload sessions idle this long are removed with their bytes")
+      ->capture_default_str();
+  app.add_option("--image-cache-bytes", cfg.image_cache_bytes,
+                 "Disk budget of each node's image cache; LRU images nothing needs are evicted (0: none)")
       ->capture_default_str();
   app.add_option("--kill-grace-ms", cfg.kill_grace_ms, "TERM: destroy a VM this long after asking it to stop")
       ->capture_default_str();

@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "guest/agent/network.h"
 #include "guest/agent/process.h"
 #include "guest/agent/system.h"
 #include "guest/protocol.h"
@@ -97,6 +99,9 @@ class Agent {
   void HandleFrame(const Frame& f);
   void HandleExec(const std::string& payload);
   void SendExitError(const std::string& code, const std::string& message);
+  // A live-forked child (Hello.forked_from_pid): records the parent's pid
+  // for the processes inside (/run/berth/forked, BERTH_FORKED_FROM).
+  void MarkForked(int64_t parent_pid, const std::string& execution_id);
   void DrainSignals();
   void Reap();
   void ReadChild(int& fd, MsgType type);
@@ -115,7 +120,46 @@ class Agent {
   size_t out_off_ = 0;    // bytes of outq_.front() already written
   size_t out_bytes_ = 0;  // total queued bytes
   std::optional<Running> run_;
+  int64_t forked_from_pid_ = 0;
 };
+
+void WriteForkMarker(const std::string& root, int64_t parent_pid, const std::string& execution_id) {
+  const std::string run = root + "/run";
+  if (access(run.c_str(), F_OK) != 0) mkdir(run.c_str(), 0755);
+  const std::string dir = run + "/berth";
+  mkdir(dir.c_str(), 0755);
+  const std::string path = dir + "/forked";
+  const std::string body = std::to_string(parent_pid) + "\n";
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    LogErrno("writing " + path, errno);
+    return;
+  }
+  if (write(fd, body.data(), body.size()) != static_cast<ssize_t>(body.size())) LogErrno("writing " + path, errno);
+  close(fd);
+  if (!execution_id.empty()) {
+    const std::string id_path = dir + "/execution_id";
+    int id_fd = open(id_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (id_fd >= 0) {
+      std::string id = execution_id + "\n";
+      (void)!write(id_fd, id.data(), id.size());
+      close(id_fd);
+    }
+  }
+}
+
+// The function's root filesystem is mounted at kRootMount (another device than its parent folder).
+bool RootfsMounted() {
+  struct stat root {}, parent {};
+  if (stat(kRootMount, &root) != 0 || stat("/mnt", &parent) != 0) return false;
+  return root.st_dev != parent.st_dev;
+}
+
+void Agent::MarkForked(int64_t parent_pid, const std::string& execution_id) {
+  forked_from_pid_ = parent_pid;
+  WriteForkMarker("", parent_pid, execution_id);
+  if (RootfsMounted()) WriteForkMarker(kRootMount, parent_pid, execution_id);
+}
 
 void Agent::OpenPort() {
   port_fd_ = open(port_path_.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
@@ -236,16 +280,24 @@ void Agent::HandleFrame(const Frame& f) {
           if (!reply.entropy_mixed) Log("host entropy not mixed in");
         }
         if (host->host_time_ms > 0) SetClockMs(host->host_time_ms);
+        if (host->forked_from_pid > 0) MarkForked(host->forked_from_pid, host->execution_id);
       }
       reply.agent_version = AgentVersion();
       reply.boot_ms = BootTimeMs();
       reply.kernel = KernelRelease();
+      reply.exec_pending = run_.has_value();
+      for (const auto& queued : outq_) reply.exec_pending = reply.exec_pending || queued.stream;
       std::string bytes = EncodeFrame(MsgType::kHello, Dump(nlohmann::json(reply)));
       // The reply goes first (after a frame already partly written).
       auto pos = outq_.begin() + (out_off_ > 0 ? 1 : 0);
       out_bytes_ += bytes.size();
       outq_.insert(pos, OutFrame{std::move(bytes), false});
       awaiting_hello_ = false;
+      break;
+    }
+    case MsgType::kNetUp: {  // blocks the loop for at most timeout_ms; nothing runs yet
+      NetUpMsg req = ParseBody<NetUpMsg>(f.payload).value_or(NetUpMsg{});
+      Enqueue(EncodeFrame(MsgType::kNetReady, Dump(nlohmann::json(BringUpNetwork(req)))), false);
       break;
     }
     case MsgType::kExec:
@@ -306,7 +358,17 @@ void Agent::HandleExec(const std::string& payload) {
     SendExitError(kErrRootfs, error);
     return;
   }
+  if (exec->prepare_only) {
+    ExitMsg m;
+    m.exit_code = 0;
+    Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);
+    return;
+  }
   const int64_t start = MonotonicMs();
+  if (forked_from_pid_ > 0) {
+    exec->env["BERTH_FORKED_FROM"] = std::to_string(forked_from_pid_);
+    WriteForkMarker(kRootMount, forked_from_pid_, "");  // EnsureRootfs mounted it
+  }
   Spawned s = SpawnInRoot(*exec, kRootMount);
   if (!s.error_code.empty()) {
     SendExitError(s.error_code, s.error);

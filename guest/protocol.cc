@@ -15,6 +15,8 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kPong: return "pong";
     case MsgType::kPowerOff: return "poweroff";
     case MsgType::kError: return "error";
+    case MsgType::kNetUp: return "netup";
+    case MsgType::kNetReady: return "netready";
   }
   return "unknown";
 }
@@ -70,6 +72,9 @@ void to_json(nlohmann::json& j, const HelloMsg& m) {
   if (!m.entropy_hex.empty()) j["entropy_hex"] = m.entropy_hex;
   if (m.host_time_ms) j["host_time_ms"] = m.host_time_ms;
   if (m.entropy_mixed) j["entropy_mixed"] = true;
+  if (m.forked_from_pid) j["forked_from_pid"] = m.forked_from_pid;
+  if (!m.execution_id.empty()) j["execution_id"] = m.execution_id;
+  j["exec_pending"] = m.exec_pending;
 }
 void from_json(const nlohmann::json& j, HelloMsg& m) {
   m.protocol = j.at("protocol").get<uint32_t>();
@@ -79,9 +84,13 @@ void from_json(const nlohmann::json& j, HelloMsg& m) {
   m.entropy_hex = j.value("entropy_hex", "");
   m.host_time_ms = j.value("host_time_ms", int64_t{0});
   m.entropy_mixed = j.value("entropy_mixed", false);
+  m.forked_from_pid = j.value("forked_from_pid", int64_t{0});
+  m.execution_id = j.value("execution_id", "");
+  m.exec_pending = j.value("exec_pending", true);
 }
 void to_json(nlohmann::json& j, const ExecMsg& m) {
   j = {{"argv", m.argv}, {"env", m.env}, {"cwd", m.cwd}, {"timeout_ms", m.timeout_ms}, {"has_stdin", m.has_stdin}};
+  if (m.prepare_only) j["prepare_only"] = true;
 }
 void from_json(const nlohmann::json& j, ExecMsg& m) {
   m.argv = j.at("argv").get<std::vector<std::string>>();
@@ -89,6 +98,7 @@ void from_json(const nlohmann::json& j, ExecMsg& m) {
   m.cwd = j.value("cwd", "/");
   m.timeout_ms = j.value("timeout_ms", int64_t{0});
   m.has_stdin = j.value("has_stdin", false);
+  m.prepare_only = j.value("prepare_only", false);
 }
 void to_json(nlohmann::json& j, const ExitMsg& m) {
   j = {{"exit_code", m.exit_code}, {"signal", m.signal},     {"duration_ms", m.duration_ms},
@@ -108,6 +118,27 @@ void to_json(nlohmann::json& j, const ErrorMsg& m) { j = {{"code", m.code}, {"me
 void from_json(const nlohmann::json& j, ErrorMsg& m) {
   m.code = j.value("code", "");
   m.message = j.value("message", "");
+}
+void to_json(nlohmann::json& j, const NetUpMsg& m) { j = {{"mac", m.mac}, {"timeout_ms", m.timeout_ms}}; }
+void from_json(const nlohmann::json& j, NetUpMsg& m) {
+  m.mac = j.value("mac", "");
+  m.timeout_ms = j.value("timeout_ms", int64_t{10'000});
+}
+void to_json(nlohmann::json& j, const NetReadyMsg& m) {
+  j = {{"interface", m.interface}, {"mac", m.mac},           {"ip", m.ip},
+       {"prefix_length", m.prefix_length}, {"gateway", m.gateway}, {"dns", m.dns},
+       {"took_ms", m.took_ms},     {"error_code", m.error_code}, {"error", m.error}};
+}
+void from_json(const nlohmann::json& j, NetReadyMsg& m) {
+  m.interface = j.value("interface", "");
+  m.mac = j.value("mac", "");
+  m.ip = j.value("ip", "");
+  m.prefix_length = j.value("prefix_length", 0);
+  m.gateway = j.value("gateway", "");
+  m.dns = j.value("dns", "");
+  m.took_ms = j.value("took_ms", int64_t{0});
+  m.error_code = j.value("error_code", "");
+  m.error = j.value("error", "");
 }
 
 }  // namespace berth::agent

@@ -18,6 +18,8 @@
 //   agent -> Stdout/Stderr bytes ...                    [streamed]
 //   agent -> Exit {exit_code, signal, duration_ms, timed_out, error_code, error}
 //   (another Exec may follow: one agent serves executions one at a time)
+// Between Hello and the first Exec, for executions with a NIC:
+//   host  -> NetUp {mac, timeout_ms};  agent -> NetReady {interface, ip, ...}
 // At any time: host -> Ping, agent -> Pong {}; host -> Kill {signal};
 // host -> PowerOff (agent syncs and powers the VM off).
 //
@@ -53,6 +55,11 @@ enum class MsgType : uint16_t {
   kPong = 9,
   kPowerOff = 10,
   kError = 11,  // agent -> host: {code, message}, a request it could not honour
+  // Guest networking (executions with a NIC only): host -> NetUp, agent ->
+  // NetReady once the NIC has a DHCP lease (or failed). Kept apart from the
+  // low numbers so that other additions do not collide.
+  kNetUp = 20,
+  kNetReady = 21,
 };
 
 const char* MsgTypeName(MsgType t);
@@ -91,10 +98,22 @@ struct HelloMsg {
   // the CRNG and sets the clock, so no two clones share random streams.
   std::string entropy_hex;    // 32..512 hex chars
   int64_t host_time_ms = 0;   // Unix ms; 0 = leave the clock alone
+  // Host only, optional: this guest is a live-forked child of process
+  // `forked_from_pid` (manager/templates.h LiveFork), now execution
+  // `execution_id`. The agent tells the processes inside: it writes the
+  // parent's pid to /run/berth/forked (in the function's root filesystem
+  // when it is mounted, and in the agent's own root) and adds
+  // BERTH_FORKED_FROM to the environment of later Execs.
+  int64_t forked_from_pid = 0;
+  std::string execution_id;
   std::string agent_version;  // agent only
   int64_t boot_ms = 0;        // agent only: guest uptime when hello was sent
   std::string kernel;         // agent only: uname -r
   bool entropy_mixed = false; // agent only: the host's entropy went into the kernel pool
+  // Agent only: an Exec is running, or its output/Exit is still queued for
+  // the host (a host that re-attaches after a restart waits for that Exit).
+  // Absent (an older agent): taken as true.
+  bool exec_pending = false;
 };
 
 struct ExecMsg {
@@ -103,6 +122,10 @@ struct ExecMsg {
   std::string cwd = "/";
   int64_t timeout_ms = 0;         // 0 = no limit in the agent
   bool has_stdin = false;
+  // Only mount the function's root filesystem (as the first Exec would) and
+  // run nothing: Exit {exit_code 0}, or Exit {rootfs_unavailable}. Warm
+  // pools prepare their VMs so that a call does not pay for the mount.
+  bool prepare_only = false;
 };
 
 // Error codes reported in ExitMsg.error_code when the command never ran.
@@ -119,6 +142,26 @@ struct ExitMsg {
   bool timed_out = false;  // the agent killed it at timeout_ms
   std::string error_code;  // non-empty: the command could not be started
   std::string error;       // human-readable detail
+};
+
+// Host -> agent: bring up the NIC whose MAC is `mac` (empty: the first
+// non-loopback interface) with busybox udhcpc; wait at most timeout_ms.
+struct NetUpMsg {
+  std::string mac;
+  int64_t timeout_ms = 10'000;
+};
+
+// Agent -> host: the lease (error_code empty) or why there is none.
+struct NetReadyMsg {
+  std::string interface;  // "eth0"
+  std::string mac;
+  std::string ip;         // "10.240.0.17"
+  int prefix_length = 0;
+  std::string gateway;    // DHCP router option
+  std::string dns;        // first DNS server offered, if any
+  int64_t took_ms = 0;
+  std::string error_code;  // "no_interface" | "dhcp_failed" | ""
+  std::string error;
 };
 
 struct KillMsg {
@@ -139,6 +182,10 @@ void from_json(const nlohmann::json& j, ExitMsg& m);
 void to_json(nlohmann::json& j, const KillMsg& m);
 void from_json(const nlohmann::json& j, KillMsg& m);
 void to_json(nlohmann::json& j, const ErrorMsg& m);
+void to_json(nlohmann::json& j, const NetUpMsg& m);
+void from_json(const nlohmann::json& j, NetUpMsg& m);
+void to_json(nlohmann::json& j, const NetReadyMsg& m);
+void from_json(const nlohmann::json& j, NetReadyMsg& m);
 void from_json(const nlohmann::json& j, ErrorMsg& m);
 
 // Parses a frame payload as T; returns nullopt on malformed JSON/fields.

@@ -14,8 +14,13 @@ int64_t NowMs() {
 
 }  // namespace
 
-Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) {
+Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) { return Hello(timeout_ms, 0, ""); }
+
+Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms, int64_t forked_from_pid,
+                                           const std::string& execution_id) {
   agent::HelloMsg mine;
+  mine.forked_from_pid = forked_from_pid;
+  mine.execution_id = execution_id;
   mine.entropy_hex = RandomHex(64);  // 256 bits from the host's CSPRNG
   mine.host_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
@@ -46,6 +51,24 @@ Result<agent::HelloMsg> AgentClient::Hello(int64_t timeout_ms) {
 Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
                                       int64_t host_timeout_ms) {
   return Exec(msg, stdin_data, max_output, host_timeout_ms, nullptr);
+}
+
+Result<agent::NetReadyMsg> AgentClient::NetUp(const std::string& mac, int64_t timeout_ms) {
+  agent::NetUpMsg up;
+  up.mac = mac;
+  up.timeout_ms = timeout_ms;
+  BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kNetUp, nlohmann::json(up).dump()));
+  const int64_t deadline = NowMs() + timeout_ms + 2000;
+  for (;;) {
+    const int64_t left = deadline - NowMs();
+    if (left <= 0) return Status::DeadlineExceeded("the guest agent did not bring the network up in time");
+    BERTH_ASSIGN_OR_RETURN(agent::Frame frame, channel_->Receive(left));
+    if (frame.type != agent::MsgType::kNetReady) continue;
+    auto ready = agent::ParseBody<agent::NetReadyMsg>(frame.payload);
+    if (!ready) return Status::Internal("malformed NetReady from the guest agent");
+    if (!ready->error_code.empty()) return Status::Unavailable(ready->error_code + ": " + ready->error);
+    return *ready;
+  }
 }
 
 Status AgentClient::Kill(int signal) {
@@ -98,6 +121,43 @@ Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_vie
         return Status::FailedPrecondition("guest agent refused exec: " + (err ? err->code + ": " + err->message : "?"));
       }
       default: break;  // hello replies, pongs: not ours
+    }
+  }
+}
+
+Result<ExecOutcome> AgentClient::Attach(size_t max_output, int64_t host_timeout_ms, const OutputFn& on_output) {
+  ExecOutcome out;
+  const int64_t deadline = NowMs() + host_timeout_ms;
+  auto append = [&](std::string& sink, const std::string& bytes) {
+    size_t room = sink.size() < max_output ? max_output - sink.size() : 0;
+    if (bytes.size() > room) out.truncated = true;
+    sink.append(bytes, 0, std::min(room, bytes.size()));
+  };
+  for (;;) {
+    int64_t left = deadline - NowMs();
+    if (left <= 0) {
+      return Status::DeadlineExceeded("no exit status from the guest agent within " + std::to_string(host_timeout_ms) +
+                                      " ms");
+    }
+    auto frame = channel_->Receive(left);
+    if (!frame.ok()) return frame.status();
+    switch (frame->type) {
+      case agent::MsgType::kStdout:
+      case agent::MsgType::kStderr:
+        if (on_output) on_output(frame->type, frame->payload);
+        append(frame->type == agent::MsgType::kStdout ? out.stdout_data : out.stderr_data, frame->payload);
+        break;
+      case agent::MsgType::kExit: {
+        auto exit = agent::ParseBody<agent::ExitMsg>(frame->payload);
+        if (!exit) return Status::Internal("malformed exit message from the guest agent");
+        out.exit = std::move(*exit);
+        return out;
+      }
+      case agent::MsgType::kError: {
+        auto err = agent::ParseBody<agent::ErrorMsg>(frame->payload);
+        return Status::FailedPrecondition("guest agent error: " + (err ? err->code + ": " + err->message : "?"));
+      }
+      default: break;
     }
   }
 }

@@ -27,6 +27,9 @@ class AgentClient {
   // died, kDeadlineExceeded if it did not answer in time, kFailedPrecondition
   // on a protocol version mismatch.
   Result<agent::HelloMsg> Hello(int64_t timeout_ms);
+  // Hello to a live-forked child (manager/templates.h LiveFork): also tells
+  // the agent its parent's pid and its new execution id.
+  Result<agent::HelloMsg> Hello(int64_t timeout_ms, int64_t forked_from_pid, const std::string& execution_id);
 
   // Runs one command to completion. Waits at most host_timeout_ms for Exit
   // (kDeadlineExceeded after that: the caller destroys the domain).
@@ -38,12 +41,24 @@ class AgentClient {
   Result<ExecOutcome> Exec(const agent::ExecMsg& msg, std::string_view stdin_data, size_t max_output,
                            int64_t host_timeout_ms, const OutputFn& on_output);
 
+  // Re-attaches to a command that is already running (after a host-side
+  // restart; call Hello first): collects the Stdout/Stderr the agent kept
+  // while no host was connected, and what follows, until Exit; waits at
+  // most host_timeout_ms (kDeadlineExceeded). Output delivered to an
+  // earlier connection is not repeated. kFailedPrecondition on an Error.
+  Result<ExecOutcome> Attach(size_t max_output, int64_t host_timeout_ms, const OutputFn& on_output);
+
   // Sends `signal` to the running command's process group. Safe to call from
   // another thread while Exec waits (the channel's Send is thread-safe).
   Status Kill(int signal);
 
   Status Ping(int64_t timeout_ms);
   Status PowerOff();
+  // Guest networking: asks the agent to bring up the NIC with `mac` by DHCP
+  // and waits for its NetReady (at most timeout_ms + 2 s). The lease, or
+  // kUnavailable with the agent's reason.
+  Result<agent::NetReadyMsg> NetUp(const std::string& mac, int64_t timeout_ms);
+
   void Close() { channel_->Close(); }
 
  private:

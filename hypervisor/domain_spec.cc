@@ -258,6 +258,10 @@ Status ValidateDomainMetadata(const DomainMetadata& m) {
   BERTH_RETURN_IF_ERROR(CheckText("metadata.function", m.function));
   BERTH_RETURN_IF_ERROR(CheckText("metadata.tenant", m.tenant));
   BERTH_RETURN_IF_ERROR(CheckText("metadata.image", m.image));
+  BERTH_RETURN_IF_ERROR(CheckText("metadata.network", m.network));
+  for (size_t i = 0; i < m.addresses.size(); ++i) {
+    BERTH_RETURN_IF_ERROR(CheckText("metadata.addresses[" + std::to_string(i) + "]", m.addresses[i]));
+  }
   if (m.pid < 0) return Status::InvalidArgument("metadata.pid", "metadata.pid must be >= 0");
   if (m.ppid < 0) return Status::InvalidArgument("metadata.ppid", "metadata.ppid must be >= 0");
   if (m.created_unix_ms < 0) {

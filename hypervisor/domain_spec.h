@@ -52,6 +52,11 @@ struct DomainMetadata {
   int64_t ppid = 0;
   std::string image;     // sha256 of the root filesystem image
   int64_t created_unix_ms = 0;
+  // Guest networking (both written only when set, so domains without a NIC
+  // look as before): the network mode ("egress" | "isolated") and the
+  // guest's IPv4 addresses once it has a lease (virDomainSetMetadata).
+  std::string network;
+  std::vector<std::string> addresses;
 };
 
 struct DomainSpec {

@@ -128,6 +128,8 @@ void AddExecution(pugi::xml_node parent, const DomainMetadata& m, const std::str
   AddText(exec, prefix + "ppid", std::to_string(m.ppid));
   AddText(exec, prefix + "image", m.image);
   AddText(exec, prefix + "created", std::to_string(m.created_unix_ms));
+  if (!m.network.empty()) AddText(exec, prefix + "network", m.network);
+  for (const std::string& a : m.addresses) AddText(exec, prefix + "address", a);
 }
 
 void AddDisk(pugi::xml_node devices, const DiskSpec& d) {
@@ -294,6 +296,10 @@ Result<DomainMetadata> ParseExecution(const pugi::xml_node& exec, const std::str
     const std::string_view ns = NamespaceOf(child);
     if (!ns.empty() && ns != kMetadataNamespace) continue;
     const std::string local(LocalName(child));
+    if (local == "address") {  // repeated: one per guest address
+      m.addresses.emplace_back(child.child_value());
+      continue;
+    }
     if (!seen.insert(local).second) continue;  // first one wins
     const char* text = child.child_value();
     if (local == "id") {
@@ -304,6 +310,8 @@ Result<DomainMetadata> ParseExecution(const pugi::xml_node& exec, const std::str
       m.tenant = text;
     } else if (local == "image") {
       m.image = text;
+    } else if (local == "network") {
+      m.network = text;
     } else if (local == "pid") {
       BERTH_RETURN_IF_ERROR(ParseInt(field, local, text, &m.pid));
     } else if (local == "ppid") {
@@ -368,6 +376,30 @@ Result<DomainMetadata> ParseDomainMetadata(const std::string& domain_xml) {
     }
     return Status::NotFound(std::string("domain carries no berth metadata (no <execution> in ") +
                             kMetadataNamespace + ")");
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("parsing domain XML: ") + e.what());
+  }
+}
+
+Result<std::vector<NicSpec>> ParseDomainNics(const std::string& domain_xml) {
+  const std::string field = "domain_xml";
+  try {
+    pugi::xml_document doc;
+    BERTH_RETURN_IF_ERROR(LoadXml(doc, domain_xml, field));
+    const pugi::xml_node domain = doc.document_element();
+    if (std::string_view(domain.name()) != "domain") {
+      return Status::InvalidArgument(field, std::string("root element is <") + domain.name() + ">, not <domain>");
+    }
+    std::vector<NicSpec> nics;
+    for (const pugi::xml_node& iface : domain.child("devices").children("interface")) {
+      if (std::string_view(iface.attribute("type").value()) != "network") continue;
+      NicSpec nic;
+      nic.network = iface.child("source").attribute("network").value();
+      nic.mac = iface.child("mac").attribute("address").value();
+      nic.filter = iface.child("filterref").attribute("filter").value();
+      nics.push_back(std::move(nic));
+    }
+    return nics;
   } catch (const std::exception& e) {
     return Status::Internal(std::string("parsing domain XML: ") + e.what());
   }

@@ -24,6 +24,8 @@
 //       <berth:ppid>1</berth:ppid>
 //       <berth:image>...</berth:image>
 //       <berth:created>1700000000000</berth:created>  (unix ms)
+//       <berth:network>egress</berth:network>      (only with a NIC)
+//       <berth:address>10.240.0.17</berth:address> (one per guest IPv4 address, once known)
 //     </berth:execution>
 //   </metadata>
 //
@@ -32,6 +34,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "hypervisor/domain_spec.h"
@@ -85,6 +88,12 @@ std::string MetadataXml(const DomainMetadata& metadata);
 // Reads the element virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,
 // kMetadataNamespace, flags) returns (libvirt strips the namespace there:
 // <execution><id>...</id>...</execution>); also accepts the namespaced form.
+// The network NICs of a domain (<interface type='network'>, as WriteDomainXml
+// or libvirt writes them): network, MAC and <filterref> filter; filter
+// parameters are not read back. InvalidArgument (field "domain_xml") when
+// the XML is not a <domain>.
+Result<std::vector<NicSpec>> ParseDomainNics(const std::string& domain_xml);
+
 // Errors as ParseDomainMetadata, with field "metadata_xml".
 Result<DomainMetadata> ParseMetadataXml(const std::string& element_xml);
 

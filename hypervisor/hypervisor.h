@@ -109,11 +109,27 @@ class Hypervisor {
   // Names of running domains that start with `prefix`.
   virtual Result<std::vector<std::string>> ListDomains(const std::string& prefix) = 0;
   virtual Result<std::string> GetDomainXml(const std::string& name) = 0;
+  // Replaces berth's <metadata> of a running domain (virDomainSetMetadata,
+  // live only: berth's domains are transient), e.g. to add the guest's
+  // addresses once it has a lease.
+  virtual Status SetDomainMetadata(const std::string& name, const DomainMetadata& metadata) = 0;
   // Saves a running domain's memory and device state to `path` on the node
   // (virDomainSave); the domain stops. The file is a libvirt save image.
   virtual Status SaveDomain(const std::string& name, const std::string& path) = 0;
   // Starts a domain from a save image on the node (virDomainRestore), running.
   virtual Status RestoreDomain(const std::string& path) = 0;
+  // Pauses / resumes a domain's vCPUs (virDomainSuspend / virDomainResume).
+  // Pausing also drains and flushes QEMU's block I/O, so the disk files are
+  // consistent with the paused memory state.
+  virtual Status SuspendDomain(const std::string& name) = 0;
+  virtual Status ResumeDomain(const std::string& name) = 0;
+  // Writes a running or paused domain's memory and device state to `path` on
+  // the node as a libvirt save image, and leaves the domain as it was
+  // (an external memory snapshot without metadata; disks are not
+  // snapshotted: pause the domain first and copy them while it is paused).
+  // The image restores with RestoreDomain (the header says "not running";
+  // RestoreDomain starts it running anyway).
+  virtual Status SaveDomainMemory(const std::string& name, const std::string& path) = 0;
   // kNotFound once a transient domain is gone.
   virtual Result<DomainState> GetDomainState(const std::string& name) = 0;
   virtual Result<std::unique_ptr<AgentChannel>> OpenAgentChannel(const std::string& domain,

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <algorithm>
@@ -423,6 +424,18 @@ class LibvirtHypervisor final : public Hypervisor {
     return TakeString(xml);
   }
 
+  Status SetDomainMetadata(const std::string& name, const DomainMetadata& metadata) override {
+    BERTH_RETURN_IF_ERROR(ValidateDomainMetadata(metadata));
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    if (virDomainSetMetadata(dom.get(), VIR_DOMAIN_METADATA_ELEMENT, MetadataXml(metadata).c_str(), kMetadataKey,
+                             kMetadataNamespace, VIR_DOMAIN_AFFECT_LIVE) < 0) {
+      return LastLibvirtError("setting the metadata of domain '" + name + "'");
+    }
+    return Status::Ok();
+  }
+
   Status SaveDomain(const std::string& name, const std::string& path) override {
     BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
     DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
@@ -436,6 +449,56 @@ class LibvirtHypervisor final : public Hypervisor {
     if (virDomainRestoreFlags(conn.get(), path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
       return LastLibvirtError("restoring " + path);
     }
+    return Status::Ok();
+  }
+
+  Status SuspendDomain(const std::string& name) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    if (virDomainSuspend(dom.get()) < 0) return LastLibvirtError("pausing domain '" + name + "'");
+    return Status::Ok();
+  }
+
+  Status ResumeDomain(const std::string& name) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    if (virDomainResume(dom.get()) < 0) return LastLibvirtError("resuming domain '" + name + "'");
+    return Status::Ok();
+  }
+
+  Status SaveDomainMemory(const std::string& name, const std::string& path) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    DomainHandle dom(virDomainLookupByName(conn.get(), name.c_str()));
+    if (!dom) return LastLibvirtError("domain '" + name + "'");
+    // Every disk snapshot='no': only memory + device state go to `path`;
+    // libvirt writes it in its save image format.
+    char* raw = virDomainGetXMLDesc(dom.get(), 0);
+    if (!raw) return LastLibvirtError("dumpxml '" + name + "'");
+    pugi::xml_document dom_doc;
+    if (!dom_doc.load_string(TakeString(raw).c_str())) return Status::Internal("unparsable XML of domain '" + name + "'");
+    pugi::xml_document snap_doc;
+    pugi::xml_node root = snap_doc.append_child("domainsnapshot");
+    root.append_child("name").text().set("berth-memory");
+    pugi::xml_node memory = root.append_child("memory");
+    memory.append_attribute("snapshot") = "external";
+    memory.append_attribute("file") = path.c_str();
+    pugi::xml_node disks = root.append_child("disks");
+    for (pugi::xml_node disk : dom_doc.child("domain").child("devices").children("disk")) {
+      const char* dev = disk.child("target").attribute("dev").value();
+      if (!*dev) continue;
+      pugi::xml_node d = disks.append_child("disk");
+      d.append_attribute("name") = dev;
+      d.append_attribute("snapshot") = "no";
+    }
+    std::ostringstream xml_out;
+    snap_doc.save(xml_out, "", pugi::format_raw | pugi::format_no_declaration);
+    const std::string xml = xml_out.str();
+    virDomainSnapshotPtr snap =
+        virDomainSnapshotCreateXML(dom.get(), xml.c_str(), VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA);
+    if (!snap) return LastLibvirtError("saving the memory of domain '" + name + "'");
+    virDomainSnapshotFree(snap);
     return Status::Ok();
   }
 

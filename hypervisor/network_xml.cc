@@ -225,11 +225,16 @@ Status ValidateNetworkSpec(const NetworkSpec& spec) {
   return Status::Ok();
 }
 
+namespace {
+constexpr const char* kDnsmasqNamespace = "http://libvirt.org/schemas/network/dnsmasq/1.0";
+}  // namespace
+
 Result<std::string> WriteNetworkXml(const NetworkSpec& spec) {
   BERTH_RETURN_IF_ERROR(ValidateNetworkSpec(spec));
   try {
     pugi::xml_document doc;
     pugi::xml_node net = doc.append_child("network");
+    if (!spec.dhcp_ping_check) SetAttr(net, "xmlns:dnsmasq", kDnsmasqNamespace);
     net.append_child("name").text().set(spec.name.c_str());
     if (spec.forward == NetworkForward::kNat) SetAttr(net.append_child("forward"), "mode", "nat");
     pugi::xml_node bridge = net.append_child("bridge");
@@ -253,6 +258,9 @@ Result<std::string> WriteNetworkXml(const NetworkSpec& spec) {
         if (!h.name.empty()) SetAttr(host, "name", h.name);
         SetAttr(host, "ip", h.ip);
       }
+    }
+    if (!spec.dhcp_ping_check) {
+      SetAttr(net.append_child("dnsmasq:options").append_child("dnsmasq:option"), "value", "no-ping");
     }
     return xml_internal::PrettyPrint(net);
   } catch (const std::exception& e) {  // only std::bad_alloc is possible
@@ -281,6 +289,13 @@ Result<NetworkSpec> ParseNetworkXml(const std::string& xml) {
                        ? NetworkForward::kNat
                        : NetworkForward::kNone;
     spec.dns = std::string_view(net.child("dns").attribute("enable").value()) != "no";
+    for (const pugi::xml_node& opts : net.children()) {  // any prefix bound to the dnsmasq namespace
+      const std::string_view name = opts.name();
+      if (name.size() < 8 || name.substr(name.size() - 8) != ":options") continue;
+      for (const pugi::xml_node& o : opts.children()) {
+        if (std::string_view(o.attribute("value").value()) == "no-ping") spec.dhcp_ping_check = false;
+      }
+    }
     spec.prefix_length = 0;
     for (const pugi::xml_node& ip : net.children("ip")) {
       const std::string_view family = ip.attribute("family").value();

@@ -21,7 +21,10 @@
 //         <host mac='52:54:00:00:00:01' name='x' ip='10.240.0.5'/>
 //       </dhcp>
 //     </ip>
-//   </network>
+//     <dnsmasq:options>                              (dhcp_ping_check == false only)
+//       <dnsmasq:option value='no-ping'/>
+//     </dnsmasq:options>
+//   </network>                                      (xmlns:dnsmasq on <network> then)
 #pragma once
 
 #include <cstdint>
@@ -60,6 +63,12 @@ struct NetworkSpec {
   // "isolated" network (DNS tunnelling). Egress networks keep it on so
   // guests can resolve the names their allow-list is about.
   bool dns = true;
+  // false writes dnsmasq's `no-ping` option (libvirt's dnsmasq namespace):
+  // by default dnsmasq pings an address and waits up to 3 s before it
+  // offers it, which is most of a guest's DHCP time. berth's tenant
+  // networks hand out addresses only to berth's own guests, whose leases
+  // dnsmasq tracks itself, so the check buys nothing there.
+  bool dhcp_ping_check = true;
 };
 
 // Checks names, addresses and ranges. InvalidArgument naming the field

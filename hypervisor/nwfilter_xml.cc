@@ -21,6 +21,7 @@ constexpr int kDhcpOutPriority = 100;
 constexpr int kDhcpInPriority = 101;
 constexpr int kDnsUdpPriority = 110;
 constexpr int kDnsTcpPriority = 111;
+constexpr int kHostAnswerPriority = 150;
 constexpr int kGatewayDropPriority = 200;
 constexpr int kAllowBasePriority = 300;
 constexpr int kSubnetPriority = 600;
@@ -182,6 +183,13 @@ Result<std::string> WriteNwFilterXml(const NwFilterSpec& spec) {
       pugi::xml_node dns_tcp = AddRule(filter, "accept", "out", kDnsTcpPriority).append_child("tcp");
       SetDestination(dns_tcp, gateway);
       SetAttr(dns_tcp, "dstportstart", "53");
+    }
+    if (spec.answer_host_connections) {
+      // Explicit state, no libvirt statematch: only packets of a connection
+      // conntrack already saw both ways (the host opened it).
+      pugi::xml_node answer = AddRule(filter, "accept", "out", kHostAnswerPriority, false).append_child("tcp");
+      SetDestination(answer, gateway);
+      SetAttr(answer, "state", "ESTABLISHED");
     }
     SetDestination(AddRule(filter, "drop", "out", kGatewayDropPriority).append_child("all"), gateway);
 

@@ -11,6 +11,11 @@
 //   100  accept out udp 68->67   DHCP requests (broadcast and to the gateway)
 //   101  accept in  udp 67->68   DHCP answers
 //   110  accept out udp/53, 111 tcp/53 to the gateway   (allow_gateway_dns)
+//   150  accept out tcp to the gateway, state ESTABLISHED only
+//                                (answer_host_connections: replies to
+//                                connections the host opened, e.g. the
+//                                gateway's /svc proxy; the guest still cannot
+//                                open one to the host)
 //   200  drop   out all to the gateway: every other service the host offers
 //                                on the bridge, whatever the allow-list says
 //   300+ accept out allow-list entries, in order (cidr, protocol, ports)
@@ -69,6 +74,9 @@ struct NwFilterSpec {
   std::string gateway_ip;  // the host's address on the tenant bridge
   std::string subnet;      // the tenant subnet, "10.240.3.0/24"
   bool allow_gateway_dns = true;
+  // Rule 150: the guest may answer TCP connections the host opened to it
+  // (connections from the subnet, gateway included, are accepted by 601).
+  bool answer_host_connections = false;
   std::vector<NwFilterAllowRule> allow;
   std::vector<std::string> deny;  // CIDRs dropped unless an allow rule matched first
 };

@@ -122,6 +122,7 @@ class ImageStore {
 
  private:
   friend class ImageUpload;
+  friend class UploadSessions;  // finishes a session through Install
 
   // Inspects tmp_path and moves it to its final name; removes tmp_path on
   // every path out.

@@ -5,6 +5,8 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "manager/templates.h"
+
 namespace berth::manager {
 namespace {
 
@@ -42,6 +44,16 @@ NodeSpec SpecFromRow(const NodeRow& row) {
 }
 
 }  // namespace
+
+std::set<std::string> CachedImageDigests(const std::vector<hv::VolumeInfo>& pool_volumes) {
+  std::set<std::string> out;
+  for (const auto& v : pool_volumes) {
+    // img-<64 hex>.<fmt>
+    if (v.name.rfind("img-", 0) != 0 || v.name.size() < 4 + 64 + 2 || v.name[4 + 64] != '.') continue;
+    out.insert(v.name.substr(4, 64));
+  }
+  return out;
+}
 
 Status ValidateNodeSpec(const NodeSpec& spec) {
   if (spec.name.empty() || spec.name.size() > 63) return Status::InvalidArgument("name", "must be 1 to 63 characters");
@@ -129,6 +141,8 @@ void Cluster::PushToScheduler(const Entry& e) {
   r.reserved_memory_mib = std::min<uint64_t>(e.spec.reserved_memory_mib, r.total_memory_mib);
   r.cpu_overcommit = e.spec.cpu_overcommit;
   r.memory_overcommit = e.spec.memory_overcommit;
+  r.cached_images = e.cached_images;
+  r.template_keys = e.template_keys;
   if (Status s = scheduler_.UpsertNode(r); !s.ok()) spdlog::warn("scheduler: node {}: {}", r.name, s.ToString());
 }
 
@@ -161,16 +175,19 @@ Result<Node*> Cluster::AddLocal(const NodeConfig& config) {
   if (!hv.ok()) return hv.status();
   auto node = std::make_unique<Node>(env_, config, std::move(*hv));
   BERTH_RETURN_IF_ERROR(node->Prepare(runtime_).WithContext("preparing node " + config.name));
-  std::lock_guard lock(mu_);
-  Entry& e = nodes_[spec.name];
-  e.spec = spec;
-  e.node = std::move(node);
-  e.admin_state = admin_state;
-  e.last_ok_ms = env_->MonotonicMs();
-  local_ = e.node.get();
-  local_name_ = spec.name;
-  BERTH_RETURN_IF_ERROR(Persist(e));
-  PushToScheduler(e);
+  {
+    std::lock_guard lock(mu_);
+    Entry& e = nodes_[spec.name];
+    e.spec = spec;
+    e.node = std::move(node);
+    e.admin_state = admin_state;
+    e.last_ok_ms = env_->MonotonicMs();
+    local_ = e.node.get();
+    local_name_ = spec.name;
+    BERTH_RETURN_IF_ERROR(Persist(e));
+    PushToScheduler(e);
+  }
+  RefreshLocality(spec.name);
   return local_;
 }
 
@@ -193,6 +210,9 @@ Status Cluster::LoadRegistered() {
       spdlog::warn("node {} is down: {}", spec.name, e.last_error);
     }
     PushToScheduler(e);
+  }
+  for (const auto& row : rows) {
+    if (row.name != local_name_) RefreshLocality(row.name);
   }
   return Status::Ok();
 }
@@ -267,12 +287,48 @@ Result<NodeView> Cluster::SetAdminState(const std::string& name, const std::stri
 
 Result<Node*> Cluster::Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                              const std::map<std::string, std::string>& selector) {
+  return Place(claim_id, vcpus, memory_mib, selector, PlacementHints{});
+}
+
+Result<Node*> Cluster::Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                             const std::map<std::string, std::string>& selector, const PlacementHints& hints) {
+  BERTH_ASSIGN_OR_RETURN(auto placed, PlaceWithAlternates(claim_id, vcpus, memory_mib, selector, hints, 0));
+  return placed.node;
+}
+
+Result<Node*> Cluster::ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                                        std::vector<std::string>* alternates) {
+  std::lock_guard lock(mu_);
+  while (!alternates->empty()) {
+    const std::string name = alternates->front();
+    alternates->erase(alternates->begin());
+    auto it = nodes_.find(name);
+    if (it == nodes_.end() || !it->second.node || it->second.down || it->second.admin_state != "up") continue;
+    auto report = scheduler_.Report(name);
+    if (!report.ok() || report->free.vcpus < vcpus || report->free.memory_mib < memory_mib) continue;
+    BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(name, claim_id, sched::Resources{vcpus, memory_mib, 0}));
+    ClaimRow row{claim_id, name, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
+    if (Status s = store_->InsertClaim(row); !s.ok()) {
+      (void)scheduler_.Release(claim_id);
+      return s;
+    }
+    return it->second.node.get();
+  }
+  return Status::ResourceExhausted("no alternate node is left with room for claim " + claim_id);
+}
+
+Result<Cluster::Placed> Cluster::PlaceWithAlternates(const std::string& claim_id, uint32_t vcpus,
+                                                     uint64_t memory_mib,
+                                                     const std::map<std::string, std::string>& selector,
+                                                     const PlacementHints& hints, uint32_t alternates) {
   sched::PlacementRequest req;
   req.claim_id = claim_id;
   req.vcpus = vcpus;
   req.memory_mib = memory_mib;
   req.label_selector = selector;
-  req.alternates = 0;
+  req.alternates = alternates;
+  if (!hints.image_digest.empty()) req.image_digest = hints.image_digest;
+  if (!hints.template_key.empty()) req.template_key = hints.template_key;
   std::lock_guard lock(mu_);
   BERTH_ASSIGN_OR_RETURN(auto placement, scheduler_.Place(req));
   auto it = nodes_.find(placement.node);
@@ -280,12 +336,15 @@ Result<Node*> Cluster::Place(const std::string& claim_id, uint32_t vcpus, uint64
     (void)scheduler_.Release(claim_id);
     return Status::Internal("scheduler chose unknown node " + placement.node);
   }
+  if (!hints.image_digest.empty() && it->second.cached_images.insert(hints.image_digest).second) {
+    PushToScheduler(it->second);  // the execution puts the image there
+  }
   ClaimRow row{claim_id, placement.node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
   if (Status s = store_->InsertClaim(row); !s.ok()) {
     (void)scheduler_.Release(claim_id);
     return s;
   }
-  return it->second.node.get();
+  return Placed{it->second.node.get(), placement.alternates};
 }
 
 void Cluster::Release(const std::string& claim_id) {
@@ -315,6 +374,64 @@ void Cluster::ReleaseAllClaims() {
     spdlog::warn("releasing stale claim {} on node {}", c.id, c.node);
     Release(c.id);
   }
+}
+
+void Cluster::RefreshLocality(const std::string& name) {
+  Node* node = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(name);
+    if (it == nodes_.end() || !it->second.node || it->second.down) return;
+    node = it->second.node.get();
+  }
+  // Read outside the lock (libvirt calls), as the monitor's health check does.
+  auto volumes = node->hypervisor().ListVolumes(node->config().pool);
+  std::set<std::string> templates;
+  if (TemplateCache* cache = node->templates()) {
+    if (auto keys = cache->ListKeys(); keys.ok()) templates.insert(keys->begin(), keys->end());
+  }
+  if (!volumes.ok()) return;
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end() || it->second.node.get() != node) return;
+  std::set<std::string> images = CachedImageDigests(*volumes);
+  if (images == it->second.cached_images && templates == it->second.template_keys) return;
+  it->second.cached_images = std::move(images);
+  it->second.template_keys = std::move(templates);
+  PushToScheduler(it->second);
+}
+
+Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, uint32_t vcpus, uint64_t memory_mib) {
+  std::lock_guard lock(mu_);
+  if (!nodes_.count(node)) return Status::NotFound("node '" + node + "' does not exist");
+  if (auto held = scheduler_.FindClaim(claim_id); held.ok()) {
+    if (held->node == node) return Status::Ok();
+    (void)scheduler_.Release(claim_id);
+  }
+  BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(node, claim_id, sched::Resources{vcpus, memory_mib, 0}));
+  (void)store_->DeleteClaim(claim_id);  // the row may name another node or other amounts
+  ClaimRow row{claim_id, node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
+  if (Status s = store_->InsertClaim(row); !s.ok()) {
+    (void)scheduler_.Release(claim_id);
+    return s;
+  }
+  return Status::Ok();
+}
+
+int Cluster::ReleaseClaimsExcept(const std::set<std::string>& keep) {
+  auto claims = store_->ListClaims();
+  if (!claims.ok()) {
+    spdlog::warn("listing claims: {}", claims.status().ToString());
+    return 0;
+  }
+  int released = 0;
+  for (const auto& c : *claims) {
+    if (keep.count(c.id)) continue;
+    spdlog::warn("releasing stale claim {} on node {}", c.id, c.node);
+    Release(c.id);
+    ++released;
+  }
+  return released;
 }
 
 Node* Cluster::Get(const std::string& name) {
@@ -459,6 +576,7 @@ void Cluster::MonitorLoop() {
                      changed_to ? "" : health.message());
         if (notify) notify(name, changed_to);
       }
+      if (health.ok()) RefreshLocality(name);
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +56,15 @@ struct NodeView {
   std::string last_error;
 };
 
+// Locality hints for a placement: nodes that already hold these score higher.
+struct PlacementHints {
+  std::string image_digest;  // sha256 of the root filesystem image ("" : none)
+  std::string template_key;  // snapshot template key of the function ("" : none)
+};
+
+// The image digests a node's pool holds, from its volume names (img-<sha256>.<fmt>).
+std::set<std::string> CachedImageDigests(const std::vector<hv::VolumeInfo>& pool_volumes);
+
 struct ClusterOptions {
   std::string state_dir = "/var/lib/berth/nodes";  // pool folders of added nodes: <state_dir>/<name>/{pool,logs}
   int64_t monitor_interval_ms = 2000;
@@ -86,10 +96,38 @@ class Cluster {
   // every selector label and has room. ResourceExhausted says why none fits.
   Result<Node*> Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                       const std::map<std::string, std::string>& selector);
+  // Place, preferring nodes that already cache the image / hold the template.
+  // The chosen node counts as caching the image from then on.
+  Result<Node*> Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                      const std::map<std::string, std::string>& selector, const PlacementHints& hints);
+  // Place that also returns the scheduler's next-best feasible nodes (not
+  // claimed), so that a failed start can move on without a new scheduling round.
+  struct Placed {
+    Node* node = nullptr;
+    std::vector<std::string> alternates;  // best first
+  };
+  Result<Placed> PlaceWithAlternates(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                                     const std::map<std::string, std::string>& selector, const PlacementHints& hints,
+                                     uint32_t alternates = 2);
+  // Claims `claim_id` on the first of `*alternates` that is still up and has
+  // room, consuming the list from the front (nodes tried are removed).
+  // ResourceExhausted when none is left.
+  Result<Node*> ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
+                                 std::vector<std::string>* alternates);
+  // Re-reads which images and templates a node holds (the monitor does this
+  // every round for nodes that answer).
+  void RefreshLocality(const std::string& name);
   // Releases a claim (idempotent).
   void Release(const std::string& claim_id);
   // Drops claims of executions that are not live (after a restart).
   void ReleaseAllClaims();
+  // Reconciliation: re-installs the claim of an adopted execution on `node`
+  // (no filter: its VM exists, so it counts even over capacity or on a node
+  // that is not up) and keeps its row in the store. NotFound for an unknown node.
+  Status ClaimOn(const std::string& claim_id, const std::string& node, uint32_t vcpus, uint64_t memory_mib);
+  // Reconciliation: releases every claim (store and scheduler) whose id is
+  // not in `keep`; returns how many went.
+  int ReleaseClaimsExcept(const std::set<std::string>& keep);
 
   Node* Get(const std::string& name);
   Node* local() { return local_; }
@@ -111,6 +149,7 @@ class Cluster {
     bool down = false;
     int64_t last_ok_ms = 0;
     std::string last_error;
+    std::set<std::string> cached_images, template_keys;  // locality, for the scheduler
   };
   Result<std::unique_ptr<Node>> Connect(const NodeSpec& spec, const NodeConfig& base);
   NodeConfig ConfigFor(const NodeSpec& spec) const;

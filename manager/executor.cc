@@ -32,6 +32,8 @@ struct Executor::Live {
   bool disk_boot = false;
   bool lost = false;         // its node went down
   std::string domain;
+  std::string overlay;       // the domain's vda volume in the node's pool (live fork copies it)
+  int64_t pid = 0;
   Node* node = nullptr;
   hv::AgentClient* agent = nullptr;  // set while the command runs
   LiveOutput output;
@@ -48,6 +50,7 @@ Executor::Executor(Env* env, Store* store, ExecutorOptions options)
   pool_options.kernel_cmdline = options_.kernel_cmdline;
   pool_options.boot_timeout_ms = options_.boot_timeout_ms;
   pools_ = std::make_unique<WarmPools>(env_, pool_options);
+  networks_ = std::make_unique<Networks>(options_.networks);
 }
 
 Executor::~Executor() {
@@ -64,6 +67,12 @@ void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const image
     if (Status s = cache->Invalidate(old_key); !s.ok()) {
       spdlog::warn("deleting the template of {} v{}: {}", previous->spec.name, previous->version, s.ToString());
     }
+  }
+  if (fn.spec.network != "none") {
+    // Networked functions start cold for now: a pooled VM or template clone
+    // would carry another VM's MAC and lease (see docs/ARCHITECTURE.md).
+    pools_->Remove(fn.tenant, fn.spec.name);
+    return;
   }
   pools_->Configure(node, fn, image);
 }
@@ -126,6 +135,8 @@ void ExecutionTeardown::Run() {
   if (overlay_created_) log(hv.DeleteVolume(node_.config().pool, overlay_), "deleting overlay " + overlay_);
   if (seed_created_) log(hv.DeleteVolume(node_.config().pool, seed_), "deleting seed " + seed_);
   if (started_) log(hv.DeleteVolume(node_.config().log_pool, console_), "deleting console log " + console_);
+  for (auto& fn : on_destroyed_) fn();
+  on_destroyed_.clear();
   if (reserved_memory_mib_) node_.Release(reserved_vcpus_, reserved_memory_mib_);
   reserved_memory_mib_ = 0;
 }
@@ -161,6 +172,8 @@ Result<std::shared_ptr<Executor::Live>> Executor::Create(Node& node, const Launc
   auto live = std::make_shared<Live>();
   live->node = &node;
   live->domain = ex.domain;
+  live->overlay = OverlayVolumeName(ex.id);
+  live->pid = ex.pid;
   live->disk_boot = launch.spec.boot == BootMode::kDisk;
   live->max_output = options_.max_output_bytes;
   {
@@ -194,6 +207,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   launch.spec.memory_mib = fn.spec.memory_mib;
   launch.spec.timeout_ms = fn.spec.timeout_ms;
   launch.spec.cwd = fn.spec.cwd;
+  BERTH_ASSIGN_OR_RETURN(launch.spec.network, FunctionNetworkPolicy(fn.spec));
   launch.ppid = request.ppid;
   launch.id = request.id;
   ExecutionRecord ex;
@@ -243,6 +257,9 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   const int64_t t0 = env_->MonotonicMs();
   const int64_t created_unix = ex.created_ms;
   const bool disk_boot = launch.spec.boot == BootMode::kDisk;
+  // A NIC on the tenant network (issue 8); such runs skip warm pools and
+  // templates (their VMs would share a MAC and a lease).
+  const bool networked = launch.spec.network.mode != net::NetworkMode::kNone;
   const std::string overlay = OverlayVolumeName(ex.id);
   std::string console = ConsoleLogVolumeName(ex.domain);
   auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console, SeedVolumeName(ex.id));
@@ -326,7 +343,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   }
   std::unique_ptr<hv::AgentClient> agent;
   std::optional<PooledVm> warm;
-  if (fn) warm = pools_->Take(node, *fn, launch.image);
+  if (fn && launch.live_fork_of.empty() && !networked) warm = pools_->Take(node, *fn, launch.image);
   if (warm) {
     // The pooled VM already holds its overlay, console log and capacity.
     ex.domain = warm->domain;
@@ -338,6 +355,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     agent = std::move(warm->agent);
     std::lock_guard lock(live->mu);
     live->domain = warm->domain;
+    live->overlay = warm->overlay_volume;
     live->domain_started = true;
   }
 
@@ -345,9 +363,19 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   ex.timings.queue_ms = env_->NowUnixMs() - created_unix;
   if (!advance(ExecState::kPlacing)) return finish(ExecState::kError, "store_failed", "could not record placing");
   if (!warm) {
-    if (Status s = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib); !s.ok()) {
-      return finish(ExecState::kError, "no_capacity", s.message());
+    Status reserved = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib);
+    // Idle pooled VMs and teardowns still in flight (answered calls whose VM
+    // is going away) hold capacity that a call may have: free the former,
+    // wait a little for the latter.
+    for (int i = 0; !reserved.ok() && i < 50; ++i) {
+      if (pools_->EvictIdleFor(node, launch.spec.vcpus, launch.spec.memory_mib) == 0) {
+        std::unique_lock lock(cleanup_mu_);
+        if (pending_cleanups_ == 0) break;
+        cleanup_cv_.wait_for(lock, std::chrono::milliseconds(100));
+      }
+      reserved = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib);
     }
+    if (!reserved.ok()) return finish(ExecState::kError, "no_capacity", reserved.message());
     cleanup->reserved(launch.spec.vcpus, launch.spec.memory_mib);  // held until the VM is gone
   }
   ex.timings.placed_at = env_->NowUnixMs();
@@ -359,6 +387,53 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     ex.timings.boot_ms = 0;
     ex.timings.start = "warm";
     if (!advance(ExecState::kStarting)) return finish(ExecState::kError, "store_failed", "could not record starting");
+  } else if (!launch.live_fork_of.empty()) {
+    // Live fork: the parent's memory and disk of now, not a boot.
+    std::shared_ptr<Live> parent;
+    {
+      std::lock_guard lock(live_mu_);
+      if (auto it = live_.find(launch.live_fork_of); it != live_.end()) parent = it->second;
+    }
+    LiveForkRequest req;
+    bool parent_running = false;
+    if (parent) {
+      std::lock_guard lock(parent->mu);
+      parent_running = !parent->done && parent->agent != nullptr && !parent->disk_boot && parent->node == &node;
+      req.parent_domain = parent->domain;
+      // (An adopted process's entry has no overlay recorded: it is the default name.)
+      req.parent_overlay_volume = parent->overlay.empty() ? OverlayVolumeName(launch.live_fork_of) : parent->overlay;
+      req.parent_pid = parent->pid;
+    }
+    if (!parent_running) {
+      return finish(ExecState::kError, "fork_failed",
+                    "the parent is not running a command on node " + node.name() + " any more");
+    }
+    if (!advance(ExecState::kStarting)) return finish(ExecState::kError, "store_failed", "could not record starting");
+    req.child_execution_id = ex.id;
+    req.child.domain = ex.domain;
+    req.child.title = std::string("berth ") + ProcKindName(ex.kind) + " " + (ex.name.empty() ? ex.function : ex.name) +
+                      " pid " + std::to_string(ex.pid) + " (tenant " + ex.tenant + ", live fork of pid " +
+                      std::to_string(req.parent_pid) + ")";
+    req.child.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
+    req.child.console_log_path = node.config().log_dir + "/" + console;
+    req.child_overlay_volume = overlay;
+    cleanup->mark_overlay_created();
+    cleanup->mark_started();
+    const int64_t b0 = env_->MonotonicMs();
+    auto forked = LiveFork(env_, node, req);
+    ex.timings.disk_ready_at = env_->NowUnixMs();
+    ex.timings.prepare_ms = env_->MonotonicMs() - t0;
+    if (!forked.ok()) return finish(ExecState::kError, "fork_failed", forked.status().message());
+    agent = std::move(forked->agent);
+    ex.timings.boot_ms = env_->MonotonicMs() - b0;
+    ex.timings.start = "fork";
+    ex.timings.booted_at = ex.timings.agent_ready_at = env_->NowUnixMs();
+    spdlog::info("live fork of pid {} into pid {}: parent paused {} ms (save {} ms, disk {} ms), restore {} ms, hello {} ms",
+                 req.parent_pid, ex.pid, forked->paused_ms, forked->save_ms, forked->disk_ms, forked->restore_ms,
+                 forked->hello_ms);
+    std::lock_guard lock(live->mu);
+    live->domain_started = true;
+    if (live->kill_signal == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
   } else {
 
   // Disk: the image on the node, a copy-on-write overlay, a seed for disk boots.
@@ -396,7 +471,15 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   if (disk_boot) spec.disks.push_back({seed_path, "raw", "vdb", true});
   spec.console_log_path = node.config().log_dir + "/" + console;
   spec.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
-  if (TemplateCache* cache = fn && fn->spec.snapshot ? node.templates() : nullptr) {
+  if (networked) {
+    auto attached = networks_->Acquire(node.hypervisor(), node.name(), ex.tenant, launch.spec.network);
+    if (!attached.ok()) return finish(ExecState::kError, "network_unavailable", attached.status().message());
+    cleanup->OnDestroyed([this, &node, a = *attached] { networks_->Release(node.hypervisor(), a); });
+    spec.nics.push_back(attached->nic);
+    spec.metadata.network = net::NetworkModeName(launch.spec.network.mode);
+    ex.mac = attached->nic.mac;
+  }
+  if (TemplateCache* cache = fn && fn->spec.snapshot && !networked ? node.templates() : nullptr) {
     const std::string key = cache->KeyFor(*fn, launch.image);
     if (!cache->Lookup(key).ok()) {
       pools_->EnsureTemplate(node, *fn, launch.image);  // this call boots; later ones restore
@@ -414,6 +497,8 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
         if (live->kill_signal == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
       } else {
         spdlog::warn("execution {}: template start failed ({}); booting cold", ex.id, clone.status().ToString());
+        // A damaged template was invalidated by StartClone: rebuild it now, not at the next call.
+        pools_->EnsureTemplate(node, *fn, launch.image);
         // The failed clone may have written to the overlay: boot from a fresh one.
         (void)node.hypervisor().DeleteVolume(node.config().pool, overlay);
         ovl = node.hypervisor().CreateOverlay(node.config().pool, overlay, *base, 0);
@@ -470,6 +555,20 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     const char* code = hello.status().code() == Code::kDeadlineExceeded ? "boot_timeout" : "agent_unreachable";
     return finish(ExecState::kError, code, hello.status().message());
   }
+  if (networked) {
+    // The guest asks libvirt's dnsmasq for a lease; its address goes into
+    // the record and the domain's metadata. Counted as boot time.
+    const int64_t n0 = env_->MonotonicMs();
+    auto lease = agent->NetUp(ex.mac, options_.dhcp_timeout_ms);
+    if (!lease.ok()) return finish(ExecState::kError, "network_unavailable", "guest network: " + lease.status().message());
+    spdlog::info("execution {}: {} {}/{} via {} after {} ms (in the guest {} ms)", ex.id, lease->interface, lease->ip,
+                 lease->prefix_length, lease->gateway, env_->MonotonicMs() - n0, lease->took_ms);
+    ex.addresses = {lease->ip};
+    spec.metadata.addresses = ex.addresses;
+    if (Status s = node.hypervisor().SetDomainMetadata(ex.domain, spec.metadata); !s.ok()) {
+      spdlog::warn("execution {}: recording its address in the domain metadata: {}", ex.id, s.ToString());
+    }
+  }
   ex.timings.boot_ms = env_->MonotonicMs() - b0;
   ex.timings.agent_ready_at = env_->NowUnixMs();
   }  // cold boot
@@ -506,13 +605,21 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     if (bytes.size() > room) live->output.truncated = true;
     sink.append(bytes, 0, std::min(room, bytes.size()));
   };
-  auto outcome = agent->Exec(msg, launch.spec.stdin_data, options_.max_output_bytes, host_timeout, on_output);
+  // A live-forked child follows its copy of the parent's command.
+  auto outcome = launch.live_fork_of.empty()
+                     ? agent->Exec(msg, launch.spec.stdin_data, options_.max_output_bytes, host_timeout, on_output)
+                     : agent->Attach(options_.max_output_bytes, host_timeout, on_output);
   ex.timings.run_ms = env_->MonotonicMs() - r0;
   {
     std::lock_guard lock(live->mu);
     live->agent = nullptr;
   }
-  agent->Close();
+  // keep_alive: the VM of a successful run goes back to the function's pool
+  // (its agent stays connected) instead of being torn down.
+  const bool reusable = fn && fn->spec.keep_alive && launch.live_fork_of.empty() && !networked && outcome.ok() &&
+                        outcome->exit.error_code.empty() && !outcome->exit.timed_out && outcome->exit.signal == 0 &&
+                        outcome->exit.exit_code == 0 && kill_signal() == 0;
+  if (!reusable) agent->Close();
   if (!outcome.ok()) {
     if (outcome.status().code() == Code::kDeadlineExceeded) {
       // The agent did not enforce the timeout (hung guest): the host does.
@@ -535,6 +642,25 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   if (outcome->exit.timed_out) {
     return finish(ExecState::kTimedOut, "timeout",
                   "killed after exceeding the timeout of " + std::to_string(launch.spec.timeout_ms) + " ms");
+  }
+  if (reusable) {
+    PooledVm vm;
+    vm.domain = ex.domain;
+    {
+      std::lock_guard lock(live->mu);
+      vm.overlay_volume = live->overlay;
+    }
+    vm.console_volume = console;
+    vm.agent = std::move(agent);
+    vm.made_by = "reuse";
+    vm.function_version = fn->version;
+    vm.vcpus = launch.spec.vcpus;
+    vm.memory_mib = launch.spec.memory_mib;
+    if (pools_->GiveBack(node, *fn, launch.image, vm)) {
+      cleanup->Disarm();  // the pool owns the VM, its volumes and its capacity now
+    } else {
+      vm.agent->Close();
+    }
   }
   return finish(ex.exit_code == 0 ? ExecState::kSucceeded : ExecState::kFailed, "", "");
 }
@@ -633,6 +759,176 @@ void Executor::MarkNodeLost(const std::string& node_name) {
 bool Executor::IsLive(const std::string& execution_id) {
   std::lock_guard lock(live_mu_);
   return live_.count(execution_id) > 0;
+}
+
+
+// ---- Adoption after a berthd restart ----
+
+Status Executor::Adopt(Node& node, const ExecutionRecord& record) {
+  if (record.state != ExecState::kRunning) {
+    return Status::FailedPrecondition(std::string("only running executions are adopted (this one is ") +
+                                      ExecStateName(record.state) + ")");
+  }
+  auto live = std::make_shared<Live>();
+  live->node = &node;
+  live->domain = record.domain;
+  live->disk_boot = record.spec.boot == BootMode::kDisk;
+  live->domain_started = true;
+  live->max_output = options_.max_output_bytes;
+  {
+    std::lock_guard lock(live_mu_);
+    if (live_.count(record.id)) return Status::AlreadyExists("execution " + record.id + " is already live");
+    live_[record.id] = live;
+  }
+  spdlog::info("adopting execution {} (pid {}, domain {} on node {})", record.id, record.pid, record.domain,
+               node.name());
+  Background([this, &node, record, live] { FollowAdopted(node, record, live); });
+  return Status::Ok();
+}
+
+void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Live> live) {
+  constexpr int64_t kReattachHelloMs = 30'000;
+  const bool disk_boot = live->disk_boot;
+  const std::string console = ConsoleLogVolumeName(ex.domain);
+  auto cleanup =
+      std::make_shared<ExecutionTeardown>(node, ex.domain, OverlayVolumeName(ex.id), console, SeedVolumeName(ex.id));
+  cleanup->mark_started();
+  cleanup->mark_overlay_created();
+  if (disk_boot) cleanup->mark_seed_created();
+  // The VM holds its memory and vCPUs: account for them like a placed one.
+  if (node.Reserve(ex.spec.vcpus, ex.spec.memory_mib).ok()) cleanup->reserved(ex.spec.vcpus, ex.spec.memory_mib);
+  // How long it has run already (the guest's clock goes on without us).
+  const int64_t started_unix = ex.timings.agent_ready_at ? ex.timings.agent_ready_at
+                               : ex.timings.booted_at    ? ex.timings.booted_at
+                                                         : ex.created_ms;
+  const int64_t ran_ms = std::max<int64_t>(0, env_->NowUnixMs() - started_unix);
+  const int64_t r0 = env_->MonotonicMs();
+
+  auto finish = [&](ExecState to, std::string error_code, std::string error) {
+    bool lost = false;
+    int sig = 0;
+    {
+      std::lock_guard lock(live->mu);
+      lost = live->lost;
+      sig = live->kill_signal;
+    }
+    if (lost) {
+      to = ExecState::kLost;
+      error_code = "node_lost";
+      error = "node " + node.name() + " stopped answering while this execution ran";
+    } else if (sig != 0) {
+      to = ExecState::kKilled;
+      if (ex.signal == 0) ex.signal = sig;
+      error_code = "killed";
+      error = std::string("killed by ") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    }
+    if (ex.kind == ProcKind::kInstance || to == ExecState::kError) {
+      auto log = node.hypervisor().DownloadVolumeTail(node.config().log_pool, console, options_.max_console_bytes + 1);
+      if (log.ok()) {
+        ex.console_truncated = log->size() > options_.max_console_bytes;
+        ex.console = Tail(*log, options_.max_console_bytes);
+      }
+    }
+    ex.timings.run_ms += env_->MonotonicMs() - r0;
+    ex.timings.total_ms = env_->NowUnixMs() - ex.created_ms;
+    ex.error_code = std::move(error_code);
+    ex.error = std::move(error);
+    Metrics::Global().CountExecution(ExecStateName(to));
+    if (Status s = Advance(ex, to); !s.ok()) spdlog::error("recording end of adopted {}: {}", ex.id, s.ToString());
+    {
+      std::lock_guard lock(live->mu);
+      live->done = true;
+      live->agent = nullptr;
+    }
+    live->cv.notify_all();
+    {
+      std::lock_guard lock(live_mu_);
+      live_.erase(ex.id);
+    }
+    Teardown(std::move(cleanup), ex);
+  };
+
+  if (disk_boot) {
+    for (;;) {
+      auto state = node.hypervisor().GetDomainState(ex.domain);
+      if (!state.ok() && state.status().code() == Code::kNotFound) break;
+      if (state.ok() && (state->state == hv::DomainRunState::kShutoff || state->state == hv::DomainRunState::kCrashed)) {
+        break;
+      }
+      if (ex.spec.timeout_ms > 0 && ran_ms + env_->MonotonicMs() - r0 > ex.spec.timeout_ms) {
+        return finish(ExecState::kTimedOut, "timeout",
+                      "stopped after exceeding the timeout of " + std::to_string(ex.spec.timeout_ms) + " ms");
+      }
+      std::unique_lock lock(live->mu);
+      if (live->lost) break;
+      live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+    }
+    ex.duration_ms = ran_ms + env_->MonotonicMs() - r0;
+    ex.exit_code = 0;  // the guest powered itself off
+    return finish(ExecState::kSucceeded, "", "");
+  }
+
+  auto channel = node.hypervisor().OpenAgentChannel(ex.domain, agent::kPortName);
+  if (!channel.ok()) {
+    return finish(ExecState::kError, "agent_unreachable",
+                  "re-attaching after a berthd restart: " + channel.status().message());
+  }
+  hv::AgentClient agent(std::move(*channel));
+  auto hello = agent.Hello(kReattachHelloMs);
+  if (!hello.ok()) {
+    return finish(ExecState::kError, "agent_unreachable", "re-attaching after a berthd restart: " + hello.status().message());
+  }
+  if (!hello->exec_pending) {
+    // The command ended and its Exit went to the berthd that crashed.
+    agent.Close();
+    return finish(ExecState::kLost, "exit_status_lost",
+                  "the command ended while berthd was restarting and its exit status was not kept");
+  }
+  {
+    std::lock_guard lock(live->mu);
+    if (live->kill_signal == 0) live->agent = &agent;
+  }
+  if (int sig = [&] { std::lock_guard lock(live->mu); return live->kill_signal; }(); sig != 0) {
+    if (sig == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
+    else (void)agent.Kill(sig);
+  }
+  const int64_t host_timeout = ex.spec.timeout_ms > 0
+                                   ? std::max<int64_t>(ex.spec.timeout_ms - ran_ms, 0) + options_.host_grace_ms
+                                   : kForever;
+  auto on_output = [&live](agent::MsgType type, const std::string& bytes) {
+    std::lock_guard lock(live->mu);
+    std::string& sink = type == agent::MsgType::kStdout ? live->output.stdout_data : live->output.stderr_data;
+    size_t room = sink.size() < live->max_output ? live->max_output - sink.size() : 0;
+    if (bytes.size() > room) live->output.truncated = true;
+    sink.append(bytes, 0, std::min(room, bytes.size()));
+  };
+  auto outcome = agent.Attach(options_.max_output_bytes, host_timeout, on_output);
+  {
+    std::lock_guard lock(live->mu);
+    live->agent = nullptr;
+  }
+  agent.Close();
+  if (!outcome.ok()) {
+    if (outcome.status().code() == Code::kDeadlineExceeded) {
+      ex.duration_ms = ran_ms + env_->MonotonicMs() - r0;
+      return finish(ExecState::kTimedOut, "timeout",
+                    "killed by the host after the timeout of " + std::to_string(ex.spec.timeout_ms) + " ms");
+    }
+    return finish(ExecState::kError, "agent_failed", outcome.status().message());
+  }
+  // Only output produced (or still queued) after the restart reaches us.
+  ex.stdout_data = std::move(outcome->stdout_data);
+  ex.stderr_data = std::move(outcome->stderr_data);
+  ex.output_truncated = outcome->truncated;
+  ex.duration_ms = outcome->exit.duration_ms;
+  ex.signal = outcome->exit.signal;
+  if (!outcome->exit.error_code.empty()) return finish(ExecState::kError, outcome->exit.error_code, outcome->exit.error);
+  ex.exit_code = outcome->exit.exit_code;
+  if (outcome->exit.timed_out) {
+    return finish(ExecState::kTimedOut, "timeout",
+                  "killed after exceeding the timeout of " + std::to_string(ex.spec.timeout_ms) + " ms");
+  }
+  return finish(ex.exit_code == 0 ? ExecState::kSucceeded : ExecState::kFailed, "", "");
 }
 
 }  // namespace berth::manager

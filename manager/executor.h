@@ -18,6 +18,7 @@
 #include "common/env.h"
 #include "images/image_store.h"
 #include "manager/node.h"
+#include "manager/networks.h"
 #include "manager/store.h"
 #include "manager/types.h"
 #include "manager/warm_pool.h"
@@ -46,6 +47,11 @@ struct Launch {
   ProcSpec spec;                         // spec.command is the full argv (entrypoint + args)
   int64_t ppid = kInitPid;
   std::string id;                        // execution id to use ("" : a new random one)
+  // Live fork: the execution id of a running process on the same node whose
+  // current memory and disk state this one starts from (manager/templates.h
+  // LiveFork) instead of a boot; it then follows the copy of the parent's
+  // running command to its end instead of starting spec.command.
+  std::string live_fork_of;
 };
 
 struct ExecutorOptions {
@@ -60,6 +66,10 @@ struct ExecutorOptions {
   // node's capacity stays reserved until the VM is gone). False: answer only
   // after teardown.
   bool async_cleanup = true;
+  // Guest networking: the tenant subnet pool, and how long a networked
+  // guest may take to get its DHCP lease after hello.
+  NetworksConfig networks;
+  int64_t dhcp_timeout_ms = 15'000;
 };
 
 // Volume names of one execution on its node.
@@ -85,6 +95,8 @@ class ExecutionTeardown {
   void mark_overlay_created() { overlay_created_ = true; }
   void mark_started() { started_ = true; }
   void mark_seed_created() { seed_created_ = true; }
+  // Runs after the domain and volumes are gone (e.g. releasing its network).
+  void OnDestroyed(std::function<void()> fn) { on_destroyed_.push_back(std::move(fn)); }
   // Hands everything over to someone else (e.g. a warm pool): Run does nothing.
   void Disarm() { done_ = true; }
   bool started() const { return started_; }
@@ -99,6 +111,7 @@ class ExecutionTeardown {
   bool overlay_created_ = false, started_ = false, seed_created_ = false, done_ = false;
   uint32_t reserved_vcpus_ = 0;
   uint64_t reserved_memory_mib_ = 0;
+  std::vector<std::function<void()>> on_destroyed_;
 };
 
 // Live view of a process that has not ended yet (output so far).
@@ -142,6 +155,18 @@ class Executor {
   // threads are unblocked; nothing is retried here).
   void MarkNodeLost(const std::string& node_name);
 
+  // Reconciliation after a berthd restart (manager/reconcile.h): takes over
+  // an execution whose record says running and whose domain still runs on
+  // `node`. It gets a live-table entry again (Kill, Wait, Output work), and
+  // is followed to its end in the background: a runtime-backed run's agent
+  // channel is reopened and its Exit awaited (the agent keeps output and
+  // Exit it could not deliver while no host was connected; what the earlier
+  // berthd had already received is not repeated, and is lost); a disk-boot
+  // instance's domain is watched until it powers off. The record then ends
+  // with the real outcome and the VM is torn down as usual (release hook
+  // included). Nothing is started or resumed. AlreadyExists if it is live.
+  Status Adopt(Node& node, const ExecutionRecord& record);
+
   // Fast start. A function was created or updated (`previous`: its record
   // before an update, else null): its template is built in the background,
   // the previous version's template is deleted, its warm pool reconfigured.
@@ -150,6 +175,8 @@ class Executor {
   // A function was deleted: its pool's VMs and its template go.
   void FunctionDeleted(Node& node, const FunctionRecord& fn);
   WarmPools& pools() { return *pools_; }
+  // Tenant networks and filters on the nodes (Service sweeps them at start).
+  Networks& networks() { return *networks_; }
 
  private:
   struct Live;
@@ -163,6 +190,8 @@ class Executor {
   void Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRecord ex);
   // Runs fn on a detached thread that the destructor waits for.
   void Background(std::function<void()> fn);
+  // The body of an adopted execution (see Adopt), in the calling thread.
+  void FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Live> live);
 
   Env* env_;
   Store* store_;
@@ -174,6 +203,7 @@ class Executor {
   std::mutex live_mu_;
   std::map<std::string, std::shared_ptr<Live>> live_;
   std::unique_ptr<WarmPools> pools_;
+  std::unique_ptr<Networks> networks_;
 };
 
 }  // namespace berth::manager

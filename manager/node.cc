@@ -2,6 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <optional>
+
+#include "common/sha256.h"
+
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
 #include "manager/templates.h"
@@ -81,11 +87,153 @@ Result<hv::VolumeInfo> Node::EnsureFileVolume(const std::string& name, const std
   return hv_->UploadVolume(config_.pool, name, path, format);
 }
 
+struct Node::ImageTransfer {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<Result<hv::VolumeInfo>> result;
+};
+
 Result<hv::VolumeInfo> Node::EnsureImage(const images::ImageRecord& image) {
-  std::lock_guard lock(upload_mu_);
-  BERTH_ASSIGN_OR_RETURN(auto vol, EnsureFileVolume(ImageVolumeName(image.id, image.format), image.path, image.format));
-  if (image.format == "qcow2") vol.capacity_bytes = image.virtual_size_bytes;
+  const std::string name = ImageVolumeName(image.id, image.format);
+  std::shared_ptr<ImageTransfer> transfer;
+  bool leader = false;
+  {
+    std::lock_guard lock(upload_mu_);
+    image_last_used_[image.id] = env_->MonotonicMs();
+    auto& slot = transfers_[name];
+    if (!slot) {
+      slot = std::make_shared<ImageTransfer>();
+      leader = true;
+    }
+    transfer = slot;
+  }
+  if (!leader) {
+    // Someone is already putting this image on the node: share its transfer.
+    std::unique_lock lock(transfer->mu);
+    transfer->cv.wait(lock, [&] { return transfer->result.has_value(); });
+    return *transfer->result;
+  }
+  auto result = TransferImage(image);
+  {
+    std::lock_guard lock(upload_mu_);
+    transfers_.erase(name);
+    if (result.ok()) verified_volumes_.insert(name);
+  }
+  {
+    std::lock_guard lock(transfer->mu);
+    transfer->result = result;
+  }
+  transfer->cv.notify_all();
+  return result;
+}
+
+namespace {
+// libvirt reports a file's size as a raw volume's capacity, and a qcow2's
+// virtual size once its refresh has probed the header.
+bool VolumeSizeMatches(const hv::VolumeInfo& vol, const images::ImageRecord& image) {
+  return vol.capacity_bytes == image.size_bytes ||
+         (image.format == "qcow2" && vol.capacity_bytes == image.virtual_size_bytes);
+}
+}  // namespace
+
+Result<hv::VolumeInfo> Node::TransferImage(const images::ImageRecord& image) {
+  const std::string name = ImageVolumeName(image.id, image.format);
+  bool verified;
+  {
+    std::lock_guard lock(upload_mu_);
+    verified = verified_volumes_.count(name) > 0;
+  }
+  auto vol = hv_->LookupVolume(config_.pool, name);
+  if (vol.ok() && !verified) {
+    // Not uploaded by this process: its content must be the image's.
+    bool good = VolumeSizeMatches(*vol, image);
+    if (good) {
+      Sha256 hash;
+      constexpr uint64_t kChunk = 8u << 20;
+      for (uint64_t off = 0; good && off < image.size_bytes; off += kChunk) {
+        auto bytes = hv_->DownloadVolumeRange(config_.pool, name, off, std::min(kChunk, image.size_bytes - off));
+        if (!bytes.ok()) return bytes.status().WithContext("verifying volume " + name);
+        if (bytes->empty()) good = false;
+        hash.Update(*bytes);
+      }
+      good = good && hash.FinishHex() == image.id;
+    }
+    if (!good) {
+      spdlog::warn("node {}: volume {} does not hold image {} (an interrupted upload?); uploading it again",
+                   config_.name, name, image.id);
+      BERTH_RETURN_IF_ERROR(hv_->DeleteVolume(config_.pool, name));
+      vol = Status::NotFound("volume " + name + " was replaced");
+    }
+  }
+  if (!vol.ok()) {
+    if (vol.status().code() != Code::kNotFound) return vol.status();
+    spdlog::info("uploading {} to node {} as volume {}", image.path, config_.name, name);
+    vol = hv_->UploadVolume(config_.pool, name, image.path, image.format);
+    if (!vol.ok()) return vol.status();
+    if (!VolumeSizeMatches(*vol, image)) {
+      (void)hv_->DeleteVolume(config_.pool, name);
+      return Status::Internal("node " + config_.name + ": volume " + name + " has " +
+                              std::to_string(vol->capacity_bytes) + " bytes after upload, the image " +
+                              std::to_string(image.size_bytes));
+    }
+  }
+  vol->format = image.format;
+  if (image.format == "qcow2") vol->capacity_bytes = image.virtual_size_bytes;
   return vol;
+}
+
+std::map<std::string, uint64_t> Node::CachedImages() {
+  std::map<std::string, uint64_t> out;
+  auto vols = hv_->ListVolumes(config_.pool);
+  if (!vols.ok()) return out;
+  for (const auto& v : *vols) {
+    if (v.name.rfind("img-", 0) != 0) continue;
+    std::string id = v.name.substr(4, v.name.find('.') == std::string::npos ? std::string::npos : v.name.find('.') - 4);
+    if (IsSha256Hex(id)) out[id] += v.allocation_bytes;
+  }
+  return out;
+}
+
+Status Node::EvictImage(const std::string& sha256) {
+  std::lock_guard lock(upload_mu_);
+  for (const char* format : {"raw", "qcow2"}) {
+    const std::string name = ImageVolumeName(sha256, format);
+    if (transfers_.count(name)) continue;  // being put here right now
+    BERTH_RETURN_IF_ERROR(hv_->DeleteVolume(config_.pool, name));
+    verified_volumes_.erase(name);
+  }
+  image_last_used_.erase(sha256);
+  return Status::Ok();
+}
+
+size_t Node::TrimImageCache(uint64_t budget_bytes, const std::function<bool(const std::string& id)>& in_use) {
+  auto cached = CachedImages();
+  uint64_t total = 0;
+  for (const auto& [id, bytes] : cached) total += bytes;
+  if (total <= budget_bytes) return 0;
+  std::vector<std::pair<int64_t, std::string>> by_use;  // never used by this process: oldest
+  {
+    std::lock_guard lock(upload_mu_);
+    for (const auto& [id, bytes] : cached) {
+      auto it = image_last_used_.find(id);
+      by_use.emplace_back(it == image_last_used_.end() ? 0 : it->second, id);
+    }
+  }
+  std::sort(by_use.begin(), by_use.end());
+  size_t evicted = 0;
+  for (const auto& [used, id] : by_use) {
+    if (total <= budget_bytes) break;
+    if (in_use(id)) continue;
+    if (Status s = EvictImage(id); !s.ok()) {
+      spdlog::warn("node {}: evicting image {}: {}", config_.name, id, s.ToString());
+      continue;
+    }
+    spdlog::info("node {}: evicted image {} from its cache ({} bytes; budget {})", config_.name, id, cached[id],
+                 budget_bytes);
+    total -= cached[id];
+    ++evicted;
+  }
+  return evicted;
 }
 
 // Boots the runtime with type='kvm': a host whose KVM cannot run stock guests

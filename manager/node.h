@@ -66,7 +66,21 @@ class Node {
   const hv::NodeInfo& info() const { return info_; }
 
   // Makes sure the image is a volume on this node (uploading it once).
+  // Concurrent calls for one image share one transfer; different images
+  // upload in parallel. An uploaded volume must have the image's size; a
+  // volume this process did not upload or check (an earlier berthd may have
+  // been cut short mid-transfer) is read back and must have the image's
+  // sha256, else it is replaced. Marks the image as used now (LRU).
   Result<hv::VolumeInfo> EnsureImage(const images::ImageRecord& image);
+
+  // Image cache (img-* volumes of the node's pool). Evicts least-recently-
+  // used images, except those in_use(id) says something needs, until their
+  // allocation is at most budget_bytes. Returns how many it evicted.
+  size_t TrimImageCache(uint64_t budget_bytes, const std::function<bool(const std::string& id)>& in_use);
+  // Removes the image's volume (any format) if cached here.
+  Status EvictImage(const std::string& sha256);
+  // sha256 -> allocation bytes of the images cached on this node.
+  std::map<std::string, uint64_t> CachedImages();
 
   // Capacity accounting: Reserve fails kResourceExhausted when the node lacks
   // the memory or vCPUs (vCPUs may be overcommitted 4x).
@@ -88,7 +102,12 @@ class Node {
   std::string kernel_path_, initrd_path_;
   std::unique_ptr<TemplateCache> templates_;
 
-  std::mutex upload_mu_;  // one upload of an image at a time
+  struct ImageTransfer;
+  Result<hv::VolumeInfo> TransferImage(const images::ImageRecord& image);
+  std::mutex upload_mu_;  // guards the three below
+  std::map<std::string, std::shared_ptr<ImageTransfer>> transfers_;  // volume name -> transfer in flight
+  std::set<std::string> verified_volumes_;        // uploaded or checked by this process
+  std::map<std::string, int64_t> image_last_used_;  // sha256 -> monotonic ms
   std::mutex capacity_mu_;
   uint64_t used_memory_mib_ = 0;
   uint32_t used_vcpus_ = 0;

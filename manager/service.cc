@@ -8,9 +8,18 @@
 #include "common/sha256.h"
 #include "common/ids.h"
 #include "hypervisor/domain_xml.h"
+#include "manager/reconcile.h"
+#include "manager/templates.h"
 
 namespace berth::manager {
 namespace {
+
+// Error codes of executions whose command never ran because the node could
+// not start them: another node may do better.
+bool IsStartFailure(const std::string& code) {
+  return code == "start_failed" || code == "image_unavailable" || code == "overlay_failed" ||
+         code == "seed_failed" || code == "agent_unreachable" || code == "boot_timeout" || code == "no_capacity";
+}
 
 bool IsEnvName(const std::string& k) {
   if (k.empty() || std::isdigit(static_cast<unsigned char>(k[0]))) return false;
@@ -100,15 +109,23 @@ Status ValidateFunctionSpec(const FunctionSpec& spec) {
     if (v.find('\0') != std::string::npos) return Status::InvalidArgument("env", "value of '" + k + "' contains NUL");
   }
   if (spec.cwd.empty() || spec.cwd[0] != '/') return Status::InvalidArgument("cwd", "must be an absolute path");
-  if (spec.network != "none") {
-    return Status::InvalidArgument("network", "only 'none' is supported for now (guests have no network device)");
-  }
+  BERTH_RETURN_IF_ERROR(FunctionNetworkPolicy(spec).status());
   if (spec.max_warm > kMaxWarm) {
     return Status::InvalidArgument("max_warm", "must be between 0 (no pool) and " + std::to_string(kMaxWarm));
   }
   if (spec.min_warm > spec.max_warm) return Status::InvalidArgument("min_warm", "must be between 0 and max_warm");
   if (spec.idle_timeout_ms < 100 || spec.idle_timeout_ms > 86'400'000) {
     return Status::InvalidArgument("idle_timeout_ms", "must be between 100 and 86400000 (one day)");
+  }
+  if (spec.target_concurrency < 1 || spec.target_concurrency > 1000) {
+    return Status::InvalidArgument("target_concurrency", "must be between 1 and 1000");
+  }
+  if (spec.max_instances > 10'000) {
+    return Status::InvalidArgument("max_instances", "must be between 0 (no cap) and 10000");
+  }
+  if (spec.max_queued > 10'000) return Status::InvalidArgument("max_queued", "must be between 0 and 10000");
+  if (spec.queue_timeout_ms < 0 || spec.queue_timeout_ms > 3'600'000) {
+    return Status::InvalidArgument("queue_timeout_ms", "must be between 0 and 3600000 (one hour)");
   }
   BERTH_RETURN_IF_ERROR(ValidateGatewayPolicy(spec.gateway));
   return Status::Ok();
@@ -122,6 +139,7 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   svc->auth_ = std::make_unique<Auth>(env, svc->store_.get());
   svc->images_ = std::make_unique<images::ImageStore>(env, config.data_dir + "/images");
   BERTH_RETURN_IF_ERROR(svc->images_->init_status());
+  svc->uploads_ = std::make_unique<images::UploadSessions>(env, svc->images_.get(), config.max_image_bytes);
   BERTH_ASSIGN_OR_RETURN(svc->runtime_, LoadRuntime(env, config.runtime_dir));
   ClusterOptions copts;
   // Pool folders of added nodes sit beside the local pool's (the data dir may
@@ -137,13 +155,16 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   copts.policy.strategy = sched::Strategy::kSpread;  // keep load even; binpack is a flag away
   svc->cluster_ = std::make_unique<Cluster>(env, svc->store_.get(), svc->runtime_, copts);
   BERTH_ASSIGN_OR_RETURN(svc->node_, svc->cluster_->AddLocal(config.node));
-  svc->executor_ = std::make_unique<Executor>(env, svc->store_.get(), config.executor);
+  ExecutorOptions executor_options = config.executor;
+  // Guest networks are this berthd's by its data dir (see manager/networks.h).
+  if (executor_options.networks.owner.empty()) executor_options.networks.owner = config.data_dir;
+  svc->executor_ = std::make_unique<Executor>(env, svc->store_.get(), executor_options);
   Cluster* cluster = svc->cluster_.get();
   svc->executor_->SetReleaseHook([cluster](const std::string& id) { cluster->Release(id); });
   BERTH_RETURN_IF_ERROR(svc->cluster_->LoadRegistered());
+  // Adopts what still runs, ends the rest lost, destroys orphans, releases
+  // stale claims and unused volumes (manager/reconcile.h).
   BERTH_RETURN_IF_ERROR(svc->Reconcile());
-  // Nothing runs yet (executions are not adopted across restarts): every claim is stale.
-  svc->cluster_->ReleaseAllClaims();
   Service* raw = svc.get();
   svc->cluster_->SetNodeListener([raw](const std::string& name, bool up) {
     if (!up) {
@@ -156,10 +177,12 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
     }
   });
   svc->cluster_->StartMonitor();
+  svc->StartImageGc();
   return svc;
 }
 
 Service::~Service() {
+  StopImageGc();
   if (cluster_) cluster_->StopMonitor();
 }
 
@@ -186,32 +209,15 @@ Result<NodeView> Service::SetNodeState(const Principal& caller, const std::strin
 std::vector<NodeView> Service::NodeViews() { return cluster_->Views(); }
 Result<NodeView> Service::NodeViewOf(const std::string& name) { return cluster_->View(name); }
 
-// Synchronous executions die with the berthd that ran them: end their
-// records and remove their domains and volumes so nothing is orphaned. Then
-// sweep the node for leftovers of this store's finished executions (a
-// teardown cut short by a crash). Domains and volumes of executions this
-// store does not know belong to someone else and are left alone.
+// After a restart: the ordered reconciliation of manager/reconcile.h.
 Status Service::Reconcile() {
-  BERTH_ASSIGN_OR_RETURN(auto unfinished, store_->ListUnfinishedExecutions());
-  for (auto& ex : unfinished) {
-    spdlog::warn("execution {} (pid {}) was {} when berthd stopped; cleaning up", ex.id, ex.pid,
-                 ExecStateName(ex.state));
-    if (Node* n = cluster_->Get(ex.node); n && !cluster_->IsDown(ex.node)) {
-      auto& hv = n->hypervisor();
-      if (Status s = hv.DestroyDomain(ex.domain); !s.ok()) spdlog::warn("reconcile: {}", s.ToString());
-      (void)hv.DeleteVolume(n->config().pool, OverlayVolumeName(ex.id));
-      (void)hv.DeleteVolume(n->config().pool, SeedVolumeName(ex.id));
-      (void)hv.DeleteVolume(n->config().log_pool, ConsoleLogVolumeName(ex.domain));
-    }
-    ex.state = ExecState::kLost;
-    ex.error_code = "manager_restarted";
-    ex.error = "berthd stopped while this execution was running";
-    ex.finished_ms = env_->NowUnixMs();
-    BERTH_RETURN_IF_ERROR(store_->UpdateExecution(ex));
-  }
+  BERTH_RETURN_IF_ERROR(ReconcileAfterRestart(env_, *store_, *cluster_, *executor_).status());
+  // Guest networks and filters no execution uses any more (an earlier
+  // berthd's leftovers); those of adopted, still running domains stay.
   for (Node* n : cluster_->All()) {
-    if (cluster_->IsDown(n->name())) continue;
-    if (Status s = ReconcileNode(*n); !s.ok()) spdlog::warn("reconciling node {}: {}", n->name(), s.ToString());
+    if (Status s = executor_->networks().Sweep(n->hypervisor(), n->name()); !s.ok()) {
+      spdlog::warn("reconcile: sweeping networks on {}: {}", n->name(), s.ToString());
+    }
   }
   return Status::Ok();
 }
@@ -248,6 +254,11 @@ Status Service::ReconcileNode(Node& node) {
     spdlog::warn("reconcile: removing leftover overlay {}", n);
     remove(id, ex->domain);
   }
+  // Tenant networks and filters no execution uses any more (a crash or an
+  // earlier berthd left them); those of running domains stay.
+  if (Status st = executor_->networks().Sweep(hv, node.name()); !st.ok()) {
+    spdlog::warn("reconcile: sweeping networks on {}: {}", node.name(), st.ToString());
+  }
   return Status::Ok();
 }
 
@@ -275,6 +286,7 @@ Result<ImageMeta> Service::RecordImage(const Principal& caller, const images::Im
   meta.tenant = caller.tenant;
   BERTH_RETURN_IF_ERROR(store_->PutTenant(caller.tenant, meta.created_ms));
   BERTH_RETURN_IF_ERROR(store_->PutImage(meta));
+  BERTH_RETURN_IF_ERROR(TagUploadName(caller.tenant, meta.id, name));
   return store_->GetImage(caller.tenant, meta.id);
 }
 
@@ -298,22 +310,7 @@ Result<ImageMeta> Service::GetImage(const Principal& caller, const std::string& 
   return store_->GetImage(caller.tenant, id);
 }
 
-Status Service::DeleteImage(const Principal& caller, const std::string& id) {
-  std::lock_guard lock(image_mu_);
-  BERTH_ASSIGN_OR_RETURN(auto meta, GetImage(caller, id));
-  BERTH_ASSIGN_OR_RETURN(auto users, store_->FunctionsUsingImage(caller.tenant, id));
-  if (!users.empty()) {
-    return Status::FailedPrecondition("image is used by function '" + users.front() + "'", "id");
-  }
-  BERTH_RETURN_IF_ERROR(store_->DeleteImage(caller.tenant, id));
-  // Another tenant's record still needs the file (and the node's copy).
-  BERTH_ASSIGN_OR_RETURN(int64_t others, store_->ImageRecordCount(id));
-  if (others > 0) return Status::Ok();
-  for (Node* n : cluster_->All()) {
-    if (!cluster_->IsDown(n->name())) (void)n->hypervisor().DeleteVolume(n->config().pool, Node::ImageVolumeName(id, meta.format));
-  }
-  return images_->Remove(id);
-}
+// DeleteImage: manager/service_images.cc (with tags, upload sessions and GC).
 
 Status Service::CheckImageExists(const std::string& tenant, const std::string& image) {
   auto meta = store_->GetImage(tenant, image);
@@ -376,21 +373,76 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
     return Status::FailedPrecondition("image " + fn.spec.image + " of function '" + function + "' is missing", "image");
   }
   BERTH_RETURN_IF_ERROR(CheckParent(caller.tenant, request.ppid));
+  // Autoscaling: at most max_instances calls run at once; others queue, and
+  // past the queue's limit they are refused (ResourceExhausted, field
+  // "max_instances": 429). The ticket ends the call when Invoke returns.
+  BERTH_ASSIGN_OR_RETURN(Autoscaler::Ticket ticket,
+                         executor_->pools().autoscaler().Admit(fn.tenant + "/" + fn.spec.name, ScalingPolicyOf(fn.spec)));
   MaybePrune();
+  // Prefer a node that already has the image (and the function's template).
+  PlacementHints hints{image->id, ""};
+  if (fn.spec.snapshot && node_->templates()) hints.template_key = node_->templates()->KeyFor(fn, *image);
+  // A synchronous caller waits for one run: the function's timeout plus a boot.
+  const int64_t deadline = env_->MonotonicMs() + fn.spec.timeout_ms + config_.executor.boot_timeout_ms;
+  constexpr int kMaxAttempts = 3;
   InvokeRequest placed_request = request;
   placed_request.id = RandomHex(16);
-  BERTH_ASSIGN_OR_RETURN(Node * node, Place(placed_request.id, fn.spec.vcpus, fn.spec.memory_mib, {}));
-  auto ex = executor_->Run(*node, fn, *image, placed_request);
-  if (!ex.ok()) cluster_->Release(placed_request.id);
-  if (ex.ok()) {
-    std::function<void(const ExecutionRecord&)> listener;
-    {
-      std::lock_guard<std::mutex> lk(listener_mu_);
-      listener = execution_listener_;
+  BERTH_ASSIGN_OR_RETURN(auto placed, cluster_->PlaceWithAlternates(placed_request.id, fn.spec.vcpus,
+                                                                    fn.spec.memory_mib, {}, hints));
+  Node* node = placed.node;
+  for (int attempt = 1;; ++attempt) {
+    auto ex = executor_->Run(*node, fn, *image, placed_request);
+    if (!ex.ok()) {
+      cluster_->Release(placed_request.id);
+      return ex;
     }
-    if (listener) listener(*ex);
+    {
+      std::function<void(const ExecutionRecord&)> listener;
+      {
+        std::lock_guard<std::mutex> lk(listener_mu_);
+        listener = execution_listener_;
+      }
+      if (listener) listener(*ex);
+    }
+    const bool start_failed = ex->state == ExecState::kError && IsStartFailure(ex->error_code);
+    const bool lost = ex->state == ExecState::kLost;
+    if (!start_failed && !lost) return ex;
+    if (start_failed) {
+      // The command never ran: the next alternate node, no new scheduling round.
+      if (attempt == kMaxAttempts) return ex;
+      InvokeRequest next = request;
+      next.id = RandomHex(16);
+      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates);
+      if (!alt.ok()) return ex;  // the failed record says why
+      spdlog::warn("execution {} could not start on node {} ({}); retrying on alternate node {}", ex->id,
+                   node->name(), ex->error_code, (*alt)->name());
+      node = *alt;
+      placed_request = std::move(next);
+      continue;
+    }
+    // Lost with its node: run it again elsewhere when allowed and in time.
+    const int64_t left = deadline - env_->MonotonicMs();
+    if (fn.spec.retryable && attempt < kMaxAttempts && left >= fn.spec.timeout_ms) {
+      InvokeRequest next = request;
+      next.id = RandomHex(16);
+      auto again = cluster_->PlaceWithAlternates(next.id, fn.spec.vcpus, fn.spec.memory_mib, {}, hints);
+      if (again.ok()) {
+        spdlog::warn("execution {} of retryable function {} was lost on node {}; running it again on node {}",
+                     ex->id, fn.spec.name, ex->node, again->node->name());
+        placed = std::move(*again);
+        node = placed.node;
+        placed_request = std::move(next);
+        continue;
+      }
+      return Status::Unavailable("execution " + ex->id + " was lost with node " + ex->node +
+                                 " and no other node can run it now: " + again.status().message());
+    }
+    return Status::Unavailable(
+        "execution " + ex->id + " was lost with node " + ex->node + " (" + ex->error_code + ")" +
+        (!fn.spec.retryable ? "; function '" + fn.spec.name + "' is not retryable, so it was not run again"
+         : attempt == kMaxAttempts ? "; it was lost " + std::to_string(attempt) + " times"
+                                   : "; a retry could not finish within the caller's deadline"));
   }
-  return ex;
 }
 
 void Service::SetExecutionListener(std::function<void(const ExecutionRecord&)> listener) {
@@ -430,15 +482,7 @@ Status Service::CheckParent(const std::string& tenant, int64_t ppid) {
 Result<images::ImageRecord> Service::ResolveImage(const std::string& tenant, const std::string& image,
                                                   const char* field) {
   if (image.empty()) return Status::InvalidArgument(field, "is required (an image id or name)");
-  std::string id = image;
-  if (!IsSha256Hex(image)) {
-    BERTH_ASSIGN_OR_RETURN(auto all, store_->ListImages(tenant));
-    id.clear();
-    for (const auto& m : all) {
-      if (m.name == image) id = m.id;  // the newest of that name wins (list is oldest first)
-    }
-    if (id.empty()) return Status::NotFound("image '" + image + "' does not exist", field);
-  }
+  BERTH_ASSIGN_OR_RETURN(std::string id, ResolveImageRef(tenant, image, field));  // id, name:tag or name
   auto meta = store_->GetImage(tenant, id);
   if (!meta.ok()) {
     if (meta.status().code() == Code::kNotFound) return Status::NotFound("image '" + image + "' does not exist", field);
@@ -489,6 +533,8 @@ Result<ExecutionRecord> Service::Exec(const Principal& caller, const ExecRequest
     launch.spec.vcpus = fn.spec.vcpus;
     launch.spec.memory_mib = fn.spec.memory_mib;
     launch.spec.timeout_ms = fn.spec.timeout_ms;
+    BERTH_ASSIGN_OR_RETURN(launch.spec.network, FunctionNetworkPolicy(fn.spec));
+    if (req.network) launch.spec.network = *req.network;  // the request's own network wins
   } else {
     if (req.boot != "runtime" && req.boot != "disk") {
       return Status::InvalidArgument("boot", "must be 'runtime' (berth's kernel and agent) or 'disk' (the image's own)");
@@ -524,21 +570,24 @@ Result<ExecutionRecord> Service::Exec(const Principal& caller, const ExecRequest
     launch.spec.vcpus = req.vcpus;
     launch.spec.memory_mib = req.memory_mib;
     launch.spec.timeout_ms = req.timeout_ms;
+    if (req.network) launch.spec.network = *req.network;
   }
+  if (req.network) BERTH_RETURN_IF_ERROR(net::ValidateNetworkPolicy(*req.network, "network"));
   MaybePrune();
   return StartPlaced(std::move(launch), req.node_selector);
 }
 
 Result<ExecutionRecord> Service::StartPlaced(Launch launch, const std::map<std::string, std::string>& selector) {
   launch.id = RandomHex(16);
-  BERTH_ASSIGN_OR_RETURN(Node * node, Place(launch.id, launch.spec.vcpus, launch.spec.memory_mib, selector));
+  BERTH_ASSIGN_OR_RETURN(Node * node, cluster_->Place(launch.id, launch.spec.vcpus, launch.spec.memory_mib, selector,
+                                                      PlacementHints{launch.image.id, ""}));
   const std::string id = launch.id;
   auto started = executor_->Start(*node, std::move(launch));
   if (!started.ok()) cluster_->Release(id);
   return started;
 }
 
-Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, const std::string& name) {
+Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, const std::string& name, bool live) {
   if (pid == kKernelPid || pid == kInitPid) {
     return Status::InvalidArgument("pid", "pid " + std::to_string(pid) + " cannot be forked; exec a child of it instead");
   }
@@ -561,6 +610,26 @@ Result<ExecutionRecord> Service::Fork(const Principal& caller, int64_t pid, cons
   launch.image = *image;
   launch.spec = parent.spec;
   launch.ppid = pid;
+  if (live) {
+    if (parent.state != ExecState::kRunning || parent.spec.boot == BootMode::kDisk || !executor_->IsLive(parent.id)) {
+      return Status::FailedPrecondition("process " + std::to_string(pid) +
+                                            " is not running a command on the berth runtime here; a live fork needs one",
+                                        "live");
+    }
+    launch.live_fork_of = parent.id;
+    launch.id = RandomHex(16);
+    // The child's memory and disk are copied on the parent's node.
+    BERTH_RETURN_IF_ERROR(cluster_->ClaimOn(launch.id, parent.node, launch.spec.vcpus, launch.spec.memory_mib));
+    Node* node = cluster_->Get(parent.node);
+    if (!node) {
+      cluster_->Release(launch.id);
+      return Status::FailedPrecondition("the node of process " + std::to_string(pid) + " is gone", "live");
+    }
+    const std::string id = launch.id;
+    auto started = executor_->Start(*node, std::move(launch));
+    if (!started.ok()) cluster_->Release(id);
+    return started;
+  }
   MaybePrune();
   // A fork lands where its parent runs when that node can take it.
   std::map<std::string, std::string> none;

@@ -4,8 +4,11 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <thread>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -13,6 +16,7 @@
 
 #include "common/env.h"
 #include "images/image_store.h"
+#include "images/upload_session.h"
 #include "manager/auth.h"
 #include "manager/cluster.h"
 #include "manager/executor.h"
@@ -41,6 +45,8 @@ struct ExecRequest {
   uint32_t vcpus = 1;
   uint64_t memory_mib = 256;
   int64_t timeout_ms = 0;            // 0: no limit
+  // Guest network; unset: the function's (function runs) or none (instances).
+  std::optional<net::NetworkPolicy> network;
 };
 
 struct ProcLogs {
@@ -62,6 +68,30 @@ struct ServiceConfig {
   size_t retention_max_records = 100'000;
   int64_t retention_max_age_ms = int64_t{7} * 24 * 3600 * 1000;
   int64_t kill_grace_ms = 10'000;  // TERM -> destroy
+  // Image GC (manager/service_images.cc): every interval, upload sessions
+  // idle longer than the session grace and images no tag, function or live
+  // execution references, older than the image grace, are removed; each
+  // node's image cache is trimmed to image_cache_bytes (0: no budget).
+  int64_t image_gc_interval_ms = 60'000;
+  int64_t image_gc_grace_ms = int64_t{24} * 3600 * 1000;
+  int64_t upload_session_grace_ms = int64_t{24} * 3600 * 1000;
+  uint64_t image_cache_bytes = 0;
+};
+
+// An image with what refers to it (GET /v1/images/{ref}).
+struct ImageDetails {
+  ImageMeta meta;
+  std::vector<std::string> tags;        // "name:tag"
+  std::vector<std::string> functions;   // functions using it
+  std::vector<std::string> executions;  // live executions using it
+  std::vector<std::string> nodes;       // nodes whose cache holds it
+};
+
+struct ImageGcReport {
+  size_t sessions_removed = 0;
+  size_t images_removed = 0;   // records
+  size_t files_removed = 0;    // blobs
+  size_t volumes_evicted = 0;  // node cache entries
 };
 
 // Field-by-field checks of a function definition; the Status names the field
@@ -124,6 +154,31 @@ class Service {
   Result<ImageMeta> GetImage(const Principal& caller, const std::string& id);
   Status DeleteImage(const Principal& caller, const std::string& id);
 
+  // Image references (manager/service_images.cc). A ref is an id (64 hex or
+  // "sha256:<hex>"), "name:tag", or "name" (tag "latest", else the newest
+  // image uploaded under that name).
+  Result<ImageDetails> InspectImage(const Principal& caller, const std::string& ref);
+  // Points name:tag ("latest" when no tag is given) at the image `ref` names.
+  Result<ImageDetails> TagImage(const Principal& caller, const std::string& ref, const std::string& name_tag);
+  Result<std::vector<ImageTag>> ListImageTags(const Principal& caller);
+  // "name:tag": removes the tag only (the image goes with GC once nothing
+  // references it). Otherwise deletes the image: Aborted (409, field "id")
+  // while a function or a live execution uses it.
+  Status DeleteImageRef(const Principal& caller, const std::string& ref);
+
+  // Resumable uploads (images/upload_session.h); `name` as the upload's ?name=.
+  Result<images::UploadSessionInfo> StartImageUploadSession(const Principal& caller, const std::string& name,
+                                                            const std::string& format);
+  Result<images::UploadSessionInfo> GetImageUploadSession(const Principal& caller, const std::string& id);
+  Result<std::unique_ptr<images::SessionWriter>> AppendImageUploadSession(const Principal& caller,
+                                                                          const std::string& id, uint64_t offset,
+                                                                          uint64_t* current_offset);
+  Result<ImageMeta> FinishImageUploadSession(const Principal& caller, const std::string& id,
+                                             const std::string& digest);
+  Status AbortImageUploadSession(const Principal& caller, const std::string& id);
+  // One GC pass now (also run every image_gc_interval_ms by a thread).
+  ImageGcReport CollectImageGarbage();
+
   // Functions (names are unique per tenant).
   Result<FunctionRecord> CreateFunction(const Principal& caller, const FunctionSpec& spec);
   Result<FunctionRecord> UpdateFunction(const Principal& caller, const FunctionSpec& spec);
@@ -147,7 +202,11 @@ class Service {
   // that have no record; every execution descends from init.
   Result<ExecutionRecord> Exec(const Principal& caller, const ExecRequest& request);
   // A child of `pid` with its image, user-data and spec; `pid` must be live.
-  Result<ExecutionRecord> Fork(const Principal& caller, int64_t pid, const std::string& name);
+  // `live`: the child starts from the parent's current memory and disk state
+  // (a live fork, manager/templates.h LiveFork) on the parent's node and
+  // continues the parent's running command; the parent must be running a
+  // command on the berth runtime (not a disk boot), else FailedPrecondition.
+  Result<ExecutionRecord> Fork(const Principal& caller, int64_t pid, const std::string& name, bool live = false);
   // Sends SIGTERM or SIGKILL; with `tree`, to every live descendant first.
   // Returns the records signalled. pid 0/1 are InvalidArgument; an exited
   // process is FailedPrecondition.
@@ -179,12 +238,25 @@ class Service {
   void MaybePrune();
   Status CheckImageExists(const std::string& tenant, const std::string& image);
   Result<ImageMeta> RecordImage(const Principal& caller, const images::ImageRecord& record, const std::string& name);
+  // Resolves an image ref of the tenant to its id (NotFound, field `field`).
+  Result<std::string> ResolveImageRef(const std::string& tenant, const std::string& ref, const char* field);
+  // Tags the image with an upload's ?name= when it is a valid name[:tag].
+  Status TagUploadName(const std::string& tenant, const std::string& id, const std::string& name);
+  // Removes the file and the nodes' copies once no tenant's record names the image.
+  Status RemoveImageBlobIfUnreferenced(const std::string& id);
+  void StartImageGc();
+  void StopImageGc();
 
   Env* env_;
   ServiceConfig config_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Auth> auth_;
   std::unique_ptr<images::ImageStore> images_;
+  std::unique_ptr<images::UploadSessions> uploads_;
+  std::thread image_gc_thread_;
+  std::mutex image_gc_mu_;
+  std::condition_variable image_gc_cv_;
+  bool image_gc_stop_ = false;
   std::unique_ptr<Cluster> cluster_;  // owns the nodes; outlives the executor
   Node* node_ = nullptr;              // the local node (berthd's --node-uri)
   std::unique_ptr<Executor> executor_;

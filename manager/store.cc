@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "manager/networks.h"
+
 namespace berth::manager {
 namespace {
 
@@ -34,7 +36,8 @@ CREATE TABLE IF NOT EXISTS executions (
   stderr BLOB NOT NULL, output_truncated INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
   timings TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL,
   name TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL DEFAULT 'run', userdata BLOB NOT NULL DEFAULT '',
-  spec TEXT NOT NULL DEFAULT '{}', console BLOB NOT NULL DEFAULT '', console_truncated INTEGER NOT NULL DEFAULT 0);
+  spec TEXT NOT NULL DEFAULT '{}', console BLOB NOT NULL DEFAULT '', console_truncated INTEGER NOT NULL DEFAULT 0,
+  network TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS executions_by_ppid ON executions(tenant, ppid);
 CREATE INDEX IF NOT EXISTS executions_by_finished ON executions(finished_ms);
 CREATE INDEX IF NOT EXISTS executions_by_function ON executions(function, created_ms);
@@ -49,6 +52,10 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS claims_by_node ON claims(node);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
+CREATE TABLE IF NOT EXISTS image_tags (
+  tenant TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, name, tag));
+CREATE INDEX IF NOT EXISTS image_tags_by_id ON image_tags(tenant, id);
 )sql";
 
 // Version 1 -> 2, run inside one transaction around kSchema: the old images
@@ -85,6 +92,11 @@ ALTER TABLE executions ADD COLUMN console BLOB NOT NULL DEFAULT '';
 ALTER TABLE executions ADD COLUMN console_truncated INTEGER NOT NULL DEFAULT 0;
 UPDATE executions SET state = 'starting' WHERE state = 'booting';
 UPDATE executions SET name = function WHERE name = '';
+)sql";
+
+// Version < 5 -> 5 (guest networking): the execution's NIC (MAC, addresses).
+constexpr const char* kMigrateV4Executions = R"sql(
+ALTER TABLE executions ADD COLUMN network TEXT NOT NULL DEFAULT '{}';
 )sql";
 
 // A prepared statement bound positionally; finalized on scope exit.
@@ -139,14 +151,19 @@ class Stmt {
 };
 
 json SpecToJson(const FunctionSpec& s) {
-  return {{"entrypoint", s.entrypoint}, {"vcpus", s.vcpus}, {"memory_mib", s.memory_mib},
+  json j = {{"entrypoint", s.entrypoint}, {"vcpus", s.vcpus}, {"memory_mib", s.memory_mib},
           {"timeout_ms", s.timeout_ms}, {"env", s.env},     {"cwd", s.cwd},
-          {"network", s.network}, {"snapshot", s.snapshot},    {"min_warm", s.min_warm},
+          {"network", s.network}, {"snapshot", s.snapshot}, {"retryable", s.retryable},    {"min_warm", s.min_warm},
           {"max_warm", s.max_warm}, {"idle_timeout_ms", s.idle_timeout_ms}, {"keep_alive", s.keep_alive},
+          {"target_concurrency", s.target_concurrency}, {"max_instances", s.max_instances},
+          {"max_queued", s.max_queued}, {"queue_timeout_ms", s.queue_timeout_ms},
+          {"network_allow", EgressRulesToJson(s.network_allow)}, {"expose_port", s.expose_port},
           {"gateway", {{"auth", s.gateway.auth}, {"rate_limit_per_s", s.gateway.rate_limit_per_s},
                        {"burst", s.gateway.burst}, {"token_rate_limit_per_s", s.gateway.token_rate_limit_per_s},
                        {"token_burst", s.gateway.token_burst}, {"max_concurrency", s.gateway.max_concurrency},
                        {"max_queue", s.gateway.max_queue}}}};
+  if (!s.gateway_routes.empty()) j["gateway_routes"] = json::parse(s.gateway_routes, nullptr, false);
+  return j;
 }
 
 FunctionRecord FunctionFromRow(const Stmt& st) {
@@ -166,11 +183,19 @@ FunctionRecord FunctionFromRow(const Stmt& st) {
     fn.spec.env = j.value("env", std::map<std::string, std::string>{});
     fn.spec.cwd = j.value("cwd", "/");
     fn.spec.network = j.value("network", "none");
+    if (auto a = j.find("network_allow"); a != j.end()) fn.spec.network_allow = EgressRulesFromJson(*a);
+    fn.spec.expose_port = j.value("expose_port", uint16_t{0});
     fn.spec.snapshot = j.value("snapshot", true);
+    fn.spec.retryable = j.value("retryable", false);
     fn.spec.min_warm = j.value("min_warm", 0u);
     fn.spec.max_warm = j.value("max_warm", 0u);
     fn.spec.idle_timeout_ms = j.value("idle_timeout_ms", int64_t{300000});
     fn.spec.keep_alive = j.value("keep_alive", false);
+    if (auto r = j.find("gateway_routes"); r != j.end() && r->is_array()) fn.spec.gateway_routes = r->dump();
+    fn.spec.target_concurrency = j.value("target_concurrency", 1u);
+    fn.spec.max_instances = j.value("max_instances", 0u);
+    fn.spec.max_queued = j.value("max_queued", 16u);
+    fn.spec.queue_timeout_ms = j.value("queue_timeout_ms", int64_t{30000});
     if (auto g = j.find("gateway"); g != j.end() && g->is_object()) {
       GatewayPolicy& p = fn.spec.gateway;
       p.auth = g->value("auth", std::string("tenant"));
@@ -189,7 +214,7 @@ constexpr const char* kFunctionCols = "name, tenant, version, spec, image, creat
 constexpr const char* kExecCols =
     "id, function, function_version, tenant, image, state, node, domain, pid, ppid, exit_code, signal, "
     "error_code, error, stdout, stderr, output_truncated, duration_ms, timings, created_ms, finished_ms, "
-    "name, kind, userdata, spec, console, console_truncated";
+    "name, kind, userdata, spec, console, console_truncated, network";
 
 json TimingsToJson(const PhaseTimings& t) {
   return {{"queue_ms", t.queue_ms},       {"prepare_ms", t.prepare_ms},
@@ -221,7 +246,8 @@ json ProcSpecToJson(const ProcSpec& p) {
   return {{"command", p.command},       {"env", p.env},
           {"args", p.args},             {"stdin", p.stdin_data},       {"cwd", p.cwd},
           {"vcpus", p.vcpus},           {"memory_mib", p.memory_mib},
-          {"timeout_ms", p.timeout_ms}, {"boot", p.boot == BootMode::kDisk ? "disk" : "runtime"}};
+          {"timeout_ms", p.timeout_ms}, {"boot", p.boot == BootMode::kDisk ? "disk" : "runtime"},
+          {"network", NetworkPolicyToJson(p.network)}};
 }
 
 ProcSpec ProcSpecFromJson(const json& j) {
@@ -236,6 +262,7 @@ ProcSpec ProcSpecFromJson(const json& j) {
   p.memory_mib = j.value("memory_mib", uint64_t{256});
   p.timeout_ms = j.value("timeout_ms", int64_t{0});
   p.boot = j.value("boot", std::string("runtime")) == "disk" ? BootMode::kDisk : BootMode::kRuntime;
+  if (auto n = j.find("network"); n != j.end()) p.network = NetworkPolicyFromJson(*n);
   return p;
 }
 
@@ -269,6 +296,10 @@ ExecutionRecord ExecutionFromRow(const Stmt& st) {
   ex.spec = ProcSpecFromJson(json::parse(st.Text(24), nullptr, false));
   ex.console = st.Text(25);
   ex.console_truncated = st.Int(26) != 0;
+  if (json n = json::parse(st.Text(27), nullptr, false); n.is_object()) {
+    ex.mac = n.value("mac", std::string());
+    ex.addresses = n.value("addresses", std::vector<std::string>{});
+  }
   return ex;
 }
 
@@ -286,6 +317,7 @@ void BindExecution(Stmt& st, const ExecutionRecord& ex) {
   st.Bind(ex.name).Bind(std::string(ProcKindName(ex.kind))).BindBlob(ex.userdata);
   st.Bind(ProcSpecToJson(ex.spec).dump(-1, ' ', false, json::error_handler_t::replace));
   st.BindBlob(ex.console).Bind(int64_t{ex.console_truncated ? 1 : 0});
+  st.Bind(json{{"mac", ex.mac}, {"addresses", ex.addresses}}.dump());
 }
 
 }  // namespace
@@ -331,6 +363,7 @@ Status Store::Migrate() {
   std::string sql = "BEGIN IMMEDIATE;\n";
   if (version == 1) sql += kMigrateV1Before;
   if (version == 1 || version == 2) sql += kMigrateV2Executions;
+  if (version < 5) sql += kMigrateV4Executions;
   sql += kSchema;
   if (version == 1) sql += kMigrateV1After;
   sql += "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";\nCOMMIT;";
@@ -420,6 +453,81 @@ Result<std::vector<std::string>> Store::FunctionsUsingImage(const std::string& t
   Stmt st(db_, "SELECT name FROM functions WHERE tenant = ? AND image = ? ORDER BY name");
   st.Bind(tenant).Bind(image_id);
   return st.Collect([](const Stmt& row) { return row.Text(0); }, "listing functions");
+}
+
+Status Store::PutTag(const ImageTag& tag) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "INSERT OR REPLACE INTO image_tags(tenant, name, tag, id, created_ms) VALUES (?,?,?,?,?)");
+  st.Bind(tag.tenant).Bind(tag.name).Bind(tag.tag).Bind(tag.id).Bind(tag.created_ms);
+  if (st.Step() != SQLITE_DONE) return st.Error("storing tag");
+  return Status::Ok();
+}
+
+namespace {
+ImageTag TagFromRow(const Stmt& st) { return ImageTag{st.Text(0), st.Text(1), st.Text(2), st.Text(3), st.Int(4)}; }
+constexpr const char* kTagSelect = "SELECT tenant, name, tag, id, created_ms FROM image_tags";
+}  // namespace
+
+Result<ImageTag> Store::ResolveTag(const std::string& tenant, const std::string& name, const std::string& tag) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kTagSelect) + " WHERE tenant = ? AND name = ? AND tag = ?").c_str());
+  st.Bind(tenant).Bind(name).Bind(tag);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return TagFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("image '" + name + ":" + tag + "' does not exist");
+  return st.Error("reading tag");
+}
+
+Status Store::DeleteTag(const std::string& tenant, const std::string& name, const std::string& tag) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM image_tags WHERE tenant = ? AND name = ? AND tag = ?");
+  st.Bind(tenant).Bind(name).Bind(tag);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting tag");
+  if (sqlite3_changes(db_) == 0) return Status::NotFound("image '" + name + ":" + tag + "' does not exist");
+  return Status::Ok();
+}
+
+Result<std::vector<ImageTag>> Store::ListTags(const std::string& tenant, const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kTagSelect) + " WHERE tenant = ? AND (? = '' OR id = ?) ORDER BY name, tag").c_str());
+  st.Bind(tenant).Bind(image_id).Bind(image_id);
+  return st.Collect(TagFromRow, "listing tags");
+}
+
+Status Store::DeleteTagsOf(const std::string& tenant, const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "DELETE FROM image_tags WHERE tenant = ? AND id = ?");
+  st.Bind(tenant).Bind(image_id);
+  if (st.Step() != SQLITE_DONE) return st.Error("deleting tags");
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> Store::LiveExecutionsUsingImage(const std::string& tenant,
+                                                                 const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_,
+          "SELECT id FROM executions WHERE image = ? AND (? = '' OR tenant = ?) AND state NOT IN "
+          "('succeeded','failed','timed_out','killed','lost','error') ORDER BY created_ms");
+  st.Bind(image_id).Bind(tenant).Bind(tenant);
+  return st.Collect([](const Stmt& row) { return row.Text(0); }, "listing executions");
+}
+
+Result<std::vector<ImageMeta>> Store::ListUnreferencedImages() {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string(kImageSelect) +
+                " i WHERE NOT EXISTS (SELECT 1 FROM image_tags t WHERE t.tenant = i.tenant AND t.id = i.id)"
+                " AND NOT EXISTS (SELECT 1 FROM functions f WHERE f.tenant = i.tenant AND f.image = i.id)"
+                " ORDER BY created_ms")
+                   .c_str());
+  return st.Collect(ImageFromRow, "listing images");
+}
+
+Result<int64_t> Store::FunctionCountUsingImage(const std::string& image_id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, "SELECT count(*) FROM functions WHERE image = ?");
+  st.Bind(image_id);
+  if (st.Step() != SQLITE_ROW) return st.Error("counting functions");
+  return st.Int(0);
 }
 
 Status Store::CreateFunction(const FunctionRecord& fn) {
@@ -564,7 +672,7 @@ Result<int64_t> Store::NewPid() {
 Status Store::InsertExecution(const ExecutionRecord& ex) {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("INSERT INTO executions(") + kExecCols +
-                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+                ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
   BindExecution(st, ex);
   if (st.Step() != SQLITE_DONE) return st.Error("recording execution");
   return Status::Ok();
@@ -578,7 +686,7 @@ Status Store::UpdateExecution(const ExecutionRecord& ex) {
           "node = ?7, domain = ?8, pid = ?9, ppid = ?10, exit_code = ?11, signal = ?12, error_code = ?13, "
           "error = ?14, stdout = ?15, stderr = ?16, output_truncated = ?17, duration_ms = ?18, timings = ?19, "
           "created_ms = ?20, finished_ms = ?21, name = ?22, kind = ?23, userdata = ?24, spec = ?25, console = ?26, "
-          "console_truncated = ?27 WHERE id = ?1");
+          "console_truncated = ?27, network = ?28 WHERE id = ?1");
   BindExecution(st, ex);
   if (st.Step() != SQLITE_DONE) return st.Error("updating execution");
   if (sqlite3_changes(db_) == 0) return Status::NotFound("execution '" + ex.id + "' does not exist");

@@ -32,6 +32,11 @@ struct ClaimRow {
   int64_t vcpus = 0, memory_mib = 0, created_ms = 0;
 };
 
+struct ImageTag {
+  std::string tenant, name, tag, id;
+  int64_t created_ms = 0;
+};
+
 struct ExecutionFilter {
   std::string function;                // "" any
   std::vector<ExecState> states;       // empty: any
@@ -52,7 +57,7 @@ class Store {
   // The schema version this code writes (PRAGMA user_version). Version 1 is
   // the pre-tenancy schema (user_version 0 with tables present); Open
   // migrates older databases in place, in one transaction.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 5;  // 4: image_tags; 5: executions.network
   Result<int> SchemaVersion();
 
   // Images: one record per (tenant, id); the file behind them is shared
@@ -66,6 +71,21 @@ class Store {
   Result<int64_t> ImageRecordCount(const std::string& id);
   // The tenant's functions referencing an image (an image in use cannot be deleted).
   Result<std::vector<std::string>> FunctionsUsingImage(const std::string& tenant, const std::string& image_id);
+  // Image tags (schema 4): (tenant, name, tag) -> image id. PutTag inserts or
+  // moves the tag; ResolveTag and DeleteTag are NotFound for unknown tags.
+  Status PutTag(const ImageTag& tag);
+  Result<ImageTag> ResolveTag(const std::string& tenant, const std::string& name, const std::string& tag);
+  Status DeleteTag(const std::string& tenant, const std::string& name, const std::string& tag);
+  // The tenant's tags ("" id: all of them), by name and tag.
+  Result<std::vector<ImageTag>> ListTags(const std::string& tenant, const std::string& image_id);
+  Status DeleteTagsOf(const std::string& tenant, const std::string& image_id);
+  // Ids of non-terminal executions using an image ("" tenant: any tenant's).
+  Result<std::vector<std::string>> LiveExecutionsUsingImage(const std::string& tenant, const std::string& image_id);
+  // Image records of every tenant with no tag and no function referencing
+  // them (GC candidates; live executions are checked by the caller).
+  Result<std::vector<ImageMeta>> ListUnreferencedImages();
+  // How many functions of any tenant reference an image.
+  Result<int64_t> FunctionCountUsingImage(const std::string& image_id);
 
   // Functions, unique per (tenant, name). Create fails kAlreadyExists; Update bumps the version.
   Status CreateFunction(const FunctionRecord& fn);

@@ -56,6 +56,8 @@ std::string InfoToJson(const TemplateInfo& info) {
               {"save_volume", info.save_volume},
               {"save_path", info.save_path},
               {"save_bytes", info.save_bytes},
+              {"disk_volume", info.disk_volume},
+              {"disk_bytes", info.disk_bytes},
               {"built_unix_ms", info.built_unix_ms},
               {"build_ms", info.build_ms}}
       .dump(2);
@@ -71,6 +73,8 @@ Result<TemplateInfo> InfoFromJson(const std::string& text) {
     info.save_volume = j.at("save_volume").get<std::string>();
     info.save_path = j.at("save_path").get<std::string>();
     info.save_bytes = j.at("save_bytes").get<uint64_t>();
+    info.disk_volume = j.at("disk_volume").get<std::string>();
+    info.disk_bytes = j.at("disk_bytes").get<uint64_t>();
     info.built_unix_ms = j.at("built_unix_ms").get<int64_t>();
     info.build_ms = j.at("build_ms").get<int64_t>();
     return info;
@@ -131,6 +135,7 @@ std::string TemplateDomainName(const std::string& key) {
   return std::string(hv::kDomainNamePrefix) + "tpl-" + key.substr(0, 16);
 }
 std::string CloneSaveVolumeName(const std::string& domain) { return "tplclone-" + domain + ".save"; }
+std::string TemplateDiskVolumeName(const std::string& key) { return "tpl-" + key + ".disk"; }
 
 namespace {
 std::string BuildOverlayVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".qcow2"; }
@@ -232,6 +237,20 @@ Result<TemplateCache::Entry> TemplateCache::LoadFromPool(const std::string& key)
   if (header->format != 0) return Status::FailedPrecondition("template save image is compressed");
   entry.header = std::move(*header);
   entry.info.save_path = vol->path;
+  if (entry.info.disk_volume != TemplateDiskVolumeName(key)) {
+    return Status::FailedPrecondition("template record " + TemplateRecordVolumeName(key) + " names another disk");
+  }
+  auto disk = hv.DownloadVolumeRange(pool, entry.info.disk_volume, 0, kMaxLiveForkOverlayBytes + 1);
+  if (!disk.ok()) {
+    if (disk.status().code() == Code::kNotFound) return Status::FailedPrecondition("template " + key + " has no disk");
+    return disk.status();
+  }
+  if (disk->size() != entry.info.disk_bytes || disk->compare(0, 4, "QFI\xfb") != 0) {
+    return Status::FailedPrecondition("template disk " + entry.info.disk_volume + " is damaged: " +
+                                      std::to_string(disk->size()) + " bytes, recorded " +
+                                      std::to_string(entry.info.disk_bytes));
+  }
+  entry.disk = std::make_shared<const std::string>(std::move(*disk));
   return entry;
 }
 
@@ -341,12 +360,24 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
     BERTH_ASSIGN_OR_RETURN(auto channel, hv.OpenAgentChannel(domain, spec.agent_channel.name));
     hv::AgentClient agent(std::move(channel));
     auto hello = agent.Hello(options_.boot_timeout_ms);
+    Status prepared = hello.status();
+    if (hello.ok()) {
+      // The mount a first call would do, done once here (see the header).
+      agent::ExecMsg prepare;
+      prepare.prepare_only = true;
+      auto done = agent.Exec(prepare, "", 4096, options_.boot_timeout_ms);
+      prepared = done.status();
+      if (done.ok() && !done->exit.error_code.empty()) {
+        prepared = Status::FailedPrecondition("mounting the root filesystem: " + done->exit.error_code + ": " +
+                                              done->exit.error);
+      }
+    }
     agent.Close();
-    if (!hello.ok()) {
-      std::string why = hello.status().message();
+    if (!prepared.ok()) {
+      std::string why = prepared.message();
       auto tail = hv.DownloadVolumeTail(cfg.pool, console, 2048);
       if (tail.ok() && !tail->empty()) why += "\n--- console (tail) ---\n" + *tail;
-      return Status(hello.status().code(), "template guest: " + why);
+      return Status(prepared.code(), "template guest: " + why);
     }
   }
 
@@ -358,6 +389,11 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
                                    "saving template domain " + domain));
   BERTH_RETURN_IF_ERROR(RefreshPool());
   BERTH_ASSIGN_OR_RETURN(hv::VolumeInfo saved, hv.LookupVolume(cfg.pool, save_volume));
+  // The disk as the saved memory knows it (the domain is gone, nothing writes it any more).
+  BERTH_ASSIGN_OR_RETURN(std::string disk_bytes,
+                         hv.DownloadVolumeRange(cfg.pool, BuildOverlayVolumeName(key), 0, kMaxLiveForkOverlayBytes + 1));
+  if (disk_bytes.size() > kMaxLiveForkOverlayBytes) return Status::ResourceExhausted("the template's overlay is too large");
+  BERTH_RETURN_IF_ERROR(hv.WriteVolume(cfg.pool, TemplateDiskVolumeName(key), disk_bytes).status());
 
   Entry entry;
   entry.info.key = key;
@@ -365,6 +401,8 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
   entry.info.save_volume = save_volume;
   entry.info.save_path = saved.path;
   entry.info.save_bytes = saved.capacity_bytes;
+  entry.info.disk_volume = TemplateDiskVolumeName(key);
+  entry.info.disk_bytes = disk_bytes.size();
   entry.info.built_unix_ms = env_->NowUnixMs();
   entry.info.build_ms = env_->MonotonicMs() - t0;
   // The record goes in last: from then on the template counts.
@@ -380,7 +418,8 @@ Status TemplateCache::RemoveVolumes(const std::string& key) {
   // The record first: without it the save image no longer counts.
   Status a = hv.DeleteVolume(node_.config().pool, TemplateRecordVolumeName(key));
   Status b = hv.DeleteVolume(node_.config().pool, TemplateSaveVolumeName(key));
-  return a.ok() ? b : a;
+  Status c = hv.DeleteVolume(node_.config().pool, TemplateDiskVolumeName(key));
+  return !a.ok() ? a : !b.ok() ? b : c;
 }
 
 Status TemplateCache::Invalidate(const std::string& key) {
@@ -420,7 +459,7 @@ Result<std::vector<std::string>> TemplateCache::Prune(const std::set<std::string
   std::set<std::string> keys, clone_volumes, build_overlays;
   for (const auto& v : volumes) {
     if (v.name.size() == 4 + 64 + 5 && v.name.rfind("tpl-", 0) == 0 && IsHex(v.name.substr(4, 64)) &&
-        (v.name.ends_with(".save") || v.name.ends_with(".json"))) {
+        (v.name.ends_with(".save") || v.name.ends_with(".json") || v.name.ends_with(".disk"))) {
       keys.insert(v.name.substr(4, 64));
     } else if (v.name.rfind("tplclone-", 0) == 0 && v.name.ends_with(".save")) {
       clone_volumes.insert(v.name);
@@ -537,6 +576,17 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
 
   CloneStart out;
   const int64_t t0 = env_->MonotonicMs();
+  // The clone's disk: the template's, as its saved memory knows it.
+  {
+    const std::string overlay_volume = request.overlay_path.substr(request.overlay_path.rfind('/') + 1);
+    if (!entry.disk) return fail(Status::FailedPrecondition("template has no disk state"), true);
+    auto written = hv.WriteVolume(pool, overlay_volume, *entry.disk);
+    if (!written.ok()) return fail(written.status().WithContext("writing the clone's overlay"), false);
+    if (written->path != request.overlay_path) {
+      return fail(Status::InvalidArgument("overlay_path", request.overlay_path + " is not a volume of pool " + pool),
+                  false);
+    }
+  }
   auto copy = hv.CloneVolume(pool, entry.info.save_volume, clone_volume);
   if (!copy.ok()) return fail(copy.status(), copy.status().code() == Code::kNotFound);
   if (copy->capacity_bytes != entry.info.save_bytes) {
@@ -594,6 +644,127 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     std::lock_guard lock(mu_);
     clones_in_flight_.erase(clone_volume);
   }
+  return out;
+}
+
+std::string LiveForkSaveVolumeName(const std::string& child_domain) { return "lfork-" + child_domain + ".save"; }
+
+Result<LiveForkStart> LiveFork(Env* env, Node& node, const LiveForkRequest& request, const TemplateOptions& options) {
+  if (request.parent_domain.empty() || request.parent_overlay_volume.empty()) {
+    return Status::InvalidArgument("pid", "the parent has no domain or overlay to fork");
+  }
+  if (request.child.domain.empty() || request.child_overlay_volume.empty() || request.child.console_log_path.empty()) {
+    return Status::InvalidArgument("domain", "a live-forked child needs a domain name, overlay and console log");
+  }
+  BERTH_RETURN_IF_ERROR(hv::ValidateDomainMetadata(request.child.metadata));
+  auto& hv = node.hypervisor();
+  hv::Hypervisor* hvp = &hv;
+  const std::string& pool = node.config().pool;
+  BERTH_ASSIGN_OR_RETURN(std::string pool_path, hv.GetPoolPath(pool));
+  const std::string save_volume = LiveForkSaveVolumeName(request.child.domain);
+  const std::string save_path = pool_path + "/" + save_volume;
+  const std::string parent = request.parent_domain;
+  const std::string child = request.child.domain;
+
+  LiveForkStart out;
+  bool restore_attempted = false;
+  auto fail = [&](Status s) -> Status {
+    if (restore_attempted) (void)hv.DestroyDomain(child);
+    (void)hv.RefreshPool(pool);  // the save image was written outside the storage API
+    if (Status d = hv.DeleteVolume(pool, save_volume); !d.ok()) {
+      spdlog::warn("deleting live-fork save image {}: {}", save_volume, d.ToString());
+    }
+    return s.WithContext("live fork of " + parent + " into " + child);
+  };
+
+  // 1. Freeze the parent: memory + device state and disk of one instant.
+  const int64_t t0 = env->MonotonicMs();
+  BERTH_RETURN_IF_ERROR(hv.SuspendDomain(parent));
+  bool resumed = false;
+  auto resume = [&]() -> Status {
+    if (resumed) return Status::Ok();
+    resumed = true;
+    Status s = hv.ResumeDomain(parent);
+    out.paused_ms = env->MonotonicMs() - t0;
+    if (!s.ok()) spdlog::error("resuming {} after a live fork: {}", parent, s.ToString());
+    return s;
+  };
+  Status saved = RunBounded([hvp, parent, save_path] { return hvp->SaveDomainMemory(parent, save_path); },
+                            options.save_timeout_ms, [] {}, "saving the memory of " + parent);
+  out.save_ms = env->MonotonicMs() - t0;
+  if (!saved.ok()) {
+    (void)resume();
+    return fail(saved);
+  }
+  const int64_t d0 = env->MonotonicMs();
+  auto overlay = hv.DownloadVolumeRange(pool, request.parent_overlay_volume, 0, kMaxLiveForkOverlayBytes + 1);
+  if (overlay.ok() && overlay->size() > kMaxLiveForkOverlayBytes) {
+    overlay = Status::ResourceExhausted("the parent's overlay holds more than " +
+                                        std::to_string(kMaxLiveForkOverlayBytes >> 20) + " MiB of writes");
+  }
+  Result<hv::VolumeInfo> child_overlay =
+      overlay.ok() ? hv.WriteVolume(pool, request.child_overlay_volume, *overlay) : Result<hv::VolumeInfo>(overlay.status());
+  if (overlay.ok()) overlay->clear();
+  out.disk_ms = env->MonotonicMs() - d0;
+  Status resumed_status = resume();
+  if (!child_overlay.ok()) return fail(child_overlay.status().WithContext("copying the parent's overlay"));
+  if (!resumed_status.ok()) return fail(resumed_status);
+
+  // 2. The child: the save image is private to it already (written just
+  // now), so its header is rewritten in place instead of in a copy.
+  const int64_t r0 = env->MonotonicMs();
+  if (Status s = hv.RefreshPool(pool); !s.ok()) return fail(s);
+  auto head = hv.DownloadVolumeRange(pool, save_volume, 0, hv::kSaveHeaderSize);
+  if (!head.ok()) return fail(head.status());
+  if (head->size() < hv::kSaveHeaderSize) return fail(Status::Internal("the live-fork save image is truncated"));
+  const uint32_t data_len = LeU32(*head, 20);
+  auto bytes = hv.DownloadVolumeRange(pool, save_volume, 0, hv::kSaveHeaderSize + uint64_t{data_len});
+  if (!bytes.ok()) return fail(bytes.status());
+  auto header = hv::ParseSaveImageHeader(*bytes);
+  if (!header.ok()) return fail(header.status());
+  hv::CloneIdentity identity;
+  identity.name = child;
+  identity.uuid = request.child.uuid;
+  identity.title = request.child.title;
+  identity.metadata = request.child.metadata;
+  identity.disks["vda"] = child_overlay->path;
+  identity.console_log_path = request.child.console_log_path;
+  auto xml = hv::RewriteDomainIdentity(header->xml, identity);
+  if (!xml.ok()) return fail(xml.status());
+  auto encoded = hv::EncodeSaveImageHeader(*header, *xml);
+  if (!encoded.ok()) return fail(encoded.status());
+  if (encoded->size() == header->stream_offset()) {
+    if (Status s = hv.UploadVolumeRange(pool, save_volume, 0, *encoded); !s.ok()) return fail(s);
+  } else {
+    auto info = hv.LookupVolume(pool, save_volume);
+    if (!info.ok()) return fail(info.status());
+    auto stream = hv.DownloadVolumeRange(pool, save_volume, header->stream_offset(),
+                                         info->capacity_bytes - header->stream_offset());
+    if (!stream.ok()) return fail(stream.status());
+    *encoded += *stream;
+    stream->clear();
+    if (auto w = hv.WriteVolume(pool, save_volume, *encoded); !w.ok()) return fail(w.status());
+  }
+  restore_attempted = true;
+  Status restored = RunBounded([hvp, save_path] { return hvp->RestoreDomain(save_path); }, options.restore_timeout_ms,
+                               [hvp, child] { (void)hvp->DestroyDomain(child); }, "restoring " + child);
+  if (!restored.ok()) return fail(restored);
+  out.restore_ms = env->MonotonicMs() - r0;
+  if (Status d = hv.DeleteVolume(pool, save_volume); !d.ok()) {
+    spdlog::warn("deleting live-fork save image {}: {}", save_volume, d.ToString());
+  }
+
+  const int64_t h0 = env->MonotonicMs();
+  auto channel = hv.OpenAgentChannel(child, hv::ChannelSpec{}.name);
+  if (!channel.ok()) return fail(channel.status());
+  out.agent = std::make_unique<hv::AgentClient>(std::move(*channel));
+  auto hello = out.agent->Hello(options.hello_timeout_ms, request.parent_pid, request.child_execution_id);
+  if (!hello.ok()) {
+    out.agent->Close();
+    return fail(hello.status());
+  }
+  out.hello = std::move(*hello);
+  out.hello_ms = env->MonotonicMs() - h0;
   return out;
 }
 

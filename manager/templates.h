@@ -1,14 +1,19 @@
 // Snapshot templates and clone restores (fast start).
 //
-// A template is one function's guest booted to the agent's hello (its disk
-// attached as vda but not mounted yet: the agent mounts /dev/vda lazily at the
-// first exec) and saved with virDomainSave. A clone is a copy of that save
-// image whose domain XML carries the clone's own name, UUID, title, metadata,
-// overlay disk and console log, restored as an independent running domain.
+// A template is one function's guest booted to the agent's hello, with the
+// function's root filesystem mounted (a prepare-only Exec: under TCG the
+// ext4 mount is a large part of a first call), saved with virDomainSave.
+// Since the guest's memory then holds a mounted filesystem, the disk must be
+// the one of that instant: the template keeps a copy of its overlay as it
+// was at the save (tpl-<key>.disk), and every clone's overlay is replaced by
+// a copy of it before the restore. A clone is a copy of the save image whose
+// domain XML carries the clone's own name, UUID, title, metadata, overlay
+// disk and console log, restored as an independent running domain.
 //
 // Storage, all in the node's pool and all through libvirt, so templates work
 // on remote nodes and are found again after a berthd restart:
 //   tpl-<key>.save           the save image (virDomainSave writes it into the pool's directory)
+//   tpl-<key>.disk           the template's qcow2 overlay (over the function's image) at the save
 //   tpl-<key>.json           the record (TemplateInfo as JSON); written last, so a template
 //                            counts only once both exist and the save image is complete
 //   tplclone-<domain>.save   a clone's save image, only while its restore runs
@@ -40,7 +45,9 @@ namespace berth::manager {
 
 // Bumped whenever what a template holds, or how it is built, changes: old
 // templates then stop matching any key and Prune removes them.
-inline constexpr uint32_t kTemplateFormatVersion = 1;
+// 2: the root filesystem is mounted before the save, and the template keeps
+// its disk state (tpl-<key>.disk) for its clones.
+inline constexpr uint32_t kTemplateFormatVersion = 2;
 
 // Everything a saved guest depends on. Two guests with equal inputs are
 // interchangeable; any difference gives another key.
@@ -68,6 +75,7 @@ std::string TemplateSaveVolumeName(const std::string& key);    // tpl-<key>.save
 std::string TemplateRecordVolumeName(const std::string& key);  // tpl-<key>.json
 std::string TemplateDomainName(const std::string& key);        // berth-tpl-<key16>
 std::string CloneSaveVolumeName(const std::string& domain);    // tplclone-<domain>.save
+std::string TemplateDiskVolumeName(const std::string& key);    // tpl-<key>.disk
 
 // Destroys template-build domains (and their build volumes) that a crashed
 // berthd left on this node's pool; runs when the node is prepared.
@@ -80,6 +88,8 @@ struct TemplateInfo {
   std::string save_volume;    // tpl-<key>.save in the node's pool
   std::string save_path;      // its path on the node
   uint64_t save_bytes = 0;    // size of the complete save image
+  std::string disk_volume;    // tpl-<key>.disk in the node's pool
+  uint64_t disk_bytes = 0;
   int64_t built_unix_ms = 0;
   int64_t build_ms = 0;       // boot -> hello -> saved
 };
@@ -92,7 +102,10 @@ struct CloneRequest {
   std::string uuid;              // new UUID; "" lets libvirt choose
   std::string title;
   hv::DomainMetadata metadata;
-  std::string overlay_path;      // path on the node of the qcow2 overlay attached as vda
+  // Path on the node of the clone's overlay attached as vda: a volume of the
+  // node's pool, whose content StartClone replaces with the template's disk
+  // state (a qcow2 overlay over the same image).
+  std::string overlay_path;
   std::string console_log_path;  // path on the node of the serial console log
 };
 
@@ -169,6 +182,7 @@ class TemplateCache {
   struct Entry {
     TemplateInfo info;
     hv::SaveImageHeader header;  // of the save image, parsed once
+    std::shared_ptr<const std::string> disk;  // tpl-<key>.disk, read once
   };
 
   Result<Entry> LoadFromPool(const std::string& key);
@@ -191,5 +205,62 @@ class TemplateCache {
   std::map<std::string, std::shared_future<Result<TemplateInfo>>> building_;
   std::set<std::string> clones_in_flight_;  // clone save volume names
 };
+
+// --- Live fork (issue 6, item 5): a running guest's current memory and disk
+// state cloned into a new, independent child domain.
+//
+// The parent is paused; its memory and device state are written to
+// lfork-<child domain>.save in the node's pool (Hypervisor::SaveDomainMemory:
+// the parent keeps its QEMU process, its agent connection and the command it
+// runs); its overlay is copied to the child's overlay; then the parent is
+// resumed (on every path, also when a step failed). The child restores from
+// the save image with a rewritten header (RewriteDomainIdentity: new name,
+// UUID, title, metadata, overlay, console log; the agent channel socket is
+// libvirt's own per domain) and its agent gets a Hello with fresh entropy and
+// clock plus the parent's pid, which it tells the processes inside
+// (/run/berth/forked, BERTH_FORKED_FROM).
+//
+// Disk: the parent's overlay keeps changing after resume, so the child needs
+// the state of the instant of the pause. Copying the overlay while paused
+// (QEMU drained and flushed the disk on pause, so the qcow2 file is
+// consistent) was chosen over an external disk snapshot (parent continues on
+// a new overlay backed by the frozen one): the copy keeps every execution's
+// disk a single ovl-<id>.qcow2 over the image, so teardown, restart sweeps
+// and further forks of either side need no shared, reference-counted frozen
+// layers whose lifetime spans several executions. The cost is the overlay's
+// size (only what the guest wrote: small for these guests) while paused;
+// kMaxLiveForkOverlayBytes bounds it.
+inline constexpr uint64_t kMaxLiveForkOverlayBytes = 1ull << 30;
+
+std::string LiveForkSaveVolumeName(const std::string& child_domain);  // lfork-<domain>.save
+
+struct LiveForkRequest {
+  std::string parent_domain;
+  std::string parent_overlay_volume;  // the parent's vda, a qcow2 volume in the node's pool
+  int64_t parent_pid = 0;
+  std::string child_execution_id;
+  // The child's identity; overlay_path is filled in from child_overlay_volume.
+  CloneRequest child;
+  // Created here as a copy of the parent's overlay; the caller owns it
+  // afterwards, also on failure (it may exist then).
+  std::string child_overlay_volume;
+};
+
+struct LiveForkStart {
+  std::unique_ptr<hv::AgentClient> agent;  // hello done: the child knows it is a child
+  agent::HelloMsg hello;
+  int64_t paused_ms = 0;   // parent paused -> resumed
+  int64_t save_ms = 0;     // memory + device state written
+  int64_t disk_ms = 0;     // overlay copied
+  int64_t restore_ms = 0;  // header rewritten, child restored
+  int64_t hello_ms = 0;    // child restored -> agent hello
+};
+
+// Forks the running domain `request.parent_domain` on `node` (see above).
+// On failure the parent runs on as before and nothing of the child is left
+// but its overlay volume (the caller's). Bounded by options' save, restore
+// and hello timeouts.
+Result<LiveForkStart> LiveFork(Env* env, Node& node, const LiveForkRequest& request,
+                               const TemplateOptions& options = {});
 
 }  // namespace berth::manager

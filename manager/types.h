@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "net/network_policy.h"
 
 namespace berth::manager {
 
@@ -68,7 +69,11 @@ struct FunctionSpec {
   int64_t timeout_ms = 30'000;
   std::map<std::string, std::string> env;
   std::string cwd = "/";
-  std::string network = "none";
+  std::string network = "none";  // none | egress | isolated (net/network_policy.h)
+  // With network != "none": egress allow-list entries and a TCP port the
+  // guest serves on (reachable at /svc/<instance>/...; 0: none).
+  std::vector<net::EgressRule> network_allow;
+  uint16_t expose_port = 0;
   // Fast start (issue 6). snapshot: restore starts from a saved template
   // instead of booting. A warm pool (max_warm > 0) keeps up to max_warm VMs
   // past hello; while the function is called it refills to
@@ -77,11 +82,28 @@ struct FunctionSpec {
   // keep_alive: a VM goes back to the pool after a successful run (reuse,
   // opt-in; by default every execution gets a fresh VM).
   bool snapshot = true;
+  // A run lost with its node (or with berthd) may be run again on another
+  // node: synchronous invocations retry within their deadline, the event
+  // engine retries every lost delivery anyway. Only for idempotent code.
+  bool retryable = false;
   uint32_t min_warm = 0;
   uint32_t max_warm = 0;
   int64_t idle_timeout_ms = 300'000;
   bool keep_alive = false;
+  // Autoscaling (issue 6): target_concurrency is the number of calls in
+  // flight per instance the pool aims for; the warm pool grows with the
+  // observed concurrency (up to max_warm) and shrinks when idle.
+  // max_instances caps the function's executions at once on this berthd (0:
+  // no cap); past it, calls wait in a queue of at most max_queued (each at
+  // most queue_timeout_ms) and further ones are refused (429).
+  uint32_t target_concurrency = 1;
+  uint32_t max_instances = 0;
+  uint32_t max_queued = 16;
+  int64_t queue_timeout_ms = 30'000;
   GatewayPolicy gateway;  // who may call it through /gw/<tenant>/<name>/..., and how often
+  // Its gateway routes as declared for documentation (issue 7): a JSON array
+  // as api/gateway.h's ParseGatewayRoutes normalises it; "" when none.
+  std::string gateway_routes;
 };
 
 struct FunctionRecord {
@@ -157,6 +179,7 @@ struct ProcSpec {
   uint64_t memory_mib = 256;
   int64_t timeout_ms = 0;            // 0: no limit (instances)
   BootMode boot = BootMode::kRuntime;
+  net::NetworkPolicy network;        // kNone: the guest has no NIC
 };
 
 struct ExecutionRecord {
@@ -183,6 +206,10 @@ struct ExecutionRecord {
   bool output_truncated = false;
   std::string console;              // serial console output (tail, capped)
   bool console_truncated = false;
+  // Guest networking (spec.network.mode != kNone): the NIC's MAC and the
+  // IPv4 addresses it got (DHCP lease, as the agent reported it).
+  std::string mac;
+  std::vector<std::string> addresses;
   int64_t duration_ms = 0;  // the command's own run time, measured in the guest
   PhaseTimings timings;
   int64_t created_ms = 0;

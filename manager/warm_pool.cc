@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cmath>
+#include <utility>
 #include <vector>
 
 #include "common/ids.h"
@@ -18,6 +21,12 @@ std::string PoolKey(const std::string& tenant, const std::string& function) { re
 size_t Target(const FunctionSpec& spec) {
   if (spec.max_warm == 0) return 0;
   return std::min<size_t>(spec.max_warm, std::max<uint32_t>(spec.min_warm, 1));
+}
+
+// Most idle VMs an active pool keeps: max_warm, and at least the one VM a
+// keep_alive function gives back after a run.
+size_t KeepLimit(const FunctionSpec& spec) {
+  return std::max<size_t>(spec.max_warm, spec.keep_alive ? 1 : 0);
 }
 
 }  // namespace
@@ -50,7 +59,127 @@ void RemoveStalePoolVms(Node& node) {
   for (const auto& name : overlays) (void)hv.DeleteVolume(pool, name);
 }
 
-WarmPools::WarmPools(Env* env, WarmPoolOptions options) : env_(env), options_(std::move(options)) {
+ScalingPolicy ScalingPolicyOf(const FunctionSpec& spec) {
+  ScalingPolicy p;
+  p.target_concurrency = std::max<uint32_t>(spec.target_concurrency, 1);
+  p.max_instances = spec.max_instances;
+  p.max_queued = spec.max_queued;
+  p.queue_timeout_ms = spec.queue_timeout_ms;
+  p.min_warm = spec.min_warm;
+  p.max_warm = spec.max_warm;
+  p.idle_timeout_ms = spec.idle_timeout_ms;
+  return p;
+}
+
+size_t DesiredWarm(const ScalingPolicy& policy, const ScalingObservation& seen) {
+  if (policy.max_warm == 0 || seen.idle_ms > policy.idle_timeout_ms) return 0;
+  const double demand = std::max(seen.avg_concurrency, static_cast<double>(seen.in_flight + seen.queued));
+  const uint32_t per_instance = std::max<uint32_t>(policy.target_concurrency, 1);
+  // A tiny epsilon keeps float noise (e.g. 2.0000001) from asking for one more.
+  size_t instances = static_cast<size_t>(std::ceil(demand / per_instance - 1e-9));
+  size_t warm = std::clamp<size_t>(instances, policy.min_warm, policy.max_warm);
+  if (policy.max_instances > 0) {
+    const size_t room = policy.max_instances > seen.in_flight ? policy.max_instances - seen.in_flight : 0;
+    warm = std::min(warm, room);
+  }
+  return warm;
+}
+
+Autoscaler::Autoscaler(Env* env, int64_t window_ms) : env_(env), window_ms_(window_ms) {}
+
+Autoscaler::Ticket& Autoscaler::Ticket::operator=(Ticket&& other) noexcept {
+  if (this != &other) {
+    Release();
+    owner_ = std::exchange(other.owner_, nullptr);
+    key_ = std::move(other.key_);
+    queued_ms_ = other.queued_ms_;
+  }
+  return *this;
+}
+
+void Autoscaler::Ticket::Release() {
+  if (owner_) std::exchange(owner_, nullptr)->End(key_);
+}
+
+void Autoscaler::RecordLocked(Fn& fn, int64_t now) {
+  fn.history.emplace_back(now, fn.in_flight);
+  fn.last_activity_ms = now;
+  // Keep one entry at or before the window's start: it says what held then.
+  while (fn.history.size() >= 2 && fn.history[1].first <= now - window_ms_) fn.history.pop_front();
+}
+
+ScalingObservation Autoscaler::ObserveLocked(Fn& fn, int64_t now) {
+  ScalingObservation seen;
+  seen.in_flight = fn.in_flight;
+  seen.queued = fn.queue.size();
+  seen.idle_ms = fn.in_flight > 0 || !fn.queue.empty() ? 0 : now - fn.last_activity_ms;
+  const int64_t start = now - window_ms_;
+  double area = 0;
+  for (size_t i = 0; i < fn.history.size(); ++i) {
+    const int64_t from = std::max(fn.history[i].first, start);
+    const int64_t to = i + 1 < fn.history.size() ? fn.history[i + 1].first : now;
+    if (to > from) area += static_cast<double>(to - from) * fn.history[i].second;
+  }
+  seen.avg_concurrency = window_ms_ > 0 ? area / static_cast<double>(window_ms_) : fn.in_flight;
+  return seen;
+}
+
+ScalingObservation Autoscaler::Observe(const std::string& key) {
+  std::lock_guard lock(mu_);
+  auto it = fns_.find(key);
+  if (it == fns_.end()) return {};
+  return ObserveLocked(it->second, env_->MonotonicMs());
+}
+
+Result<Autoscaler::Ticket> Autoscaler::Admit(const std::string& key, const ScalingPolicy& policy) {
+  std::unique_lock lock(mu_);
+  Fn& fn = fns_[key];
+  const int64_t t0 = env_->MonotonicMs();
+  auto has_room = [&] { return policy.max_instances == 0 || fn.in_flight < policy.max_instances; };
+  if (!has_room() || !fn.queue.empty()) {
+    if (fn.queue.size() >= policy.max_queued) {
+      return Status(Code::kResourceExhausted,
+                    "function " + key + " runs " + std::to_string(fn.in_flight) + " calls, its max_instances, and " +
+                        std::to_string(fn.queue.size()) + " more are queued (max_queued " +
+                        std::to_string(policy.max_queued) + ")",
+                    "max_instances");
+    }
+    const uint64_t me = next_waiter_++;
+    fn.queue.push_back(me);
+    fn.last_activity_ms = t0;
+    const bool admitted = cv_.wait_for(lock, std::chrono::milliseconds(policy.queue_timeout_ms),
+                                       [&] { return fn.queue.front() == me && has_room(); });
+    fn.queue.erase(std::find(fn.queue.begin(), fn.queue.end(), me));
+    if (!admitted) {
+      cv_.notify_all();  // the next in line may go now
+      return Status(Code::kResourceExhausted,
+                    "function " + key + " stayed at its max_instances (" + std::to_string(policy.max_instances) +
+                        ") for the whole queue timeout of " + std::to_string(policy.queue_timeout_ms) + " ms",
+                    "max_instances");
+    }
+  }
+  ++fn.in_flight;
+  RecordLocked(fn, env_->MonotonicMs());
+  cv_.notify_all();  // the next in line re-checks for room
+  Ticket t;
+  t.owner_ = this;
+  t.key_ = key;
+  t.queued_ms_ = env_->MonotonicMs() - t0;
+  return t;
+}
+
+void Autoscaler::End(const std::string& key) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = fns_.find(key);
+    if (it == fns_.end() || it->second.in_flight == 0) return;
+    --it->second.in_flight;
+    RecordLocked(it->second, env_->MonotonicMs());
+  }
+  cv_.notify_all();
+}
+
+WarmPools::WarmPools(Env* env, WarmPoolOptions options) : env_(env), options_(std::move(options)), autoscaler_(env) {
   loop_ = std::thread([this] { Loop(); });
 }
 
@@ -136,7 +265,7 @@ void WarmPools::Remove(const std::string& tenant, const std::string& function) {
 }
 
 std::optional<PooledVm> WarmPools::Take(Node& node, const FunctionRecord& fn, const images::ImageRecord& image) {
-  if (fn.spec.max_warm == 0) return std::nullopt;
+  if (KeepLimit(fn.spec) == 0) return std::nullopt;
   std::optional<PooledVm> out;
   std::vector<PooledVm> doomed;
   bool configure = false;
@@ -168,17 +297,52 @@ std::optional<PooledVm> WarmPools::Take(Node& node, const FunctionRecord& fn, co
   return out;
 }
 
-bool WarmPools::GiveBack(const FunctionRecord& fn, PooledVm vm) {
+bool WarmPools::GiveBack(Node& node, const FunctionRecord& fn, const images::ImageRecord& image, PooledVm& vm) {
   std::lock_guard lock(mu_);
-  if (stopping_) return false;
+  if (stopping_ || !fn.spec.keep_alive || vm.function_version != fn.version) return false;
   auto it = pools_.find(PoolKey(fn.tenant, fn.spec.name));
-  if (it == pools_.end() || it->second.fn.version != vm.function_version ||
-      it->second.idle.size() >= it->second.fn.spec.max_warm) {
+  if (it == pools_.end()) {
+    // keep_alive without a warm pool (max_warm 0): a pool that only holds given-back VMs.
+    Pool pool;
+    pool.node = &node;
+    pool.fn = fn;
+    pool.image = image;
+    it = pools_.emplace(PoolKey(fn.tenant, fn.spec.name), std::move(pool)).first;
+  }
+  Pool& pool = it->second;
+  if (pool.fn.version != vm.function_version || pool.node != &node || pool.idle.size() >= KeepLimit(pool.fn.spec)) {
     return false;
   }
+  pool.active = true;
+  pool.last_call_ms = env_->MonotonicMs();  // the idle timeout counts from this call's end
   it->second.idle.push_back(std::move(vm));
   PublishLocked(it->second);
   return true;
+}
+
+size_t WarmPools::EvictIdleFor(Node& node, uint32_t vcpus, uint64_t memory_mib) {
+  std::vector<PooledVm> doomed;
+  {
+    std::lock_guard lock(mu_);
+    uint32_t freed_vcpus = 0;
+    uint64_t freed_memory = 0;
+    for (auto& [key, pool] : pools_) {
+      if (pool.node != &node) continue;
+      while (!pool.idle.empty() && (freed_vcpus < vcpus || freed_memory < memory_mib)) {
+        freed_vcpus += pool.idle.front().vcpus;
+        freed_memory += pool.idle.front().memory_mib;
+        doomed.push_back(std::move(pool.idle.front()));
+        pool.idle.pop_front();
+      }
+      PublishLocked(pool);
+      if (freed_vcpus >= vcpus && freed_memory >= memory_mib) break;
+    }
+  }
+  for (auto& vm : doomed) {
+    spdlog::info("node {} is full: destroying idle pooled VM {} for a call", node.name(), vm.domain);
+    Destroy(node, vm);
+  }
+  return doomed.size();
 }
 
 size_t WarmPools::IdleCount(const std::string& tenant, const std::string& function) {
@@ -220,8 +384,9 @@ void WarmPools::Loop() {
         spdlog::info("warm pool of {} idle for {} ms: shrinking to zero", key, now - pool.last_call_ms);
         pool.active = false;
       }
-      const size_t target = pool.active ? Target(spec) : 0;
-      while (pool.idle.size() > target) {
+      // The configured size, grown with the observed concurrency (DesiredWarm).
+      const size_t target = pool.active ? std::max(Target(spec), autoscaler_.DesiredWarm(key, ScalingPolicyOf(spec))) : 0;
+      while (pool.idle.size() > (pool.active ? KeepLimit(spec) : 0)) {
         doomed.emplace_back(pool.node, std::move(pool.idle.back()));
         pool.idle.pop_back();
       }
@@ -301,6 +466,7 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
       if (clone.ok()) {
         vm.agent = std::move(clone->agent);
         vm.made_by = "template";
+        PrepareRootfs(vm);
         vm.boot_ms = env_->MonotonicMs() - b0;
         teardown.reserved(0, 0);  // the pool owns the reservation now
         teardown.Disarm();
@@ -331,10 +497,23 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   vm.agent = std::make_unique<hv::AgentClient>(std::move(channel));
   BERTH_RETURN_IF_ERROR(vm.agent->Hello(options_.boot_timeout_ms).status());
   vm.made_by = "cold";
+  PrepareRootfs(vm);
   vm.boot_ms = env_->MonotonicMs() - b0;
   teardown.reserved(0, 0);
   teardown.Disarm();
   return vm;
+}
+
+void WarmPools::PrepareRootfs(PooledVm& vm) {
+  // The agent mounts the root filesystem at the first Exec; under TCG that
+  // mount is most of a warm call's run phase, so a pooled VM does it now.
+  agent::ExecMsg prepare;
+  prepare.prepare_only = true;
+  auto done = vm.agent->Exec(prepare, "", 4096, options_.boot_timeout_ms);
+  if (!done.ok() || !done->exit.error_code.empty()) {
+    spdlog::warn("warm pool VM {}: preparing its root filesystem: {}", vm.domain,
+                 done.ok() ? done->exit.error_code + ": " + done->exit.error : done.status().ToString());
+  }
 }
 
 void WarmPools::Destroy(Node& node, PooledVm& vm) {

@@ -1,7 +1,9 @@
 // Warm pools (fast start, issue 6): per function, VMs that are running and
 // past the agent's hello with the function's overlay attached, not yet
 // running anything. An invoke takes one (timings.start == "warm"); a taken
-// VM is never given back unless the function opts into keep_alive.
+// VM is never given back unless the function opts into keep_alive (then the
+// executor gives the VM of every successful run back, see GiveBack, and an
+// active pool keeps up to max(max_warm, 1) idle VMs).
 //
 // Sizing (FunctionSpec): max_warm == 0 means no pool. A pool is active from
 // the function's create/update and after every call; while active it refills
@@ -40,6 +42,95 @@
 #include "manager/types.h"
 
 namespace berth::manager {
+
+// ---- Autoscaling (issue 6, item 4) ----
+//
+// Per function, the Autoscaler counts calls in flight, observes the
+// time-weighted average concurrency over a sliding window, admits calls up
+// to max_instances (queueing the rest, refusing beyond max_queued), and
+// says how many idle VMs the warm pool should hold. All time comes from Env,
+// so tests drive it with a manual clock.
+struct ScalingPolicy {
+  uint32_t target_concurrency = 1;  // calls in flight per instance the pool aims for
+  uint32_t max_instances = 0;       // calls (= VMs) running at once; 0: no cap
+  uint32_t max_queued = 16;         // calls waiting at the cap; beyond: refused
+  int64_t queue_timeout_ms = 30'000;
+  uint32_t min_warm = 0;
+  uint32_t max_warm = 0;
+  int64_t idle_timeout_ms = 300'000;
+};
+ScalingPolicy ScalingPolicyOf(const FunctionSpec& spec);
+
+// What the Autoscaler saw of one function.
+struct ScalingObservation {
+  double avg_concurrency = 0;  // time-weighted calls in flight over the window
+  uint32_t in_flight = 0;      // calls running now
+  size_t queued = 0;           // calls waiting for a slot now
+  int64_t idle_ms = 0;         // since the last call started or ended
+};
+
+// The scaling decision, a pure function: idle VMs the pool should hold.
+//   demand    = max(avg_concurrency, in_flight + queued)
+//   instances = ceil(demand / target_concurrency)  (instances busy at that rate)
+//   warm      = clamp(instances, min_warm, max_warm), and never so many that
+//               in_flight + warm exceeds max_instances
+// Zero once idle_ms passed idle_timeout_ms (scale to zero), and without a
+// pool (max_warm 0).
+size_t DesiredWarm(const ScalingPolicy& policy, const ScalingObservation& seen);
+
+class Autoscaler {
+ public:
+  explicit Autoscaler(Env* env, int64_t window_ms = 10'000);
+
+  // One admitted call; releasing it (destruction) ends the call.
+  class Ticket {
+   public:
+    Ticket() = default;
+    Ticket(Ticket&& other) noexcept { *this = std::move(other); }
+    Ticket& operator=(Ticket&& other) noexcept;
+    ~Ticket() { Release(); }
+    void Release();
+    int64_t queued_ms() const { return queued_ms_; }
+
+   private:
+    friend class Autoscaler;
+    Autoscaler* owner_ = nullptr;
+    std::string key_;
+    int64_t queued_ms_ = 0;
+  };
+
+  // Admits one call of function `key` (tenant/name): at once while fewer
+  // than max_instances run; else it waits its turn (FIFO) in the queue, at
+  // most queue_timeout_ms. ResourceExhausted (field "max_instances", the
+  // message says why) when the queue already holds max_queued calls or the
+  // wait timed out.
+  Result<Ticket> Admit(const std::string& key, const ScalingPolicy& policy);
+
+  ScalingObservation Observe(const std::string& key);
+  size_t DesiredWarm(const std::string& key, const ScalingPolicy& policy) {
+    return manager::DesiredWarm(policy, Observe(key));
+  }
+
+ private:
+  struct Fn {
+    uint32_t in_flight = 0;
+    std::deque<uint64_t> queue;  // waiting tickets, oldest first
+    // (time, in_flight from then on), oldest first; the first one starts at
+    // or before the window.
+    std::deque<std::pair<int64_t, uint32_t>> history;
+    int64_t last_activity_ms = 0;
+  };
+  void End(const std::string& key);
+  void RecordLocked(Fn& fn, int64_t now);
+  ScalingObservation ObserveLocked(Fn& fn, int64_t now);
+
+  Env* env_;
+  int64_t window_ms_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t next_waiter_ = 1;
+  std::map<std::string, Fn> fns_;
+};
 
 inline constexpr const char* kPoolDomainPrefix = "berth-pool-";
 std::string PoolDomainName(const std::string& function, const std::string& short_id);  // berth-pool-<fn>-<short>
@@ -88,11 +179,24 @@ class WarmPools {
   // pool becomes active and refills. Configures the pool if it has none yet
   // (e.g. after a berthd restart).
   std::optional<PooledVm> Take(Node& node, const FunctionRecord& fn, const images::ImageRecord& image);
-  // keep_alive: puts a VM that ran successfully back; false when the pool
-  // does not want it (full, other version, no pool): the caller tears it down.
-  bool GiveBack(const FunctionRecord& fn, PooledVm vm);
+  // keep_alive reuse: puts a VM of `fn` that ran successfully back (its
+  // agent still connected; its capacity reservation moves to the pool).
+  // Makes a pool for fn if it has none (keep_alive with max_warm 0 keeps at
+  // most one VM). False when the pool does not want it (fn not keep_alive,
+  // full, other version or node, shutting down): `vm` is left untouched
+  // and the caller tears it down.
+  bool GiveBack(Node& node, const FunctionRecord& fn, const images::ImageRecord& image, PooledVm& vm);
   // Idle VMs of a function now.
   size_t IdleCount(const std::string& tenant, const std::string& function);
+  // Idle pooled VMs hold node capacity only opportunistically: a call that
+  // finds `node` full destroys idle VMs there (any function's, the most
+  // recently pooled last) until vcpus/memory_mib are free again. Returns how
+  // many it destroyed; their pools refill later within what is left.
+  size_t EvictIdleFor(Node& node, uint32_t vcpus, uint64_t memory_mib);
+  // Admission and the observed rate of every function's calls: a pool
+  // refills to max(min_warm-based size, autoscaler.DesiredWarm) (see
+  // DesiredWarm) while active.
+  Autoscaler& autoscaler() { return autoscaler_; }
 
   // Builds fn's template on `node` in the background unless it exists or is
   // being built by this object already.
@@ -118,6 +222,7 @@ class WarmPools {
   void Fill(std::string pool_key, Node* node, FunctionRecord fn, images::ImageRecord image);
   Result<PooledVm> MakeVm(Node& node, const FunctionRecord& fn, const images::ImageRecord& image);
   void Destroy(Node& node, PooledVm& vm);
+  void PrepareRootfs(PooledVm& vm);
   void Spawn(std::function<void()> fn);
   void PublishLocked(const Pool& pool);
 
@@ -130,6 +235,7 @@ class WarmPools {
   int threads_ = 0;
   std::map<std::string, Pool> pools_;       // tenant/function
   std::set<std::string> building_;          // template keys ensured in the background
+  Autoscaler autoscaler_;
   std::thread loop_;
 };
 

@@ -80,6 +80,11 @@ Status ValidateNetworkPolicy(const NetworkPolicy& policy, const std::string& pre
                                                           ".allow needs mode 'egress' or 'isolated'; "
                                                           "with mode 'none' the guest has no NIC");
   }
+  if (policy.mode == NetworkMode::kNone && policy.expose_port != 0) {
+    return Status::InvalidArgument(prefix + ".expose_port", prefix +
+                                                                ".expose_port needs mode 'egress' or 'isolated'; "
+                                                                "with mode 'none' the guest has no NIC");
+  }
   if (policy.allow.size() > kMaxAllowRules) {
     return Status::InvalidArgument(prefix + ".allow", prefix + ".allow has " +
                                                           std::to_string(policy.allow.size()) +

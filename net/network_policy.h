@@ -31,11 +31,17 @@ struct EgressRule {
   Protocol protocol = Protocol::kAny;
   uint16_t port_start = 0;  // 0: all ports
   uint16_t port_end = 0;    // 0: only port_start
+  friend bool operator==(const EgressRule&, const EgressRule&) = default;
 };
 
 struct NetworkPolicy {
   NetworkMode mode = NetworkMode::kNone;
   std::vector<EgressRule> allow;
+  // A TCP port the guest serves on (instances): the host (the gateway's
+  // /svc/<instance>/ proxy) may connect to it over the tenant network and
+  // the filter lets the answers through. 0: nothing exposed.
+  uint16_t expose_port = 0;
+  friend bool operator==(const NetworkPolicy&, const NetworkPolicy&) = default;
 };
 
 inline constexpr size_t kMaxAllowRules = 64;
@@ -58,7 +64,8 @@ std::string FormatPortRange(const EgressRule& rule);
 // "<prefix>.mode", "<prefix>.allow", "<prefix>.allow[i].cidr",
 // "<prefix>.allow[i].port_start", "<prefix>.allow[i].port_end": the cidr must
 // parse with no host bits, ports are 1..65535 with end >= start, and `allow`
-// must be empty for mode none (it would silently mean nothing).
+// must be empty for mode none (it would silently mean nothing); so must
+// "<prefix>.expose_port".
 Status ValidateNetworkPolicy(const NetworkPolicy& policy, const std::string& prefix = "network");
 
 // Destinations dropped unless an allow rule names them: RFC 1918

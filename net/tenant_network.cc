@@ -21,6 +21,7 @@ Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, Network
   spec.dhcp_start = FormatIpv4Address(subnet.first() + (subnet.size() >= 32 ? 10 : 2));
   spec.dhcp_end = FormatIpv4Address(subnet.last() - 1);
   spec.dns = mode == NetworkMode::kEgress;  // why: see hv::NetworkSpec::dns
+  spec.dhcp_ping_check = false;  // only berth's own guests lease here; see hv::NetworkSpec
   BERTH_RETURN_IF_ERROR(hv::ValidateNetworkSpec(spec));
   return spec;
 }
@@ -38,6 +39,7 @@ Result<hv::NwFilterSpec> MakeFunctionFilterSpec(const std::string& tenant, const
   spec.subnet = subnet.ToString();
   // Isolated networks run no DNS (hv::NetworkSpec::dns), so nothing to allow.
   spec.allow_gateway_dns = policy.mode == NetworkMode::kEgress;
+  spec.answer_host_connections = policy.expose_port != 0;
   for (const EgressRule& r : policy.allow) {
     hv::NwFilterAllowRule rule;
     rule.cidr = ParseCidr("cidr", r.cidr)->ToString();  // canonical "a.b.c.d/len"

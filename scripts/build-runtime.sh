@@ -45,6 +45,9 @@ META_PACKAGE=linux-image-cloud-amd64
 # list). Optional ones may be missing or built in.
 REQUIRED_MODULES=(virtio_ring virtio virtio_pci virtio_blk virtio_console)
 OPTIONAL_MODULES=(virtio_pci_modern_dev virtio_pci_legacy_dev virtio_rng)
+# Guest networking: loaded by the agent only when an execution has a NIC
+# (guest/agent/network.cc); af_packet is udhcpc's raw socket.
+NET_MODULES=(failover net_failover virtio_net af_packet)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (mknod of /dev/console in the initramfs)"
 [[ -f "$AGENT" && -x "$AGENT" ]] || die "agent binary '$AGENT' is missing or not executable"
@@ -193,6 +196,9 @@ for m in "${REQUIRED_MODULES[@]}"; do
 done
 for m in "${OPTIONAL_MODULES[@]}"; do
   copy_module "$m" || log "optional module $m not in kernel $KVER (skipped)"
+done
+for m in "${NET_MODULES[@]}"; do
+  copy_module "$m" || builtin_module "$m" || die "kernel $KVER has no module $m (and it is not built in)"
 done
 
 # Reproducible archive: sorted names, fixed mtimes and owners, no gzip name/time.

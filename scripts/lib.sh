@@ -19,7 +19,13 @@ BERTH_PACKAGES=(
   genisoimage
   # tests only: a bootable test image (SYSLINUX on a FAT disk, built without loop mounts)
   syslinux syslinux-common mtools dosfstools
+  # benchmarks only: HTTP load generator (bench/gateway.cc)
+  wrk
 )
+# Tests only: Node.js runs the external OpenAPI validator (npm, see
+# install_openapi_tools). Installed only when no node/npm is on the PATH, so a
+# Node.js from elsewhere (which ships its own npm) is left alone.
+BERTH_NODE_PACKAGES=(nodejs npm)
 
 install_packages() {
   local missing=()
@@ -37,6 +43,28 @@ install_packages() {
   if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
     apt-get update -q >/dev/null
   fi
+}
+
+# install_openapi_tools DIR: the npm packages of tests/integration/openapi/
+# package.json (an OpenAPI validator and Ajv) in DIR/node_modules, for
+# tests/integration/openapi_test.cc. Idempotent: skipped when DIR already has
+# the same package.json and its packages.
+install_openapi_tools() {
+  local dir=$1 manifest="$BERTH_ROOT/tests/integration/openapi/package.json"
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing: ${BERTH_NODE_PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${BERTH_NODE_PACKAGES[@]}" >/dev/null
+  fi
+  if cmp -s "$manifest" "$dir/package.json" && [[ -d "$dir/node_modules/@seriousme/openapi-schema-validator" ]] &&
+    [[ -d "$dir/node_modules/ajv" ]]; then
+    return 0
+  fi
+  log "installing the OpenAPI validator (npm) into $dir"
+  mkdir -p "$dir"
+  cp "$manifest" "$dir/package.json"
+  (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null) || die "npm install in $dir failed"
 }
 
 # Starts virtlogd and libvirtd when they are not running (no systemd here).

@@ -12,5 +12,7 @@ export BERTH_RUNTIME_DIR="$BERTH_BUILD/runtime"
 build_runtime "$BERTH_RUNTIME_DIR"
 export BERTH_DEBIAN_ROOTFS="$BERTH_BUILD/rootfs-debian"
 "$BERTH_ROOT/scripts/build-debian-rootfs.sh" "$BERTH_DEBIAN_ROOTFS"
+install_openapi_tools "$BERTH_BUILD/openapi-tools"
+export BERTH_OPENAPI_TOOLS="$BERTH_BUILD/openapi-tools" BERTH_REQUIRE_OPENAPI_TOOLS=1
 cd "$BERTH_BUILD"
 ctest --output-on-failure --timeout 1500 "$@"

@@ -68,10 +68,12 @@ DiskSpec DiskFromJson(const json& j) {
 }
 
 NicSpec NicFromJson(const json& j) {
-  RejectUnknownKeys(j, {"network", "mac"}, "nic");
+  RejectUnknownKeys(j, {"network", "mac", "filter", "filter_parameters"}, "nic");
   NicSpec n;
   Get(j, "network", &n.network);
   Get(j, "mac", &n.mac);
+  Get(j, "filter", &n.filter);
+  Get(j, "filter_parameters", &n.filter_parameters);
   return n;
 }
 
@@ -119,8 +121,10 @@ DomainSpec SpecFromJson(const json& j) {
     const json& m = j.at("metadata");
     RejectUnknownKeys(m,
                       {"execution_id", "function", "tenant", "pid", "ppid", "image",
-                       "created_unix_ms"},
+                       "created_unix_ms", "network", "addresses"},
                       "metadata");
+    Get(m, "network", &s.metadata.network);
+    Get(m, "addresses", &s.metadata.addresses);
     Get(m, "execution_id", &s.metadata.execution_id);
     Get(m, "function", &s.metadata.function);
     Get(m, "tenant", &s.metadata.tenant);

@@ -133,9 +133,10 @@ hv::NwFilterSpec NwFilterFromJson(const json& j) {
   hv::NwFilterSpec s;
   if (j.contains("policy")) {
     const json& p = j.at("policy");
-    RejectUnknownKeys(p, {"tenant", "function", "subnet", "mode", "allow"}, "policy");
+    RejectUnknownKeys(p, {"tenant", "function", "subnet", "mode", "allow", "expose_port"}, "policy");
     net::NetworkPolicy policy;
     policy.mode = ModeFromJson(p.at("mode"));
+    Get(p, "expose_port", &policy.expose_port);
     if (p.contains("allow")) {
       for (size_t i = 0; i < p.at("allow").size(); ++i) {
         const json& a = p.at("allow")[i];

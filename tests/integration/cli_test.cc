@@ -354,6 +354,37 @@ TEST_F(CliTest, ImagesNodesAndTokens) {
   EXPECT_NE(nodes.out.find("tcg"), std::string::npos) << nodes.out;
   json nj = json::parse(Berth("nodes --json").out, nullptr, false);
   EXPECT_EQ(nj["nodes"].size(), 1u) << nj;
+  const std::string local_node = nj["nodes"][0].value("name", "");
+  EXPECT_EQ(Berth("nodes ls").code, 0);
+  EXPECT_EQ(json::parse(Berth("nodes show " + local_node).out, nullptr, false).value("name", ""), local_node);
+  EXPECT_EQ(Berth("nodes show no-such-node").code, 3);
+  // Node subcommands: cordon / drain / uncordon the local node.
+  CliRun cordoned = Berth("nodes cordon " + local_node);
+  EXPECT_EQ(cordoned.code, 0) << cordoned.err;
+  EXPECT_NE(cordoned.out.find("cordoned"), std::string::npos) << cordoned.out;
+  EXPECT_NE(Berth("nodes").out.find("cordoned"), std::string::npos);
+  CliRun drained = Berth("nodes drain " + local_node);  // nothing runs: cordoned at once
+  EXPECT_NE(drained.out.find("cordoned"), std::string::npos) << drained.out << drained.err;
+  CliRun uncordoned = Berth("nodes uncordon " + local_node);
+  EXPECT_NE(uncordoned.out.find(": up"), std::string::npos) << uncordoned.out << uncordoned.err;
+  // Bad input to `nodes add` gets a clear error and exit status 2.
+  CliRun xen = Berth("nodes add xen:///system --name x1");
+  EXPECT_EQ(xen.code, 2);
+  EXPECT_NE(xen.err.find("unsupported libvirt URI"), std::string::npos) << xen.err;
+  CliRun unreachable = Berth("nodes add qemu+tcp://127.0.0.1:1/system --name far --accel tcg --label zone=a");
+  EXPECT_EQ(unreachable.code, 2);
+  EXPECT_NE(unreachable.err.find("cannot reach libvirt"), std::string::npos) << unreachable.err;
+  CliRun dup = Berth("nodes add " + nj["nodes"][0].value("uri", "") + " --name again");
+  EXPECT_EQ(dup.code, 2);
+  EXPECT_NE(dup.err.find("already"), std::string::npos) << dup.err;
+  CliRun bad_label = Berth("nodes add qemu+tcp://10.0.0.5/system --label zone");
+  EXPECT_EQ(bad_label.code, 2);
+  EXPECT_NE(bad_label.err.find("not k=v"), std::string::npos) << bad_label.err;
+  CliRun rm_local = Berth("nodes rm " + local_node);
+  EXPECT_NE(rm_local.code, 0);
+  EXPECT_NE(rm_local.err.find("cannot be removed"), std::string::npos) << rm_local.err;
+  EXPECT_EQ(Berth("nodes rm no-such-node").code, 3);
+  EXPECT_EQ(json::parse(Berth("nodes --json").out, nullptr, false)["nodes"].size(), 1u) << "nothing half-registered";
 
   CliRun created = Berth("token create cli-tenant --name cli");
   ASSERT_EQ(created.code, 0) << created.err;
@@ -370,8 +401,8 @@ TEST_F(CliTest, HelpAndBashCompletion) {
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("Exit status"), std::string::npos) << help.out;
   for (const char* cmd : {"ps", "exec", "fork", "kill", "wait", "logs", "image push", "image ls", "image inspect",
-                          "image rm", "fn deploy", "fn ls", "fn invoke", "fn rm", "nodes", "token create",
-                          "completion"}) {
+                          "image rm", "fn deploy", "fn ls", "fn invoke", "fn rm", "nodes", "nodes add", "nodes rm",
+                          "nodes drain", "token create", "completion"}) {
     CliRun r = Berth(std::string(cmd) + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << cmd << ": " << r.out;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <future>
+#include <iostream>
 #include <thread>
 
 #include "tests/integration/support/harness.h"
@@ -218,6 +219,116 @@ TEST_F(FastStartTest, WarmPoolRefillsAfterUseAndEmptiesWhenIdle) {
   ASSERT_EQ(daemon_->Call("DELETE", "/v1/functions/" + fn).status, 200);
   EXPECT_TRUE(WaitFor([&] { return RunningDomains(prefix).empty(); }, 30'000));
   for (const auto& v : PoolVolumes(daemon_->pool())) EXPECT_NE(v.rfind("povl-", 0), 0u) << v;
+}
+
+// keep_alive: the VM of a successful run serves the next call (it sees the
+// earlier call's disk write); without it every call gets a fresh VM.
+TEST_F(FastStartTest, KeepAliveReusesTheVmAndDefaultDoesNot) {
+  const json marker = {"sh", "-c", "if [ -e /reuse-marker ]; then echo seen; else echo fresh; fi; echo x > /reuse-marker"};
+  ASSERT_EQ(daemon_->CreateFunction("reuse", image_, {{"entrypoint", marker}, {"keep_alive", true}}).status, 201);
+  ASSERT_EQ(daemon_->Get("/v1/functions/reuse").json()["keep_alive"], true);
+  json first = Invoke("reuse");
+  EXPECT_EQ(first["stdout"], "fresh\n") << first.dump();
+  json second = Invoke("reuse");
+  EXPECT_EQ(second["stdout"], "seen\n") << "keep_alive did not reuse the VM: " << second.dump();
+  EXPECT_EQ(second["timings"]["start"], "warm") << second.dump();
+  EXPECT_EQ(second["domain"], first["domain"]);
+  // A failed run's VM is not given back.
+  ASSERT_EQ(daemon_->Call("PUT", "/v1/functions/reuse",
+                          json{{"image", image_}, {"entrypoint", {"sh", "-c", "echo x > /reuse-marker; exit 3"}},
+                               {"keep_alive", true}}
+                              .dump())
+                .status,
+            200);
+  json failed = Invoke("reuse");
+  EXPECT_EQ(failed["status"], "failed") << failed.dump();
+  json after = Invoke("reuse");
+  EXPECT_NE(after["domain"], failed["domain"]) << "a failed run's VM was reused";
+  ASSERT_EQ(daemon_->Call("DELETE", "/v1/functions/reuse").status, 200);
+
+  ASSERT_EQ(daemon_->CreateFunction("noreuse", image_, {{"entrypoint", marker}}).status, 201);
+  EXPECT_EQ(Invoke("noreuse")["stdout"], "fresh\n");
+  json again = Invoke("noreuse");
+  EXPECT_EQ(again["stdout"], "fresh\n") << "a default function saw an earlier call's VM";
+  ASSERT_EQ(daemon_->Call("DELETE", "/v1/functions/noreuse").status, 200);
+}
+
+// Autoscaling cap: at max_instances further calls queue, and past max_queued
+// they get 429 with a JSON error naming the reason.
+TEST_F(FastStartTest, CallsPastMaxInstancesQueueThenGet429) {
+  ASSERT_EQ(daemon_->CreateFunction("capped", image_,
+                                    {{"entrypoint", {"sh", "-c", "sleep 3; echo done"}},
+                                     {"snapshot", false},
+                                     {"max_instances", 1},
+                                     {"max_queued", 1},
+                                     {"target_concurrency", 1}})
+                .status,
+            201);
+  json fn = daemon_->Get("/v1/functions/capped").json();
+  EXPECT_EQ(fn["max_instances"], 1);
+  EXPECT_EQ(fn["max_queued"], 1);
+  auto running = std::async(std::launch::async, [] { return Invoke("capped"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto queued = std::async(std::launch::async, [] { return Invoke("capped"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto refused = daemon_->Post("/v1/functions/capped/invoke", "{}");
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  json err = refused.json();
+  ASSERT_TRUE(err.contains("error")) << refused.body;
+  EXPECT_EQ(err["error"].value("field", ""), "max_instances") << refused.body;
+  EXPECT_NE(err["error"].value("message", "").find("max_queued"), std::string::npos) << refused.body;
+  json a = running.get(), b = queued.get();
+  EXPECT_EQ(a["stdout"], "done\n") << a.dump();
+  EXPECT_EQ(b["stdout"], "done\n") << "the queued call ran once a slot was free: " << b.dump();
+  // Bad values are refused by name.
+  auto bad = daemon_->CreateFunction("badcap", image_, {{"entrypoint", {"true"}}, {"target_concurrency", 0}});
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_EQ(bad.json()["error"].value("field", ""), "target_concurrency");
+  ASSERT_EQ(daemon_->Call("DELETE", "/v1/functions/capped").status, 200);
+}
+
+// A corrupt template save image: the call still succeeds (cold boot), the
+// template is invalidated and rebuilt at once, and later calls restore again.
+TEST_F(FastStartTest, CorruptTemplateFallsBackToColdAndIsRebuilt) {
+  ASSERT_EQ(daemon_->CreateFunction("corrupt", image_, {{"entrypoint", {"echo", "ok"}}}).status, 201);
+  ASSERT_TRUE(WaitFor([&] { return TemplateRecords(daemon_->pool()).size() == 1; }, 180'000))
+      << "no template built:\n" << daemon_->log();
+  const std::string record = TemplateRecords(daemon_->pool())[0];
+  const std::string save = record.substr(0, record.size() - 5) + ".save";
+  std::string path = Shell("virsh -q -c qemu:///system vol-path --pool " + daemon_->pool() + " " + save);
+  while (!path.empty() && (path.back() == '\n' || path.back() == ' ')) path.pop_back();
+  ASSERT_FALSE(path.empty());
+  // Garbage over the start of QEMU's stream, which follows the 92-byte
+  // header and data_len (u32 at offset 20) bytes of XML.
+  const long data_len = std::atol(Shell("od -An -tu4 -j20 -N4 " + path).c_str());
+  ASSERT_GT(data_len, 0);
+  int code = -1;
+  Shell("dd if=/dev/urandom of=" + path + " bs=1 seek=" + std::to_string(92 + data_len) +
+            " count=4096 conv=notrunc status=none",
+        &code);
+  ASSERT_EQ(code, 0);
+
+  auto t0 = Clock::now();
+  json call = Invoke("corrupt");
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  EXPECT_EQ(call["status"], "succeeded") << call.dump();
+  EXPECT_EQ(call["stdout"], "ok\n");
+  EXPECT_EQ(call["timings"]["start"], "cold") << call.dump();
+  std::cout << "call over a corrupt template: " << ms << " ms\n";
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto now = TemplateRecords(daemon_->pool());
+        return now.size() == 1 && Shell("virsh -q -c qemu:///system vol-info --pool " + daemon_->pool() + " " + save)
+                                          .find("Capacity") != std::string::npos;
+      },
+      180'000))
+      << "the template was not rebuilt:\n" << daemon_->log();
+  // Rebuilt: the header is intact again and the next call restores.
+  WaitFor([&] { return Invoke("corrupt")["timings"]["start"] == "template"; }, 60'000);
+  json restored = Invoke("corrupt");
+  EXPECT_EQ(restored["timings"]["start"], "template") << restored.dump();
+  EXPECT_EQ(restored["stdout"], "ok\n");
+  ASSERT_EQ(daemon_->Call("DELETE", "/v1/functions/corrupt").status, 200);
 }
 
 }  // namespace

@@ -231,6 +231,52 @@ TEST_F(GatewayTest, SlowClientDoesNotBlockOtherRequests) {
   EXPECT_GT(waited, 0.0);
 }
 
+// A client that hangs up while its request runs leaks nothing: the
+// execution still ends (here by its timeout), the connection is closed once
+// the answer is ready (no socket left in CLOSE-WAIT), and the function's
+// concurrency slot is free again for the next caller.
+TEST_F(GatewayTest, ClientThatDisconnectsMidRequestLeaksNothing) {
+  Create("hangup", {{"auth", "public"}, {"max_concurrency", 1}, {"max_queue", 0}}, 3000);
+  std::string port = daemon_->base_url().substr(daemon_->base_url().rfind(':') + 1);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::string req = "GET /gw/default/hangup/sleep HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  // Hang up once the request is running.
+  json running;
+  for (int i = 0; i < 600; ++i) {
+    running = daemon_->Get("/v1/executions?function=hangup").json();
+    if (!running["executions"].empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(running["executions"].empty()) << running.dump();
+  close(fd);
+  std::string id = running["executions"][0]["execution_id"];
+
+  std::string status;
+  for (int i = 0; i < 1200; ++i) {
+    status = daemon_->Get("/v1/executions/" + id).json().value("status", "");
+    if (status != "pending" && status != "placing" && status != "starting" && status != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(status, "timed_out");
+  std::string left;
+  for (int i = 0; i < 100; ++i) {
+    left = Shell("ss -Htan state close-wait '( sport = :" + port + " )'");
+    if (left.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(left, "") << "connections berthd did not close";
+  // The slot is free: max_concurrency 1 with no queue would answer 429 otherwise.
+  auto next = Request("GET", Url("hangup/after"));
+  EXPECT_EQ(next.status, 200) << next.body;
+}
+
 TEST_F(GatewayTest, OpenApiDocumentsTheGatewayRoute) {
   auto doc = daemon_->Get("/v1/openapi.json").json();
   ASSERT_TRUE(doc["paths"].contains("/gw/{tenant}/{function}/{path}")) << doc["paths"].dump();

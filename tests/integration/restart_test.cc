@@ -1,9 +1,11 @@
-// berthd crashes (SIGKILL) while a VM runs: the restarted berthd ends the
-// orphaned execution's record and removes its domain and volumes, so nothing
+// berthd crashes (SIGKILL) while VMs run: the restarted berthd reconciles
+// (manager/reconcile.h): it adopts what still runs, so those executions end
+// with their real outcome, and removes what belongs to nothing, so nothing
 // is left behind and nothing accepted is silently lost.
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <thread>
 
@@ -14,46 +16,108 @@ namespace {
 
 using nlohmann::json;
 
-TEST(RestartTest, CrashDuringExecutionIsReconciledOnRestart) {
+// Polls a record until it is final (or timeout_ms passed); returns it.
+json WaitFinal(const BerthdProcess& daemon, const std::string& id, int timeout_ms = 60000) {
+  json rec;
+  for (int waited = 0; waited < timeout_ms; waited += 200) {
+    rec = daemon.Get("/v1/executions/" + id).json();
+    std::string st = rec.value("status", "");
+    if (st != "pending" && st != "placing" && st != "starting" && st != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return rec;
+}
+
+int64_t NodeClaims(const BerthdProcess& daemon) {
+  int64_t claims = 0;
+  const json nodes = daemon.Get("/v1/nodes").json().value("nodes", json::array());
+  for (const auto& n : nodes) claims += n.value("executions", 0);
+  return claims;
+}
+
+// kill -9 while a function run and an instance run: the restarted berthd
+// adopts both (their agent channels are reopened), they finish with their
+// real exit status and the output they produced after the crash, their
+// claims are re-installed and released at the end, nothing is leaked.
+TEST(RestartTest, CrashDuringExecutionAdoptsWhatRuns) {
   BerthdProcess daemon;
   ASSERT_TRUE(daemon.running()) << daemon.log();
   std::string image = daemon.UploadBusybox();
-  ASSERT_EQ(daemon.CreateFunction("long", image, {{"entrypoint", {"sleep", "300"}}, {"timeout_ms", 600000}}).status,
+  ASSERT_EQ(daemon
+                .CreateFunction("slow", image,
+                                {{"entrypoint", {"sh", "-c", "sleep 10; echo done; exit 3"}},
+                                 {"timeout_ms", 120000},
+                                 {"snapshot", false}})
+                .status,
             201);
+
+  // The instance first (it runs longer), then the run; both must still be
+  // running when berthd dies.
+  auto inst = daemon.Post("/v1/procs", json({{"image", image},
+                                             {"name", "inst"},
+                                             {"command", {"sh", "-c", "sleep 30; echo bye; exit 7"}}})
+                                           .dump());
+  ASSERT_EQ(inst.status, 201) << inst.body;
+  const std::string inst_id = inst.json()["execution_id"];
+  auto wait_running = [&](const std::function<bool(const json&)>& match) -> json {
+    for (int i = 0; i < 600; ++i) {
+      const json list = daemon.Get("/v1/executions").json()["executions"];
+      for (const auto& e : list) {
+        if (match(e) && e["status"] != "pending" && e["status"] != "placing" && e["status"] != "starting") return e;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return json();
+  };
+  json inst_rec = wait_running([&](const json& e) { return e["execution_id"] == inst_id; });
+  ASSERT_TRUE(inst_rec.is_object()) << daemon.Get("/v1/executions").body << "\n" << daemon.log();
+  ASSERT_EQ(inst_rec.value("status", ""), "running") << inst_rec.dump() << "\n" << daemon.log();
+  const std::string inst_domain = inst_rec["domain"];
 
   // The invocation's HTTP call dies with the daemon; run it on the side.
   std::thread caller([url = daemon.base_url(), token = daemon.admin_token()] {
-    HttpCall("POST", url + "/v1/functions/long/invoke", "{}", "application/json", token);
+    HttpCall("POST", url + "/v1/functions/slow/invoke", "{}", "application/json", token);
   });
-  std::string id, domain;
-  for (int i = 0; i < 600 && id.empty(); ++i) {
-    auto list = daemon.Get("/v1/executions").json()["executions"];
-    if (!list.empty() && list[0]["status"] == "running") {
-      id = list[0]["execution_id"];
-      domain = list[0]["domain"];
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  ASSERT_FALSE(id.empty()) << "the execution never reached running:\n" << daemon.log();
-  ASSERT_TRUE(DomainRunning(domain));
+  } joiner{caller};
+  json run_rec = wait_running([](const json& e) { return e.value("function", "") == "slow"; });
+  ASSERT_TRUE(run_rec.is_object()) << daemon.Get("/v1/executions").body << "\n" << daemon.log();
+  ASSERT_EQ(run_rec.value("status", ""), "running") << run_rec.dump() << "\n" << daemon.log();
+  const std::string run_id = run_rec["execution_id"], run_domain = run_rec["domain"];
+  EXPECT_EQ(NodeClaims(daemon), 2);
 
   daemon.Kill();
   caller.join();
-  EXPECT_TRUE(DomainRunning(domain)) << "the VM outlives a crashed berthd until reconciliation";
+  EXPECT_TRUE(DomainRunning(run_domain)) << "the VM outlives a crashed berthd";
+  EXPECT_TRUE(DomainRunning(inst_domain));
 
   ASSERT_TRUE(daemon.Start()) << daemon.log();
-  EXPECT_FALSE(DomainRunning(domain));
-  for (const auto& vol : PoolVolumes(daemon.pool())) EXPECT_NE(vol, "ovl-" + id + ".qcow2");
-  auto rec = daemon.Get("/v1/executions/" + id).json();
-  EXPECT_EQ(rec["status"], "lost") << "a crash loses what ran (it is not adopted)";
-  EXPECT_EQ(rec["error_code"], "manager_restarted");
+  EXPECT_EQ(NodeClaims(daemon), 2) << "adopted executions hold their claims again";
+
+  json run = WaitFinal(daemon, run_id);
+  EXPECT_EQ(run["status"], "failed") << run.dump() << "\n" << daemon.log();
+  EXPECT_EQ(run["exit_code"], 3);
+  EXPECT_EQ(run["stdout"], "done\n") << "output produced after the crash reaches the record";
+  json in = WaitFinal(daemon, inst_id);
+  EXPECT_EQ(in["status"], "failed") << in.dump();
+  EXPECT_EQ(in["exit_code"], 7);
+  EXPECT_EQ(in["stdout"], "bye\n");
+
+  EXPECT_EQ(WaitForTeardown(daemon, run_id), "") << "adopted run leaked";
+  EXPECT_EQ(WaitForTeardown(daemon, inst_id), "") << "adopted instance leaked";
+  for (int i = 0; i < 50 && NodeClaims(daemon) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(NodeClaims(daemon), 0) << "no claim leaked";
 
   // And the restarted daemon still works, with the earlier records intact.
   ASSERT_EQ(daemon.CreateFunction("after", image, {{"entrypoint", {"echo", "still here"}}}).status, 201);
   auto r = daemon.Post("/v1/functions/after/invoke", "{}");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.json()["stdout"], "still here\n");
-  EXPECT_GT(r.json()["pid"].get<int64_t>(), rec["pid"].get<int64_t>());
+  EXPECT_GT(r.json()["pid"].get<int64_t>(), run["pid"].get<int64_t>());
 }
 
 // The answer comes before teardown; a berthd killed right after answering

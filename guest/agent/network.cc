@@ -1,0 +1,220 @@
+#include "guest/agent/network.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "guest/agent/system.h"
+
+namespace berth::agent {
+namespace {
+
+constexpr const char* kModuleDir = "/lib/modules";
+// Dependency order (virtio_net needs net_failover needs failover; virtio_ring
+// and virtio are loaded at boot). af_packet: udhcpc's raw socket.
+constexpr const char* kNetModules[] = {"failover", "net_failover", "virtio_net", "af_packet"};
+constexpr const char* kScriptPath = "/tmp/berth-udhcpc.sh";
+constexpr const char* kLeasePath = "/tmp/berth-lease";
+
+// udhcpc calls this with $1 = deconfig | bound | renew | leasefail and the
+// lease in the environment ($ip $subnet $router $dns $interface).
+constexpr const char* kScript = R"sh(#!/bin/sh
+B=/bin/busybox
+case "$1" in
+  deconfig)
+    $B ip addr flush dev "$interface"
+    $B ip link set "$interface" up
+    ;;
+  bound|renew)
+    $B ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+    gw="${router%% *}"
+    if [ -n "$gw" ]; then
+      while $B route del default 2>/dev/null; do :; done
+      $B route add default gw "$gw" dev "$interface"
+    fi
+    echo "ip=$ip" > /tmp/berth-lease.new
+    echo "subnet=$subnet" >> /tmp/berth-lease.new
+    echo "router=$gw" >> /tmp/berth-lease.new
+    echo "dns=${dns%% *}" >> /tmp/berth-lease.new
+    $B mv /tmp/berth-lease.new /tmp/berth-lease
+    ;;
+esac
+exit 0
+)sh";
+
+std::string ReadFile(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+bool WriteFile(const std::string& path, const std::string& body, mode_t mode) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return false;
+  bool ok = write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
+  close(fd);
+  return ok && chmod(path.c_str(), mode) == 0;
+}
+
+void LoadNetModules() {
+  for (const char* name : kNetModules) {
+    const std::string path = std::string(kModuleDir) + "/" + name + ".ko";
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // built in, or not shipped
+    long rc = syscall(SYS_finit_module, fd, "", 0);
+    int err = errno;
+    close(fd);
+    if (rc != 0 && err != EEXIST) LogErrno(std::string("loading module ") + name, err);
+  }
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The interface with `mac` (any non-loopback one when empty), or "".
+std::string FindInterface(const std::string& mac) {
+  std::string found;
+  if (DIR* d = opendir("/sys/class/net")) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.empty() || name[0] == '.' || name == "lo") continue;
+      if (mac.empty() || Lower(ReadFile("/sys/class/net/" + name + "/address")) == Lower(mac)) {
+        found = name;
+        break;
+      }
+    }
+    closedir(d);
+  }
+  return found;
+}
+
+int PrefixOf(const std::string& netmask) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (sscanf(netmask.c_str(), "%u.%u.%u.%u", &a, &b, &c, &d) != 4) return 0;
+  uint32_t m = (a << 24) | (b << 16) | (c << 8) | d;
+  int n = 0;
+  while (m & 0x80000000u) {
+    ++n;
+    m <<= 1;
+  }
+  return n;
+}
+
+std::string LeaseField(const std::string& lease, const std::string& key) {
+  size_t pos = 0;
+  while (pos < lease.size()) {
+    size_t end = lease.find('\n', pos);
+    if (end == std::string::npos) end = lease.size();
+    const std::string line = lease.substr(pos, end - pos);
+    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
+    pos = end + 1;
+  }
+  return "";
+}
+
+// Runs udhcpc in the foreground until it got a lease and quit (-q), gave up
+// (-n) or the deadline passed (then it is killed). Returns its exit status.
+int RunUdhcpc(const std::string& iface, int64_t deadline_ms) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    int null_fd = open("/dev/null", O_RDWR);
+    if (null_fd >= 0) {
+      dup2(null_fd, 0);
+      dup2(null_fd, 1);
+    }
+    // Retries: 3 discovers, 1 s apart; -q quits once bound, -n fails then.
+    execl("/bin/busybox", "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "1", "-i", iface.c_str(), "-s", kScriptPath,
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (;;) {
+    int status = 0;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -1;
+    if (MonotonicMs() > deadline_ms) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -2;
+    }
+    usleep(20'000);
+  }
+}
+
+}  // namespace
+
+NetReadyMsg BringUpNetwork(const NetUpMsg& req) {
+  const int64_t t0 = MonotonicMs();
+  const int64_t deadline = t0 + (req.timeout_ms > 0 ? req.timeout_ms : 10'000);
+  NetReadyMsg out;
+  out.mac = req.mac;
+  LoadNetModules();
+  const int64_t t_modules = MonotonicMs();
+  std::string iface;
+  while ((iface = FindInterface(req.mac)).empty() && MonotonicMs() < deadline) usleep(5'000);
+  const int64_t t_iface = MonotonicMs();
+  if (iface.empty()) {
+    out.error_code = "no_interface";
+    out.error = req.mac.empty() ? "no network interface appeared" : "no network interface with MAC " + req.mac;
+    out.took_ms = MonotonicMs() - t0;
+    return out;
+  }
+  out.interface = iface;
+  unlink(kLeasePath);
+  if (!WriteFile(kScriptPath, kScript, 0755)) {
+    out.error_code = "dhcp_failed";
+    out.error = std::string("cannot write ") + kScriptPath + ": " + strerror(errno);
+    return out;
+  }
+  const int rc = RunUdhcpc(iface, deadline);
+  const std::string lease = ReadFile(kLeasePath);
+  out.took_ms = MonotonicMs() - t0;
+  if (lease.empty()) {
+    out.error_code = "dhcp_failed";
+    out.error = rc == -2 ? "no DHCP lease on " + iface + " within " + std::to_string(req.timeout_ms) + " ms"
+                         : "udhcpc on " + iface + " got no lease (exit " + std::to_string(rc) + ")";
+    return out;
+  }
+  out.ip = LeaseField(lease, "ip");
+  out.prefix_length = PrefixOf(LeaseField(lease, "subnet"));
+  out.gateway = LeaseField(lease, "router");
+  out.dns = LeaseField(lease, "dns");
+  Log("network: " + iface + " " + out.ip + "/" + std::to_string(out.prefix_length) + " via " + out.gateway + " in " +
+      std::to_string(out.took_ms) + " ms (modules " + std::to_string(t_modules - t0) + ", interface " +
+      std::to_string(t_iface - t_modules) + ", dhcp " + std::to_string(MonotonicMs() - t_iface) + ")");
+  // Name resolution inside the function's root filesystem (mounted at the
+  // first Exec; its /etc may be missing in tiny images).
+  if (!out.dns.empty()) {
+    std::string err;
+    if (EnsureRootfs(&err)) {
+      struct stat st{};
+      const std::string etc = std::string(kRootMount) + "/etc";
+      if (stat(etc.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        (void)WriteFile(etc + "/resolv.conf", "nameserver " + out.dns + "\n", 0644);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace berth::agent

@@ -1,0 +1,19 @@
+// Guest networking inside the agent: brings up the execution's NIC with a
+// DHCP lease from libvirt's dnsmasq (busybox udhcpc), on the host's NetUp.
+// An execution without a network never gets here: its VM has no NIC, and the
+// network modules are not even loaded.
+#pragma once
+
+#include "guest/protocol.h"
+
+namespace berth::agent {
+
+// Loads the network modules (failover, net_failover, virtio_net, af_packet
+// for udhcpc's raw socket) from /lib/modules, waits for the interface whose
+// MAC is req.mac (any non-loopback one when empty), runs
+// `busybox udhcpc -q` on it with a script that configures address, netmask
+// and default route, and reports the lease. Blocks for at most
+// req.timeout_ms; failures come back in NetReadyMsg::error_code.
+NetReadyMsg BringUpNetwork(const NetUpMsg& req);
+
+}  // namespace berth::agent

@@ -1,0 +1,255 @@
+#include "manager/networks.h"
+
+#include <spdlog/spdlog.h>
+
+#include "common/sha256.h"
+#include "hypervisor/domain_xml.h"
+#include "hypervisor/nwfilter_xml.h"
+#include "net/ipv4.h"
+#include "net/names.h"
+#include "net/tenant_network.h"
+
+namespace berth::manager {
+
+using json = nlohmann::json;
+
+json EgressRulesToJson(const std::vector<net::EgressRule>& rules) {
+  json out = json::array();
+  for (const net::EgressRule& r : rules) {
+    out.push_back({{"cidr", r.cidr}, {"protocol", net::ProtocolName(r.protocol)}, {"ports", net::FormatPortRange(r)}});
+  }
+  return out;
+}
+
+std::vector<net::EgressRule> EgressRulesFromJson(const json& j) {
+  std::vector<net::EgressRule> out;
+  if (!j.is_array()) return out;
+  for (const json& e : j) {
+    if (!e.is_object()) continue;
+    net::EgressRule r;
+    r.cidr = e.value("cidr", std::string());
+    if (auto p = net::ParseProtocol("protocol", e.value("protocol", std::string())); p.ok()) r.protocol = *p;
+    (void)net::ParsePortRange("ports", e.value("ports", std::string()), &r);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+json NetworkPolicyToJson(const net::NetworkPolicy& p) {
+  json j = {{"mode", net::NetworkModeName(p.mode)}};
+  if (!p.allow.empty()) j["allow"] = EgressRulesToJson(p.allow);
+  if (p.expose_port != 0) j["expose_port"] = p.expose_port;
+  return j;
+}
+
+net::NetworkPolicy NetworkPolicyFromJson(const json& j) {
+  net::NetworkPolicy p;
+  if (j.is_string()) {
+    if (auto m = net::ParseNetworkMode(j.get<std::string>()); m.ok()) p.mode = *m;
+    return p;
+  }
+  if (!j.is_object()) return p;
+  if (auto m = net::ParseNetworkMode(j.value("mode", std::string())); m.ok()) p.mode = *m;
+  if (auto a = j.find("allow"); a != j.end()) p.allow = EgressRulesFromJson(*a);
+  p.expose_port = j.value("expose_port", uint16_t{0});
+  return p;
+}
+
+Result<net::NetworkPolicy> FunctionNetworkPolicy(const FunctionSpec& spec) {
+  net::NetworkPolicy p;
+  // "" is not "none" here: a function states its mode (or keeps the default).
+  auto mode = spec.network.empty() ? Result<net::NetworkMode>(Status::InvalidArgument("network", "empty"))
+                                   : net::ParseNetworkMode(spec.network);
+  if (!mode.ok()) {
+    return Status::InvalidArgument("network", "network '" + spec.network +
+                                                  "' is not one of none, egress, isolated");
+  }
+  p.mode = *mode;
+  p.allow = spec.network_allow;
+  p.expose_port = spec.expose_port;
+  BERTH_RETURN_IF_ERROR(net::ValidateNetworkPolicy(p, "network"));
+  return p;
+}
+
+std::string OwnerTag(const std::string& owner) { return Sha256::HexOf(owner).substr(0, 8); }
+
+namespace {
+std::string OwnerKey(const std::string& owner, const std::string& tenant) {
+  std::string key = owner;
+  key += '\0';  // ("a", "bc") and ("ab", "c") must differ
+  key += tenant;
+  return key;
+}
+}  // namespace
+
+std::string OwnedNetworkPrefix(const std::string& owner) {
+  return std::string(net::kNetworkNamePrefix) + OwnerTag(owner) + "-";
+}
+std::string OwnedFilterPrefix(const std::string& owner) {
+  return std::string(net::kNwFilterNamePrefix) + OwnerTag(owner) + "-";
+}
+std::string OwnedNetworkName(const std::string& owner, const std::string& tenant, net::NetworkMode mode) {
+  // TenantNetworkName is "berth-net-{e|i}-<hash>": keep what follows the prefix.
+  const std::string plain = net::TenantNetworkName(OwnerKey(owner, tenant), mode);
+  if (plain.empty()) return plain;
+  return OwnedNetworkPrefix(owner) + plain.substr(std::string(net::kNetworkNamePrefix).size());
+}
+
+Networks::Networks(NetworksConfig config) : config_(std::move(config)) {}
+
+Result<Networks::InUse> Networks::ScanDomains(hv::Hypervisor& hv) {
+  InUse in_use;
+  BERTH_ASSIGN_OR_RETURN(auto domains, hv.ListDomains(hv::kDomainNamePrefix));
+  for (const std::string& d : domains) {
+    auto xml = hv.GetDomainXml(d);
+    if (!xml.ok()) continue;  // gone meanwhile
+    auto nics = hv::ParseDomainNics(*xml);
+    if (!nics.ok()) continue;
+    for (const hv::NicSpec& nic : *nics) {
+      if (nic.network.rfind(net::kNetworkNamePrefix, 0) == 0) ++in_use.networks[nic.network];
+      if (nic.filter.rfind(net::kNwFilterNamePrefix, 0) == 0) ++in_use.filters[nic.filter];
+    }
+  }
+  return in_use;
+}
+
+Result<net::Cidr> Networks::SubnetFor(hv::Hypervisor& hv, const std::string& network) {
+  auto existing = hv.GetNetwork(network);
+  if (existing.ok()) {
+    BERTH_ASSIGN_OR_RETURN(uint32_t gw, net::ParseIpv4Address("gateway_ip", existing->gateway_ip));
+    net::Cidr c{0, existing->prefix_length};
+    c.network = gw & c.mask();
+    return c;
+  }
+  if (existing.status().code() != Code::kNotFound) return existing.status();
+  BERTH_ASSIGN_OR_RETURN(auto allocator, net::SubnetAllocator::Create(config_.pool));
+  std::vector<net::Cidr> used;
+  BERTH_ASSIGN_OR_RETURN(auto names, hv.ListNetworks(""));
+  for (const std::string& n : names) {
+    auto spec = hv.GetNetwork(n);
+    if (!spec.ok() || spec->gateway_ip.empty()) continue;
+    auto gw = net::ParseIpv4Address("gateway_ip", spec->gateway_ip);
+    if (!gw.ok()) continue;
+    net::Cidr c{0, spec->prefix_length};
+    c.network = *gw & c.mask();
+    used.push_back(c);
+  }
+  return allocator.Allocate(used);
+}
+
+Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& node, const std::string& tenant,
+                                        const net::NetworkPolicy& policy) {
+  BERTH_RETURN_IF_ERROR(net::ValidateNetworkPolicy(policy, "network"));
+  if (policy.mode == net::NetworkMode::kNone) {
+    return Status::InvalidArgument("network.mode", "mode 'none' has no network to attach");
+  }
+  std::lock_guard lock(mu_);
+  const std::string name = OwnedNetworkName(config_.owner, tenant, policy.mode);
+  hv::NetworkSpec network;
+  net::Cidr subnet;
+  // Another libvirt user (e.g. a second berthd on the host) may take the
+  // subnet between our look and our start: try the next one then.
+  Status last = Status::Ok();
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    BERTH_ASSIGN_OR_RETURN(subnet, SubnetFor(hv, name));
+    BERTH_ASSIGN_OR_RETURN(network, net::MakeTenantNetworkSpec(tenant, policy.mode, subnet));
+    network.name = name;
+    network.bridge = net::TenantBridgeName(OwnerKey(config_.owner, tenant), policy.mode);
+    last = hv.EnsureNetwork(network);
+    if (last.ok()) break;
+    spdlog::warn("network {} on {} ({}): {}", name, node, subnet.ToString(), last.ToString());
+    // A definition left behind by the failed start would pin the same subnet.
+    if (network_refs_[node][name] == 0) {
+      auto in_use = ScanDomains(hv);
+      if (in_use.ok() && in_use->networks.count(name) == 0) (void)hv.DestroyNetwork(name);
+    }
+  }
+  BERTH_RETURN_IF_ERROR(last.WithContext("creating network " + name + " on node " + node));
+
+  // The filter, named by everything that goes into it.
+  std::string key = "policy";
+  key += '\0' + json{{"policy", NetworkPolicyToJson(policy)}, {"subnet", subnet.ToString()}}.dump();
+  BERTH_ASSIGN_OR_RETURN(hv::NwFilterSpec filter, net::MakeFunctionFilterSpec(tenant, key, policy, subnet));
+  filter.name = OwnedFilterPrefix(config_.owner) +
+                net::FunctionFilterName(OwnerKey(config_.owner, tenant), key).substr(std::string(net::kNwFilterNamePrefix).size());
+  BERTH_ASSIGN_OR_RETURN(std::string filter_xml, hv::WriteNwFilterXml(filter));
+  if (Status s = hv.EnsureNwFilter(filter_xml); !s.ok()) {
+    if (network_refs_[node][name] == 0) {
+      auto in_use = ScanDomains(hv);
+      if (in_use.ok() && in_use->networks.count(name) == 0) (void)hv.DestroyNetwork(name);
+    }
+    return s.WithContext("defining nwfilter " + filter.name + " on node " + node);
+  }
+  ++network_refs_[node][name];
+  ++filter_refs_[node][filter.name];
+
+  NetAttachment a;
+  a.node = node;
+  a.network = name;
+  a.filter = filter.name;
+  a.gateway_ip = network.gateway_ip;
+  a.subnet = subnet.ToString();
+  a.nic = net::MakeNic(network, net::RandomMac(), filter.name);
+  return a;
+}
+
+void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
+  std::lock_guard lock(mu_);
+  auto drop = [](std::map<std::string, int>& refs, const std::string& name) {
+    auto it = refs.find(name);
+    if (it == refs.end()) return true;
+    if (--it->second > 0) return false;
+    refs.erase(it);
+    return true;
+  };
+  const bool filter_unused = drop(filter_refs_[a.node], a.filter);
+  const bool network_unused = drop(network_refs_[a.node], a.network);
+  if (!filter_unused && !network_unused) return;
+  auto in_use = ScanDomains(hv);
+  if (!in_use.ok()) {
+    spdlog::warn("network cleanup on {}: {} (left for the next sweep)", a.node, in_use.status().ToString());
+    return;
+  }
+  if (filter_unused && in_use->filters.count(a.filter) == 0) {
+    if (Status s = hv.DeleteNwFilter(a.filter); !s.ok()) {
+      spdlog::warn("deleting nwfilter {} on {}: {}", a.filter, a.node, s.ToString());
+    }
+  }
+  if (network_unused && in_use->networks.count(a.network) == 0) {
+    if (Status s = hv.DestroyNetwork(a.network); !s.ok()) {
+      spdlog::warn("removing network {} on {}: {}", a.network, a.node, s.ToString());
+    }
+  }
+}
+
+Status Networks::Sweep(hv::Hypervisor& hv, const std::string& node) {
+  std::lock_guard lock(mu_);
+  BERTH_ASSIGN_OR_RETURN(InUse in_use, ScanDomains(hv));
+  auto& net_refs = network_refs_[node];
+  auto& fil_refs = filter_refs_[node];
+  Status first = Status::Ok();
+  // Filters first: a network's guests are gone, but libvirt keeps a filter
+  // while any (other) guest refers to it.
+  BERTH_ASSIGN_OR_RETURN(auto filters, hv.ListNwFilters(OwnedFilterPrefix(config_.owner)));
+  for (const std::string& f : filters) {
+    if (fil_refs.count(f) || in_use.filters.count(f)) continue;
+    Status s = hv.DeleteNwFilter(f);
+    if (!s.ok() && s.code() != Code::kFailedPrecondition && first.ok()) first = s;
+    if (s.ok()) spdlog::info("node {}: removed unused nwfilter {}", node, f);
+  }
+  BERTH_ASSIGN_OR_RETURN(auto networks, hv.ListNetworks(OwnedNetworkPrefix(config_.owner)));
+  for (const std::string& n : networks) {
+    if (net_refs.count(n) || in_use.networks.count(n)) continue;
+    Status s = hv.DestroyNetwork(n);
+    if (!s.ok() && first.ok()) first = s;
+    if (s.ok()) spdlog::info("node {}: removed unused network {}", node, n);
+  }
+  return first;
+}
+
+std::map<std::string, int> Networks::NetworkRefs(const std::string& node) {
+  std::lock_guard lock(mu_);
+  return network_refs_[node];
+}
+
+}  // namespace berth::manager

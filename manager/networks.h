@@ -1,0 +1,112 @@
+// Guest networking on the manager side (issue 8): per node, per tenant
+// libvirt networks and per-policy nwfilters, created when the first
+// networked execution of a tenant lands on a node and removed with the last.
+//
+//   Acquire   (before the domain starts)  network + filter ensured, one
+//             reference taken on each; returns the NIC to put in the DomainSpec
+//             (fresh random MAC, filterref with CTRL_IP_LEARNING=dhcp).
+//   Release   (after the domain is gone)  the last reference removes the
+//             filter and the network, unless a running berth domain on the
+//             node still uses them (another berthd on the same host).
+//   Sweep     (berthd start, node reconcile) removes this owner's networks
+//             (berth-net-<tag>-*) and filters (berth-fw-<tag>-*) that no
+//             reference and no running domain uses, so nothing leaks across restarts;
+//             networks of running (adopted) domains are counted instead.
+//
+// Subnets come from the configured pool (net::SubnetAllocator): the lowest
+// block no berth network on the node uses yet; an existing network keeps its
+// subnet. Filters are named by content (tenant, mode, allow-list, exposed
+// port, subnet), so executions with the same policy share one.
+//
+// Thread-safe; one mutex serializes every change (allocation per node must
+// be serial anyway).
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "hypervisor/domain_spec.h"
+#include "hypervisor/hypervisor.h"
+#include "manager/types.h"
+#include "net/network_policy.h"
+#include "net/subnet_allocator.h"
+
+namespace berth::manager {
+
+// JSON forms of the policy, as the store keeps them and the API shows them:
+// {"mode":"egress","allow":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":"443"}],"expose_port":8080}
+nlohmann::json EgressRulesToJson(const std::vector<net::EgressRule>& rules);
+std::vector<net::EgressRule> EgressRulesFromJson(const nlohmann::json& j);  // lenient: bad entries skipped
+nlohmann::json NetworkPolicyToJson(const net::NetworkPolicy& policy);
+net::NetworkPolicy NetworkPolicyFromJson(const nlohmann::json& j);           // lenient: defaults on bad input
+
+// The policy of a function's runs. InvalidArgument naming "network",
+// "network_allow[i].cidr", ..., "expose_port" (the API's field names).
+Result<net::NetworkPolicy> FunctionNetworkPolicy(const FunctionSpec& spec);
+
+// What one execution holds on its node.
+struct NetAttachment {
+  std::string node;
+  std::string network;     // libvirt network name
+  std::string filter;      // nwfilter name
+  std::string gateway_ip;  // host address on the tenant bridge
+  std::string subnet;      // "10.240.3.0/24"
+  hv::NicSpec nic;         // what goes into DomainSpec::nics
+};
+
+struct NetworksConfig {
+  net::SubnetPoolConfig pool;  // default 10.240.0.0/16 in /24s
+  // Who owns the networks and filters (berthd: its data dir). Stable across
+  // restarts; names carry a tag of it, and Sweep only ever looks at names
+  // with this berthd's tag, so several berthds on one libvirt host never
+  // remove each other's networks.
+  std::string owner;
+};
+
+// Names of one owner's objects: "berth-net-<tag8>-{e|i}-<10 hex of
+// sha256(owner, tenant)>", its bridge "bn{e|i}-<10 hex>", and filters
+// "berth-fw-<tag8>-<16 hex>"; <tag8> = 8 hex of sha256(owner).
+std::string OwnerTag(const std::string& owner);
+std::string OwnedNetworkName(const std::string& owner, const std::string& tenant, net::NetworkMode mode);
+std::string OwnedNetworkPrefix(const std::string& owner);  // "berth-net-<tag8>-"
+std::string OwnedFilterPrefix(const std::string& owner);   // "berth-fw-<tag8>-"
+
+class Networks {
+ public:
+  explicit Networks(NetworksConfig config = {});
+
+  // Ensures the tenant's network for policy.mode and the policy's filter on
+  // `hv` (node name `node`), takes a reference on both and returns the NIC.
+  // InvalidArgument for mode none or a bad policy; ResourceExhausted when
+  // the pool has no free subnet; libvirt errors as they come.
+  Result<NetAttachment> Acquire(hv::Hypervisor& hv, const std::string& node, const std::string& tenant,
+                                const net::NetworkPolicy& policy);
+  // Drops the references Acquire took; call once the domain is gone. Errors
+  // are logged (a later Sweep retries).
+  void Release(hv::Hypervisor& hv, const NetAttachment& attachment);
+  // Removes unused berth networks and filters on the node (see above).
+  Status Sweep(hv::Hypervisor& hv, const std::string& node);
+
+  // References held now (tests, metrics): network name -> count on `node`.
+  std::map<std::string, int> NetworkRefs(const std::string& node);
+
+ private:
+  struct InUse {
+    std::map<std::string, int> networks, filters;  // name -> running domains using it
+  };
+  // Networks and filters of running berth domains on the node.
+  Result<InUse> ScanDomains(hv::Hypervisor& hv);
+  Result<net::Cidr> SubnetFor(hv::Hypervisor& hv, const std::string& network);
+
+  NetworksConfig config_;
+  std::mutex mu_;
+  // node -> name -> references held by this berthd.
+  std::map<std::string, std::map<std::string, int>> network_refs_, filter_refs_;
+};
+
+}  // namespace berth::manager

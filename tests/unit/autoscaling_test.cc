@@ -1,0 +1,187 @@
+// Autoscaling (manager/warm_pool.h): the scaling decision (DesiredWarm) and
+// the Autoscaler's admission, queueing and observed concurrency, driven by a
+// manual clock.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "common/env.h"
+#include "manager/warm_pool.h"
+
+namespace berth::manager {
+namespace {
+
+// The real Env with a clock the test moves.
+class ManualClockEnv : public Env {
+ public:
+  int64_t NowUnixMs() override { return 1'700'000'000'000 + now_; }
+  int64_t MonotonicMs() override { return now_; }
+  void SleepMs(int64_t ms) override { now_ += ms; }
+  Result<CommandResult> Run(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms) override {
+    return real_->Run(argv, input, timeout_ms);
+  }
+  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms,
+                                   const RunLimits& limits) override {
+    return real_->RunLimited(argv, input, timeout_ms, limits);
+  }
+  Result<std::string> ReadFile(const std::string& path) override { return real_->ReadFile(path); }
+  Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
+    return real_->WriteFileAtomic(path, data, mode);
+  }
+  bool Exists(const std::string& path) override { return real_->Exists(path); }
+  Status RemoveFile(const std::string& path) override { return real_->RemoveFile(path); }
+  Status RemoveTree(const std::string& path) override { return real_->RemoveTree(path); }
+  Status CreateDirs(const std::string& path, int mode) override { return real_->CreateDirs(path, mode); }
+  Status Rename(const std::string& from, const std::string& to) override { return real_->Rename(from, to); }
+  Result<uint64_t> FileSize(const std::string& path) override { return real_->FileSize(path); }
+
+  void Advance(int64_t ms) { now_ += ms; }
+
+ private:
+  Env* real_ = Env::Default();
+  std::atomic<int64_t> now_{1000};
+};
+
+ScalingPolicy Policy(uint32_t min_warm, uint32_t max_warm, uint32_t target = 1, uint32_t max_instances = 0) {
+  ScalingPolicy p;
+  p.min_warm = min_warm;
+  p.max_warm = max_warm;
+  p.target_concurrency = target;
+  p.max_instances = max_instances;
+  p.idle_timeout_ms = 60'000;
+  return p;
+}
+
+ScalingObservation Seen(double avg, uint32_t in_flight, size_t queued = 0, int64_t idle_ms = 0) {
+  return {avg, in_flight, queued, idle_ms};
+}
+
+TEST(DesiredWarmTest, GrowsWithObservedConcurrencyWithinMinAndMaxWarm) {
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(0, 0)), 0u);
+  EXPECT_EQ(DesiredWarm(Policy(2, 8), Seen(0, 0)), 2u) << "min_warm is the floor while active";
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(0.2, 0)), 1u) << "any traffic asks for one";
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(3.0, 1)), 3u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(3.4, 1)), 4u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(1.0, 5)), 5u) << "calls in flight now count even before the average";
+  EXPECT_EQ(DesiredWarm(Policy(0, 8), Seen(1.0, 2, 3)), 5u) << "queued calls count too";
+  EXPECT_EQ(DesiredWarm(Policy(0, 4), Seen(20.0, 20)), 4u) << "capped by max_warm";
+}
+
+TEST(DesiredWarmTest, TargetConcurrencyDividesTheDemand) {
+  EXPECT_EQ(DesiredWarm(Policy(0, 8, 4), Seen(8.0, 0)), 2u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 8, 4), Seen(9.0, 0)), 3u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 8, 10), Seen(2.0, 0)), 1u);
+}
+
+TEST(DesiredWarmTest, MaxInstancesLeavesRoomOnlyForWhatMayStillRun) {
+  EXPECT_EQ(DesiredWarm(Policy(0, 8, 1, 5), Seen(6.0, 3)), 2u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 8, 1, 5), Seen(6.0, 5)), 0u);
+  EXPECT_EQ(DesiredWarm(Policy(3, 8, 1, 2), Seen(0, 0)), 2u) << "the cap beats min_warm";
+}
+
+TEST(DesiredWarmTest, ScalesToZeroWhenIdleOrWithoutAPool) {
+  EXPECT_EQ(DesiredWarm(Policy(2, 8), Seen(0, 0, 0, 60'001)), 0u);
+  EXPECT_EQ(DesiredWarm(Policy(2, 8), Seen(0, 0, 0, 60'000)), 2u);
+  EXPECT_EQ(DesiredWarm(Policy(0, 0), Seen(5.0, 5)), 0u) << "max_warm 0: no pool";
+}
+
+TEST(AutoscalerTest, ObservesTimeWeightedConcurrencyOverTheWindow) {
+  ManualClockEnv env;
+  Autoscaler scaler(&env, 10'000);
+  ScalingPolicy p = Policy(0, 8);
+  {
+    auto a = scaler.Admit("t/f", p);
+    auto b = scaler.Admit("t/f", p);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(scaler.Observe("t/f").in_flight, 2u);
+    env.Advance(5'000);  // two calls for 5 s
+    a->Release();
+    env.Advance(5'000);  // one call for 5 s
+    auto seen = scaler.Observe("t/f");
+    EXPECT_NEAR(seen.avg_concurrency, 1.5, 1e-9);
+    EXPECT_EQ(seen.in_flight, 1u);
+    EXPECT_EQ(seen.idle_ms, 0);
+    EXPECT_EQ(scaler.DesiredWarm("t/f", p), 2u);
+  }
+  // Both ended; the window slides past them.
+  env.Advance(5'000);
+  EXPECT_NEAR(scaler.Observe("t/f").avg_concurrency, 0.5, 1e-9);
+  EXPECT_EQ(scaler.Observe("t/f").idle_ms, 5'000);
+  env.Advance(10'000);
+  EXPECT_NEAR(scaler.Observe("t/f").avg_concurrency, 0.0, 1e-9);
+  EXPECT_EQ(scaler.DesiredWarm("t/f", p), 0u);
+  ScalingPolicy floor = Policy(1, 8);
+  EXPECT_EQ(scaler.DesiredWarm("t/f", floor), 1u);
+  env.Advance(60'000);
+  EXPECT_EQ(scaler.DesiredWarm("t/f", floor), 0u) << "idle past idle_timeout_ms: scale to zero";
+  EXPECT_EQ(scaler.Observe("t/other").in_flight, 0u) << "functions are counted apart";
+}
+
+TEST(AutoscalerTest, PastMaxInstancesCallsQueueThenAreRefusedNamingTheReason) {
+  ManualClockEnv env;
+  Autoscaler scaler(&env);
+  ScalingPolicy p = Policy(0, 8, 1, 2);
+  p.max_queued = 1;
+  p.queue_timeout_ms = 10'000;  // real time; the waiter below is admitted long before
+  auto a = scaler.Admit("t/f", p);
+  auto b = scaler.Admit("t/f", p);
+  ASSERT_TRUE(a.ok() && b.ok());
+
+  // The third call waits for a slot ...
+  std::atomic<bool> admitted{false};
+  std::thread waiter([&] {
+    auto c = scaler.Admit("t/f", p);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    admitted = true;
+  });
+  for (int i = 0; i < 500 && scaler.Observe("t/f").queued == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(scaler.Observe("t/f").queued, 1u);
+  EXPECT_FALSE(admitted);
+  // ... the fourth finds the queue full: refused at once.
+  auto d = scaler.Admit("t/f", p);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), Code::kResourceExhausted);
+  EXPECT_EQ(d.status().field(), "max_instances");
+  EXPECT_NE(d.status().message().find("max_queued 1"), std::string::npos) << d.status().message();
+  // A call ends: the queued one runs.
+  a->Release();
+  waiter.join();
+  EXPECT_TRUE(admitted);
+  EXPECT_EQ(scaler.Observe("t/f").queued, 0u);
+}
+
+TEST(AutoscalerTest, AQueuedCallGivesUpAfterTheQueueTimeout) {
+  ManualClockEnv env;
+  Autoscaler scaler(&env);
+  ScalingPolicy p = Policy(0, 8, 1, 1);
+  p.queue_timeout_ms = 0;
+  auto a = scaler.Admit("t/f", p);
+  ASSERT_TRUE(a.ok());
+  auto b = scaler.Admit("t/f", p);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().field(), "max_instances");
+  EXPECT_EQ(scaler.Observe("t/f").queued, 0u) << "a call that gave up leaves the queue";
+  a->Release();
+  EXPECT_TRUE(scaler.Admit("t/f", p).ok());
+}
+
+TEST(AutoscalerTest, NoCapAdmitsEverything) {
+  ManualClockEnv env;
+  Autoscaler scaler(&env);
+  std::vector<Autoscaler::Ticket> tickets;
+  for (int i = 0; i < 50; ++i) {
+    auto t = scaler.Admit("t/f", Policy(0, 0));
+    ASSERT_TRUE(t.ok());
+    tickets.push_back(std::move(*t));
+  }
+  EXPECT_EQ(scaler.Observe("t/f").in_flight, 50u);
+  tickets.clear();
+  EXPECT_EQ(scaler.Observe("t/f").in_flight, 0u);
+}
+
+}  // namespace
+}  // namespace berth::manager
