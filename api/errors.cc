@@ -28,6 +28,10 @@ HttpResponse ErrorResponse(const Status& status) {
   if (!status.field().empty()) err["field"] = status.field();
   HttpResponse r;
   r.status = HttpStatusFor(status.code());
+  if (status.code() == Code::kResourceExhausted) {
+    if (!status.field().empty()) r.status = 429;
+    r.headers.emplace_back("Retry-After", "1");
+  }
   r.body = nlohmann::json{{"error", err}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return r;
 }

@@ -109,6 +109,10 @@ nlohmann::json FunctionGatewayOpenApi(const manager::FunctionRecord& function);
 // One document for all of a tenant's functions (each function a tag).
 nlohmann::json TenantGatewayOpenApi(const std::string& tenant, const std::vector<manager::FunctionRecord>& functions);
 
+// A self-contained HTML page (no scripts, no CDN) listing an OpenAPI
+// document's operations, linking to the document at json_url.
+std::string OpenApiHtmlPage(const nlohmann::json& doc, const std::string& json_url);
+
 // GET /v1/functions/{name}/openapi.json, GET /v1/gateway/openapi.json (the
 // caller's tenant; admins may pass ?tenant=) and GET /v1/gateway/docs (an
 // HTML page of the tenant's document, or one function's with ?function=).

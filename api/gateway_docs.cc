@@ -327,8 +327,9 @@ std::string HtmlEscape(const std::string& s) {
   return out;
 }
 
-// A self-contained page (no scripts, no CDN) rendering a gateway document.
-std::string DocsPage(const json& doc, const std::string& json_url) {
+}  // namespace
+
+std::string OpenApiHtmlPage(const json& doc, const std::string& json_url) {
   std::string h = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" +
                   HtmlEscape(doc["info"].value("title", "")) +
                   "</title>\n<style>body{font:14px sans-serif;margin:2em;max-width:70em}code,pre{background:#eee;"
@@ -371,7 +372,6 @@ std::string DocsPage(const json& doc, const std::string& json_url) {
   return h;
 }
 
-}  // namespace
 
 Result<std::string> ParseGatewayRoutes(const json& routes) {
   if (!routes.is_array()) return Bad("routes", "must be an array of route declarations");
@@ -458,7 +458,7 @@ void AddGatewayDocRoutes(Router& router, manager::Service& svc) {
                   doc = TenantGatewayOpenApi(tenant, *fns);
                   url = "/v1/gateway/openapi.json";
                 }
-                HttpResponse r{200, DocsPage(doc, url)};
+                HttpResponse r{200, OpenApiHtmlPage(doc, url)};
                 r.content_type = "text/html; charset=utf-8";
                 return r;
               }});

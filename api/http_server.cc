@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/errors.h"
+#include "api/gateway.h"
 
 namespace berth::api {
 
@@ -294,6 +295,14 @@ HttpServer::HttpServer(Router router, HttpServerOptions options)
   router_.Add({"GET", "/v1/openapi.json", "This API's OpenAPI 3 document", [this](const HttpRequest&) {
                  return HttpResponse{200, router_.OpenApiJson()};
                }});
+  // Rendered on the server from the same document, so the page needs no
+  // script and no second request (and, like every route but health, a token).
+  router_.Add({"GET", "/v1/docs", "This API's documentation page (HTML, rendered from /v1/openapi.json)",
+               [this](const HttpRequest&) {
+                 HttpResponse r{200, OpenApiHtmlPage(router_.OpenApiDocument(), "/v1/openapi.json")};
+                 r.content_type = "text/html; charset=utf-8";
+                 return r;
+               }});
 }
 
 HttpServer::~HttpServer() { Stop(); }
@@ -337,7 +346,8 @@ Status HttpServer::Start() {
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, options_.port,
       nullptr, nullptr, &Impl::Access, this, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_URI_LOG_CALLBACK, &Impl::UriLog,
       nullptr, MHD_OPTION_NOTIFY_COMPLETED, &Impl::Completed, nullptr, MHD_OPTION_CONNECTION_TIMEOUT,
-      options_.connection_timeout_s, MHD_OPTION_THREAD_POOL_SIZE, io_threads, MHD_OPTION_END);
+      options_.connection_timeout_s, MHD_OPTION_THREAD_POOL_SIZE, io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      options_.connection_memory_bytes, MHD_OPTION_END);
   if (!daemon_) {
     return Status::Unavailable("cannot listen on " + options_.bind_address + ":" + std::to_string(options_.port) +
                                " (port in use?)");

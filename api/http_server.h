@@ -26,11 +26,16 @@ struct HttpServerOptions {
   unsigned io_threads = 2;                    // libmicrohttpd polling threads
   size_t handler_threads = 64;                // workers for buffered handlers (started on demand)
   size_t handler_queue = 4096;                // waiting requests beyond them; more -> 503
+  // libmicrohttpd's per-connection memory pool; upload bodies reach the sink
+  // in pieces no larger than its read buffer (the 32 KiB default means one
+  // small write per piece). The pool is mmap'd: untouched pages cost no RSS.
+  size_t connection_memory_bytes = 1u << 20;
 };
 
 class HttpServer {
  public:
-  // Adds GET /v1/openapi.json, generated from the router itself.
+  // Adds GET /v1/openapi.json, generated from the router itself, and the
+  // /v1/docs page rendered from it.
   HttpServer(Router router, HttpServerOptions options);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;

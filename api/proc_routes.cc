@@ -1,5 +1,5 @@
 // Processes (exec, fork, kill, wait, children, logs), execution queries,
-// nodes and the docs page. Handlers only parse, call the Service, render.
+// nodes. Handlers only parse, call the Service, render.
 #include <csignal>
 
 #include "api/json_fields.h"
@@ -133,42 +133,10 @@ Result<manager::ExecutionFilter> ParseExecutionFilter(const HttpRequest& req) {
   return f;
 }
 
-// A minimal, self-contained renderer of the OpenAPI document (no CDN: the
-// machines berth runs on may have no internet).
-constexpr const char* kDocsPage = R"html(<!doctype html>
-<html><head><meta charset="utf-8"><title>berth API</title>
-<style>body{font:14px sans-serif;margin:2em;max-width:70em}code{background:#eee;padding:0 .3em}
-.op{border-left:4px solid #888;margin:.6em 0;padding:.2em .8em}.m{font-weight:bold;display:inline-block;width:5em}
-.get{border-color:#2a7}.post{border-color:#27c}.put{border-color:#c82}.delete{border-color:#c33}</style></head>
-<body><h1>berth API</h1><p>Generated from <a href="/v1/openapi.json">/v1/openapi.json</a>, which is generated
-from the server's route table. Every route except those marked public needs
-<code>Authorization: Bearer &lt;token&gt;</code>.</p><div id="ops">loading…</div>
-<script>
-fetch('/v1/openapi.json').then(r=>r.json()).then(doc=>{
-  const out=[];
-  for(const [path,ops] of Object.entries(doc.paths)){
-    for(const [m,op] of Object.entries(ops)){
-      const pub=(op.security&&op.security.length===0)?' <em>(public)</em>':'';
-      const codes=Object.keys(op.responses||{}).join(', ');
-      out.push(`<div class="op ${m}"><span class="m">${m.toUpperCase()}</span><code>${path}</code>${pub}<br>${op.summary||''}<br><small>responses: ${codes}</small></div>`);
-    }
-  }
-  document.getElementById('ops').innerHTML=out.join('');
-}).catch(e=>{document.getElementById('ops').textContent='cannot load the document: '+e;});
-</script></body></html>
-)html";
 
 }  // namespace
 
 void AddProcRoutes(Router& router, manager::Service& svc) {
-  Route docs{"GET", "/v1/docs", "This API's documentation page (HTML, rendered from /v1/openapi.json)",
-             [](const HttpRequest&) {
-               HttpResponse r{200, kDocsPage};
-               r.content_type = "text/html; charset=utf-8";
-               return r;
-             }};
-  docs.is_public = true;
-  router.Add(std::move(docs));
 
   router.Add({"GET", "/v1/procs", "List processes: the roots 0 and 1, then live ones by pid (?all=1: ended too)",
               [&svc](const HttpRequest& req) {

@@ -178,14 +178,7 @@ Router BuildRouter(manager::Service& svc, manager::EventService* events) {
                 if (!inv.ok()) return ErrorResponse(inv.status());
                 if (auto queued = MaybeInvokeAsync(events, req, *inv)) return *queued;
                 auto ex = svc.Invoke(Who(req), req.params.at("name"), *inv);
-                if (!ex.ok()) {
-                  HttpResponse r = ErrorResponse(ex.status());
-                  // The function is at its max_instances and its queue is full: too many requests.
-                  if (ex.status().code() == Code::kResourceExhausted && ex.status().field() == "max_instances") {
-                    r.status = 429;
-                  }
-                  return r;
-                }
+                if (!ex.ok()) return ErrorResponse(ex.status());
                 return ExecutionResponse(*ex);
               }});
   router.Add({"GET", "/v1/executions/{id}", "Get an execution record", [&svc](const HttpRequest& req) {

@@ -262,6 +262,30 @@ Result<net::NetworkPolicy> ParseNetworkPolicy(const json& value, const std::stri
 
 Status TakeFunctionNetwork(json& obj, manager::FunctionSpec* spec) {
   auto it = obj.find("network");
+  const bool flat = obj.contains("network_allow") || obj.contains("expose_port");
+  if (flat) {
+    // The shape a function record is rendered in ("network" a mode string,
+    // "network_allow" and "expose_port" beside it), so a record read with
+    // GET can be sent back as it is.
+    if (it != obj.end() && !it->is_string()) {
+      return Status::InvalidArgument("network_allow",
+                                     "give the allow-list and port inside network{...} or beside a network mode string, not both");
+    }
+    json policy = {{"mode", it != obj.end() ? *it : json("none")}};
+    if (auto a = obj.find("network_allow"); a != obj.end()) policy["allow"] = *a;
+    if (auto e = obj.find("expose_port"); e != obj.end() && !(e->is_number_integer() && e->get<int64_t>() == 0)) {
+      policy["expose_port"] = *e;
+    }
+    auto parsed = ParseNetworkPolicy(policy, "network");
+    if (!parsed.ok()) return parsed.status();
+    spec->network = net::NetworkModeName(parsed->mode);
+    spec->network_allow = std::move(parsed->allow);
+    spec->expose_port = parsed->expose_port;
+    obj.erase("network_allow");
+    obj.erase("expose_port");
+    obj.erase("network");
+    return Status::Ok();
+  }
   if (it == obj.end() || it->is_string()) return Status::Ok();
   BERTH_ASSIGN_OR_RETURN(net::NetworkPolicy p, ParseNetworkPolicy(*it, "network"));
   spec->network = net::NetworkModeName(p.mode);

@@ -22,7 +22,9 @@ Result<net::NetworkPolicy> ParseNetworkPolicy(const nlohmann::json& value, const
 
 // For function definitions: when `obj` has an object-valued "network", it
 // is parsed into spec->network / network_allow / expose_port and removed
-// from `obj` (a string value is left for the FieldReader).
+// from `obj` (a string value is left for the FieldReader). The rendered
+// shape (top-level "network_allow"/"expose_port" beside a mode string) is
+// accepted too, so GET -> PUT of a function round-trips.
 Status TakeFunctionNetwork(nlohmann::json& obj, manager::FunctionSpec* spec);
 
 // ANY /svc/{instance}/{path...}: proxies the request over the tenant network

@@ -363,8 +363,18 @@ TEST_F(CliTest, ImagesNodesAndTokens) {
   EXPECT_EQ(cordoned.code, 0) << cordoned.err;
   EXPECT_NE(cordoned.out.find("cordoned"), std::string::npos) << cordoned.out;
   EXPECT_NE(Berth("nodes").out.find("cordoned"), std::string::npos);
-  CliRun drained = Berth("nodes drain " + local_node);  // nothing runs: cordoned at once
-  EXPECT_NE(drained.out.find("cordoned"), std::string::npos) << drained.out << drained.err;
+  // Draining waits for the node's work (earlier tests' VMs may still be in
+  // teardown): draining, then cordoned once the last claim is released.
+  CliRun drained = Berth("nodes drain " + local_node);
+  EXPECT_EQ(drained.code, 0) << drained.err;
+  EXPECT_TRUE(drained.out.find("cordoned") != std::string::npos || drained.out.find("draining") != std::string::npos)
+      << drained.out << drained.err;
+  std::string state;
+  for (int i = 0; i < 120 && state != "cordoned"; ++i) {
+    state = json::parse(Berth("nodes show " + local_node).out, nullptr, false).value("state", "");
+    if (state != "cordoned") std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_EQ(state, "cordoned") << "a drained node with no work left is cordoned";
   CliRun uncordoned = Berth("nodes uncordon " + local_node);
   EXPECT_NE(uncordoned.out.find(": up"), std::string::npos) << uncordoned.out << uncordoned.err;
   // Bad input to `nodes add` gets a clear error and exit status 2.
