@@ -29,8 +29,12 @@ HttpResponse ErrorResponse(const Status& status) {
   HttpResponse r;
   r.status = HttpStatusFor(status.code());
   if (status.code() == Code::kResourceExhausted) {
-    if (!status.field().empty()) r.status = 429;
-    r.headers.emplace_back("Retry-After", "1");
+    // Which limit ran out decides: a limit the caller set on its own function
+    // (too many requests), a size limit on what was sent (too large), or the
+    // cluster's room (unavailable for now).
+    if (status.field() == "max_instances") r.status = 429;
+    if (status.field() == "payload") r.status = 413;
+    if (r.status != 413) r.headers.emplace_back("Retry-After", "1");
   }
   r.body = nlohmann::json{{"error", err}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return r;

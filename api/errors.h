@@ -9,8 +9,8 @@ namespace berth::api {
 
 int HttpStatusFor(Code code);
 // RESOURCE_EXHAUSTED is 503 (with Retry-After) when the cluster is out of
-// room, but 429 when it names a field: then a limit the caller set on its own
-// function (e.g. max_instances with a full queue) refused the call.
+// room, 429 when the field is "max_instances" (the function's own cap and
+// queue are full) and 413 when it is "payload" (an event too large).
 HttpResponse ErrorResponse(const Status& status);
 
 }  // namespace berth::api

@@ -14,16 +14,9 @@ namespace {
 
 using json = nlohmann::json;
 
-// Like ErrorResponse, but an oversized payload is 413.
-HttpResponse EventError(const Status& s) {
-  HttpResponse r = ErrorResponse(s);
-  if (s.code() == Code::kResourceExhausted && s.field() == "payload") r.status = 413;
-  return r;
-}
-
 template <typename T, typename Render>
 HttpResponse Answer(const Result<T>& result, int status, Render render) {
-  if (!result.ok()) return EventError(result.status());
+  if (!result.ok()) return ErrorResponse(result.status());
   return Json(status, render(*result));
 }
 
@@ -195,7 +188,7 @@ Status ReadCron(const std::string& body, bool create, events::CronTrigger* c) {
 }
 
 HttpResponse Deleted(const Status& s, const std::string& what) {
-  return s.ok() ? Json(200, {{"deleted", what}}) : EventError(s);
+  return s.ok() ? Json(200, {{"deleted", what}}) : ErrorResponse(s);
 }
 
 }  // namespace
@@ -210,7 +203,7 @@ std::optional<HttpResponse> MaybeInvokeAsync(manager::EventService* events, cons
   if (events == nullptr) return ErrorResponse(Status::Unavailable("asynchronous invocation needs the event engine"));
   const std::string& function = req.params.at("name");
   auto id = events->InvokeAsync(Who(req), function, invoke);
-  if (!id.ok()) return EventError(id.status());
+  if (!id.ok()) return ErrorResponse(id.status());
   return Json(202, {{"delivery_id", *id},
                     {"function", function},
                     {"state", "pending"},
@@ -235,11 +228,11 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
   router.Add(std::move(publish));
   router.Add({"GET", "/v1/events", "List events oldest first (?topic=&after_id=&limit=)", [&es](const HttpRequest& req) {
                 auto after = QueryInt(req, "after_id", 0, 0, kBig);
-                if (!after.ok()) return EventError(after.status());
+                if (!after.ok()) return ErrorResponse(after.status());
                 auto limit = QueryInt(req, "limit", 100, 1, 1000);
-                if (!limit.ok()) return EventError(limit.status());
+                if (!limit.ok()) return ErrorResponse(limit.status());
                 auto list = es.ListEvents(Who(req), Query(req, "topic"), *after, static_cast<int>(*limit));
-                if (!list.ok()) return EventError(list.status());
+                if (!list.ok()) return ErrorResponse(list.status());
                 json out = ListOf("events", EventJson)(*list);
                 out["next_after_id"] = list->empty() ? json(nullptr) : json(list->back().id);
                 return Json(200, out);
@@ -247,9 +240,9 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
   router.Add({"GET", "/v1/events/{id}", "Get an event (?raw=1: the payload as published, with its content type)",
               [&es](const HttpRequest& req) {
                 auto id = PathId(req);
-                if (!id.ok()) return EventError(id.status());
+                if (!id.ok()) return ErrorResponse(id.status());
                 auto ev = es.GetEvent(Who(req), *id);
-                if (!ev.ok()) return EventError(ev.status());
+                if (!ev.ok()) return ErrorResponse(ev.status());
                 std::string raw = Query(req, "raw");
                 if (raw == "1" || raw == "true") return HttpResponse{200, ev->payload, ev->content_type};
                 return Json(200, EventJson(*ev));
@@ -261,7 +254,7 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
                        "backoff_initial_ms?, backoff_max_ms?, max_event_age_ms?, dead_letter_topic?}",
                        [&es](const HttpRequest& req) {
                          events::Trigger t;
-                         if (Status s = ReadTrigger(req.body, true, &t); !s.ok()) return EventError(s);
+                         if (Status s = ReadTrigger(req.body, true, &t); !s.ok()) return ErrorResponse(s);
                          return Answer(es.CreateTrigger(Who(req), t), 201, TriggerJson);
                        }};
   create_trigger.success_status = 201;
@@ -275,8 +268,8 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
   router.Add({"PUT", "/v1/triggers/{id}", "Update a trigger (fields given replace the stored ones)",
               [&es](const HttpRequest& req) {
                 auto t = es.GetTrigger(Who(req), req.params.at("id"));
-                if (!t.ok()) return EventError(t.status());
-                if (Status s = ReadTrigger(req.body, false, &*t); !s.ok()) return EventError(s);
+                if (!t.ok()) return ErrorResponse(t.status());
+                if (Status s = ReadTrigger(req.body, false, &*t); !s.ok()) return ErrorResponse(s);
                 return Answer(es.UpdateTrigger(Who(req), *t), 200, TriggerJson);
               }});
   router.Add({"DELETE", "/v1/triggers/{id}", "Delete a trigger", [&es](const HttpRequest& req) {
@@ -289,7 +282,7 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
                     "each fire publishes on _timer.<name>",
                     [&es](const HttpRequest& req) {
                       events::CronTrigger c;
-                      if (Status s = ReadCron(req.body, true, &c); !s.ok()) return EventError(s);
+                      if (Status s = ReadCron(req.body, true, &c); !s.ok()) return ErrorResponse(s);
                       return Answer(es.CreateCronTrigger(Who(req), c), 201, CronJson);
                     }};
   create_cron.success_status = 201;
@@ -303,8 +296,8 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
   router.Add({"PUT", "/v1/cron-triggers/{id}", "Update a cron trigger (fields given replace the stored ones)",
               [&es](const HttpRequest& req) {
                 auto c = es.GetCronTrigger(Who(req), req.params.at("id"));
-                if (!c.ok()) return EventError(c.status());
-                if (Status s = ReadCron(req.body, false, &*c); !s.ok()) return EventError(s);
+                if (!c.ok()) return ErrorResponse(c.status());
+                if (Status s = ReadCron(req.body, false, &*c); !s.ok()) return ErrorResponse(s);
                 return Answer(es.UpdateCronTrigger(Who(req), *c), 200, CronJson);
               }});
   router.Add({"DELETE", "/v1/cron-triggers/{id}", "Delete a cron trigger", [&es](const HttpRequest& req) {
@@ -319,13 +312,13 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
                 if (std::string state = Query(req, "state"); !state.empty()) {
                   q.state = events::ParseDeliveryState(state);
                   if (!q.state) {
-                    return EventError(Status::InvalidArgument("state", "must be pending, running, succeeded or dead"));
+                    return ErrorResponse(Status::InvalidArgument("state", "must be pending, running, succeeded or dead"));
                   }
                 }
                 auto before = QueryInt(req, "before_id", 0, 0, kBig);
-                if (!before.ok()) return EventError(before.status());
+                if (!before.ok()) return ErrorResponse(before.status());
                 auto limit = QueryInt(req, "limit", 100, 1, 1000);
-                if (!limit.ok()) return EventError(limit.status());
+                if (!limit.ok()) return ErrorResponse(limit.status());
                 q.before_id = *before;
                 q.limit = static_cast<int>(*limit);
                 return Answer(es.ListDeliveries(Who(req), q), 200, ListOf("deliveries", DeliveryJson));
@@ -333,22 +326,22 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
   router.Add({"GET", "/v1/deliveries/{id}", "Get a delivery (its attempts, last error and executions)",
               [&es](const HttpRequest& req) {
                 auto id = PathId(req);
-                if (!id.ok()) return EventError(id.status());
+                if (!id.ok()) return ErrorResponse(id.status());
                 return Answer(es.GetDelivery(Who(req), *id), 200, DeliveryJson);
               }});
   router.Add({"GET", "/v1/dead-letters", "Dead deliveries not yet re-driven, newest first (?function=&limit=)",
               [&es](const HttpRequest& req) {
                 auto limit = QueryInt(req, "limit", 100, 1, 1000);
-                if (!limit.ok()) return EventError(limit.status());
+                if (!limit.ok()) return ErrorResponse(limit.status());
                 return Answer(es.ListDeadLetters(Who(req), Query(req, "function"), static_cast<int>(*limit)), 200,
                               ListOf("dead_letters", DeliveryJson));
               }});
   Route redrive{"POST", "/v1/dead-letters/{id}/redrive",
                 "Queue a dead delivery's event to its function again (fresh attempts)", [&es](const HttpRequest& req) {
                   auto id = PathId(req);
-                  if (!id.ok()) return EventError(id.status());
+                  if (!id.ok()) return ErrorResponse(id.status());
                   auto fresh = es.Redrive(Who(req), *id);
-                  if (!fresh.ok()) return EventError(fresh.status());
+                  if (!fresh.ok()) return ErrorResponse(fresh.status());
                   return Json(202, {{"delivery_id", *fresh}, {"redrive_of", *id}, {"state", "pending"}});
                 }};
   redrive.success_status = 202;
@@ -359,16 +352,16 @@ void AddEventRoutes(Router& router, manager::EventService& es) {
                     "Create a webhook {name, topic, secret?}; the secret (generated when omitted) is answered once",
                     [&es](const HttpRequest& req) {
                       auto j = ParseJsonObject(req.body);
-                      if (!j.ok()) return EventError(j.status());
+                      if (!j.ok()) return ErrorResponse(j.status());
                       FieldReader r(*j);
                       std::string name, topic, secret;
                       Status s = r.String("name", &name, true);
                       if (s.ok()) s = r.String("topic", &topic, true);
                       if (s.ok()) s = r.String("secret", &secret);
                       if (s.ok()) s = r.NoUnknownFields();
-                      if (!s.ok()) return EventError(s);
+                      if (!s.ok()) return ErrorResponse(s);
                       auto created = es.CreateWebhook(Who(req), name, topic, secret);
-                      if (!created.ok()) return EventError(created.status());
+                      if (!created.ok()) return ErrorResponse(created.status());
                       json out = WebhookJson(created->hook);
                       out["secret"] = created->secret;
                       return Json(201, out);

@@ -106,5 +106,25 @@ TEST(HttpErrorsTest, InvalidUtf8DoesNotThrowAndYieldsValidJson) {
   EXPECT_TRUE(j["error"].contains("field"));
 }
 
+
+// Which limit ran out decides the status of RESOURCE_EXHAUSTED.
+TEST(HttpErrorsTest, ResourceExhaustedByTheLimitThatRanOut) {
+  auto retry_after = [](const HttpResponse& r) {
+    for (const auto& [k, v] : r.headers) {
+      if (k == "Retry-After") return v;
+    }
+    return std::string();
+  };
+  HttpResponse cluster = ErrorResponse(Status::ResourceExhausted("no node has room"));
+  EXPECT_EQ(cluster.status, 503);
+  EXPECT_EQ(retry_after(cluster), "1");
+  HttpResponse capped = ErrorResponse(Status(Code::kResourceExhausted, "queue full", "max_instances"));
+  EXPECT_EQ(capped.status, 429);
+  EXPECT_EQ(retry_after(capped), "1");
+  HttpResponse large = ErrorResponse(Status(Code::kResourceExhausted, "too large", "payload"));
+  EXPECT_EQ(large.status, 413);
+  EXPECT_EQ(retry_after(large), "");
+}
+
 }  // namespace
 }  // namespace berth::api
