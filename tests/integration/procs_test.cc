@@ -105,6 +105,9 @@ TEST_F(ProcsTest, ExecForkChildrenAndTreeKill) {
   ASSERT_EQ(WaitRunning(pb)["status"], "running");
   ASSERT_EQ(WaitRunning(pc)["status"], "running");
   EXPECT_NE(Stdout(pb, "ppid=").find("ppid=" + std::to_string(pa)), std::string::npos);
+  // "running" means the command was started; its TERM trap is set once it printed.
+  EXPECT_NE(Stdout(pc, "ppid=").find("ppid=" + std::to_string(pb)), std::string::npos);
+  EXPECT_NE(Stdout(pa, "ppid=").find("ppid=1"), std::string::npos);
 
   // children and ps.
   json kids = daemon_->Get("/v1/procs/" + std::to_string(pa) + "/children").json()["procs"];
