@@ -424,32 +424,14 @@ int Run(const Options& opts) {
     PrintResult("cold_start_boot", ma(&BerthSample::boot_ms), "ms", mb(&BaselineSample::boot_ms), opts.goal);
     return 0;
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "berth-bench-cold-start: %s\n", e.what());
-    bench.Cleanup();
-    return g_stop.load() ? 130 : 1;
+    return ExitAfterError("berth-bench-cold-start", e, [&] { bench.Cleanup(); });
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Stop signals are taken by one thread (below), before libvirt or curl start
-  // theirs, so an interrupt always ends in the cleanup path.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
-  std::thread([stop] {
-    int sig = 0;
-    sigwait(&stop, &sig);
-    std::fprintf(stderr, "berth-bench-cold-start: signal %d, stopping after the current step and cleaning up\n", sig);
-    g_stop.store(true);
-  }).detach();
+  StopOnSignals("berth-bench-cold-start");
 
   Options opts;
   CLI::App app{"berth-bench-cold-start: cold start through berth vs. the same domain with plain virsh"};

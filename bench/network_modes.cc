@@ -263,30 +263,14 @@ int Run(const Options& opts) {
     Report(up, "_network_up", opts.goal_up);
     return 0;
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "berth-bench-network-modes: %s\n", e.what());
-    bench.Cleanup();
-    return g_stop.load() ? 130 : 1;
+    return ExitAfterError("berth-bench-network-modes", e, [&] { bench.Cleanup(); });
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  std::thread([stop] {
-    int sig = 0;
-    sigwait(&stop, &sig);
-    std::fprintf(stderr, "berth-bench-network-modes: signal %d, stopping and cleaning up\n", sig);
-    g_stop.store(true);
-  }).detach();
+  StopOnSignals("berth-bench-network-modes");
 
   Options opts;
   CLI::App app{"berth-bench-network-modes: time each guest network mode adds to a start, next to none"};

@@ -317,32 +317,14 @@ int Run(const Options& opts) {
     PrintResult("pool_vm_idle_rss", rss, "MiB", static_cast<double>(opts.memory_mib), 1.0);
     return 0;
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "berth-bench-start-tiers: %s\n", e.what());
-    bench.Cleanup();
-    return g_stop.load() ? 130 : 1;
+    return ExitAfterError("berth-bench-start-tiers", e, [&] { bench.Cleanup(); });
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Stop signals are taken by one thread (below), before libvirt or curl start
-  // theirs, so an interrupt always ends in the cleanup path.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
-  std::thread([stop] {
-    int sig = 0;
-    sigwait(&stop, &sig);
-    std::fprintf(stderr, "berth-bench-start-tiers: signal %d, stopping after the current step and cleaning up\n", sig);
-    g_stop.store(true);
-  }).detach();
+  StopOnSignals("berth-bench-start-tiers");
 
   Options opts;
   CLI::App app{"berth-bench-start-tiers: cold boot vs template restore vs warm pool through berth's HTTP API"};

@@ -321,30 +321,14 @@ int Run(const Options& opts) {
     }
     return 0;
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "berth-bench-upload: %s\n", e.what());
-    bench.Cleanup();
-    return g_stop.load() ? 130 : 1;
+    return ExitAfterError("berth-bench-upload", e, [&] { bench.Cleanup(); });
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  std::thread([stop] {
-    int sig = 0;
-    sigwait(&stop, &sig);
-    std::fprintf(stderr, "berth-bench-upload: signal %d, stopping after the current step and cleaning up\n", sig);
-    g_stop.store(true);
-  }).detach();
+  StopOnSignals("berth-bench-upload");
 
   Options opts;
   CLI::App app{"berth-bench-upload: upload throughput vs cp, RSS while uploading, distribution vs virsh vol-upload"};

@@ -108,6 +108,13 @@ std::string NewBytes(const std::string& printed, const std::string& now) {
   return at == std::string::npos ? now : now.substr(at + tail.size());
 }
 
+// A process berthd just started: its pid (with --json, berthd's record).
+int PrintStartedPid(const Remote& remote, const HttpReply& r) {
+  if (!Ok(r) || remote.json) return PrintJson(r);
+  std::cout << Text(Body(r), "pid") << "\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 void AddProcCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_code) {
@@ -221,15 +228,7 @@ void AddProcCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_co
     }
     if (!env.empty()) body["env"] = env;
     auto r = remote->Call("POST", "/v1/procs", body.dump());
-    if (!Ok(r)) {
-      exit_code = Fail(r);
-      return;
-    }
-    if (remote->json) {
-      exit_code = PrintJson(r);
-      return;
-    }
-    std::cout << Text(Body(r), "pid") << "\n";
+    exit_code = PrintStartedPid(*remote, r);
   });
 
   // fork
@@ -250,15 +249,7 @@ void AddProcCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_co
     if (!fa->name.empty()) body["name"] = fa->name;
     if (fa->live) body["live"] = true;
     auto r = remote->Call("POST", "/v1/procs/" + std::to_string(fa->pid) + "/fork", body.dump());
-    if (!Ok(r)) {
-      exit_code = Fail(r);
-      return;
-    }
-    if (remote->json) {
-      exit_code = PrintJson(r);
-      return;
-    }
-    std::cout << Text(Body(r), "pid") << "\n";
+    exit_code = PrintStartedPid(*remote, r);
   });
 
   // kill

@@ -89,43 +89,15 @@ Result<ExecOutcome> AgentClient::Exec(const agent::ExecMsg& msg, std::string_vie
     }
     BERTH_RETURN_IF_ERROR(channel_->Send(agent::MsgType::kStdin, ""));
   }
-  ExecOutcome out;
-  int64_t deadline = NowMs() + host_timeout_ms;
-  auto append = [&](std::string& sink, const std::string& bytes) {
-    size_t room = sink.size() < max_output ? max_output - sink.size() : 0;
-    if (bytes.size() > room) out.truncated = true;
-    sink.append(bytes, 0, std::min(room, bytes.size()));
-  };
-  for (;;) {
-    int64_t left = deadline - NowMs();
-    if (left <= 0) return Status::DeadlineExceeded("no exit status from the guest agent within " + std::to_string(host_timeout_ms) + " ms");
-    auto frame = channel_->Receive(left);
-    if (!frame.ok()) return frame.status();
-    switch (frame->type) {
-      case agent::MsgType::kStdout:
-        if (on_output) on_output(frame->type, frame->payload);
-        append(out.stdout_data, frame->payload);
-        break;
-      case agent::MsgType::kStderr:
-        if (on_output) on_output(frame->type, frame->payload);
-        append(out.stderr_data, frame->payload);
-        break;
-      case agent::MsgType::kExit: {
-        auto exit = agent::ParseBody<agent::ExitMsg>(frame->payload);
-        if (!exit) return Status::Internal("malformed exit message from the guest agent");
-        out.exit = std::move(*exit);
-        return out;
-      }
-      case agent::MsgType::kError: {
-        auto err = agent::ParseBody<agent::ErrorMsg>(frame->payload);
-        return Status::FailedPrecondition("guest agent refused exec: " + (err ? err->code + ": " + err->message : "?"));
-      }
-      default: break;  // hello replies, pongs: not ours
-    }
-  }
+  return Collect(max_output, host_timeout_ms, on_output, "guest agent refused exec: ");
 }
 
 Result<ExecOutcome> AgentClient::Attach(size_t max_output, int64_t host_timeout_ms, const OutputFn& on_output) {
+  return Collect(max_output, host_timeout_ms, on_output, "guest agent error: ");
+}
+
+Result<ExecOutcome> AgentClient::Collect(size_t max_output, int64_t host_timeout_ms, const OutputFn& on_output,
+                                         const std::string& error_prefix) {
   ExecOutcome out;
   const int64_t deadline = NowMs() + host_timeout_ms;
   auto append = [&](std::string& sink, const std::string& bytes) {
@@ -155,9 +127,9 @@ Result<ExecOutcome> AgentClient::Attach(size_t max_output, int64_t host_timeout_
       }
       case agent::MsgType::kError: {
         auto err = agent::ParseBody<agent::ErrorMsg>(frame->payload);
-        return Status::FailedPrecondition("guest agent error: " + (err ? err->code + ": " + err->message : "?"));
+        return Status::FailedPrecondition(error_prefix + (err ? err->code + ": " + err->message : "?"));
       }
-      default: break;
+      default: break;  // hello replies, pongs: not ours
     }
   }
 }

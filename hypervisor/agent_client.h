@@ -62,6 +62,11 @@ class AgentClient {
   void Close() { channel_->Close(); }
 
  private:
+  // Stdout/Stderr frames (capped at max_output per stream, handed to
+  // on_output first) until Exit; an Error frame fails with error_prefix.
+  Result<ExecOutcome> Collect(size_t max_output, int64_t host_timeout_ms, const OutputFn& on_output,
+                              const std::string& error_prefix);
+
   std::unique_ptr<AgentChannel> channel_;
 };
 

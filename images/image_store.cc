@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "images/image_format.h"
+#include "images/store_files.h"
 
 namespace berth::images {
 namespace {
@@ -23,13 +24,6 @@ constexpr const char* kFormats[] = {"qcow2", "raw"};
 
 Status InvalidId() {
   return Status::InvalidArgument("image", "image id must be a sha256: 64 lowercase hex characters");
-}
-
-Status WriteErrno(const std::string& what, int err) {
-  if (err == ENOSPC || err == EDQUOT) {
-    return Status(Code::kResourceExhausted, what + ": no space left in the image store", "image");
-  }
-  return Status::Internal(what + ": " + std::strerror(err));
 }
 
 // Makes a completed rename durable.
@@ -68,16 +62,9 @@ Status ImageUpload::Append(std::string_view chunk) {
     return Status(Code::kResourceExhausted,
                   "image upload exceeds the limit of " + std::to_string(max_bytes_) + " bytes", "image");
   }
-  size_t off = 0;
-  while (off < chunk.size()) {
-    ssize_t n = ::write(fd_, chunk.data() + off, chunk.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      Abort();
-      return WriteErrno("cannot write image upload", e);
-    }
-    off += static_cast<size_t>(n);
+  if (Status st = WriteAll(fd_, chunk, "cannot write image upload"); !st.ok()) {
+    Abort();
+    return st;
   }
   hash_.Update(chunk);
   written_ += chunk.size();
@@ -90,14 +77,14 @@ Result<ImageRecord> ImageUpload::Commit() {
   if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
     int e = errno;
     Abort();
-    return WriteErrno("cannot flush image upload", e);
+    return StoreWriteError("cannot flush image upload", e);
   }
   int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) {
     int e = errno;
     Abort();
-    return WriteErrno("cannot flush image upload", e);
+    return StoreWriteError("cannot flush image upload", e);
   }
   // From here on Install owns (and always removes) the temporary file.
   done_ = true;
@@ -128,7 +115,7 @@ Result<std::unique_ptr<ImageUpload>> ImageStore::BeginUpload(uint64_t max_bytes,
   std::string tmp = tmp_dir_ + "/upload-" + std::to_string(::getpid()) + "-" + std::to_string(next_tmp_++) + "-" +
                     std::to_string(env_->MonotonicMs()) + ".part";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return WriteErrno("cannot create " + tmp, errno);
+  if (fd < 0) return StoreWriteError("cannot create " + tmp, errno);
   return std::unique_ptr<ImageUpload>(new ImageUpload(this, fd, std::move(tmp), max_bytes, options));
 }
 

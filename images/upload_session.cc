@@ -12,6 +12,7 @@
 
 #include "common/ids.h"
 #include "common/sha256.h"
+#include "images/store_files.h"
 
 namespace berth::images {
 
@@ -24,6 +25,19 @@ struct SessionWriter::Live {
   bool hash_valid = false;  // `hash` covers exactly the first `hashed` bytes of the .part
   uint64_t hashed = 0;
   std::unique_ptr<Sha256> hash = std::make_unique<Sha256>();
+
+  // Takes the session for one writer, finish, abort or collection; false
+  // while someone else holds it.
+  bool TryHold() {
+    std::lock_guard lock(mu);
+    if (busy) return false;
+    busy = true;
+    return true;
+  }
+  void Release() {
+    std::lock_guard lock(mu);
+    busy = false;
+  }
 };
 
 namespace {
@@ -36,15 +50,12 @@ bool IsSessionId(const std::string& id) {
   return true;
 }
 
-Status NoSession(const std::string& id) {
-  return Status::NotFound("upload session '" + id + "' does not exist (finished, aborted or expired)", "id");
+Status SessionBusy(const std::string& id) {
+  return Status(Code::kAborted, "upload session " + id + " is being written or finished", "id");
 }
 
-Status Errno(const std::string& what, int err) {
-  if (err == ENOSPC || err == EDQUOT) {
-    return Status(Code::kResourceExhausted, what + ": no space left in the image store", "image");
-  }
-  return Status::Internal(what + ": " + std::strerror(err));
+Status NoSession(const std::string& id) {
+  return Status::NotFound("upload session '" + id + "' does not exist (finished, aborted or expired)", "id");
 }
 
 int64_t MtimeMs(const struct stat& st) {
@@ -74,18 +85,11 @@ Status SessionWriter::Append(std::string_view chunk) {
     return Status(Code::kResourceExhausted,
                   "image upload exceeds the limit of " + std::to_string(owner_->max_bytes_) + " bytes", "image");
   }
-  size_t off = 0;
-  while (off < chunk.size()) {
-    ssize_t n = ::write(fd_, chunk.data() + off, chunk.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      // Part of the chunk may be on disk: the hash no longer matches the .part.
-      live_->hash_valid = false;
-      failed_ = true;
-      return Errno("cannot write upload session", e);
-    }
-    off += static_cast<size_t>(n);
+  if (Status st = WriteAll(fd_, chunk, "cannot write upload session"); !st.ok()) {
+    // Part of the chunk may be on disk: the hash no longer matches the .part.
+    live_->hash_valid = false;
+    failed_ = true;
+    return st;
   }
   if (live_->hash_valid && live_->hashed == offset_) {
     live_->hash->Update(chunk);
@@ -100,7 +104,7 @@ Status SessionWriter::Append(std::string_view chunk) {
 Result<uint64_t> SessionWriter::Close() {
   if (fd_ < 0) return offset_;
   Status st = Status::Ok();
-  if (::fsync(fd_) != 0) st = Errno("cannot flush upload session", errno);
+  if (::fsync(fd_) != 0) st = StoreWriteError("cannot flush upload session", errno);
   struct stat sb;
   if (::fstat(fd_, &sb) == 0) {
     // What is on disk is the offset, whatever this writer believes.
@@ -109,10 +113,7 @@ Result<uint64_t> SessionWriter::Close() {
   }
   ::close(fd_);
   fd_ = -1;
-  {
-    std::lock_guard lock(live_->mu);
-    live_->busy = false;
-  }
+  live_->Release();
   if (!st.ok()) return st;
   return offset_;
 }
@@ -139,7 +140,7 @@ Result<UploadSessionInfo> UploadSessions::Start(const std::string& tenant, const
   info.format = format;
   info.created_ms = info.updated_ms = env_->NowUnixMs();
   int fd = ::open(PartPath(info.id).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create " + PartPath(info.id), errno);
+  if (fd < 0) return StoreWriteError("cannot create " + PartPath(info.id), errno);
   // World-readable regardless of umask: QEMU (libvirt-qemu) opens the image once stored.
   (void)::fchmod(fd, 0644);
   ::close(fd);
@@ -205,24 +206,16 @@ Result<std::unique_ptr<SessionWriter>> UploadSessions::Append(const std::string&
   BERTH_ASSIGN_OR_RETURN(auto info, Get(tenant, id));
   // Found on disk but not in memory (a restart): its hash is rebuilt at finish.
   auto live = LiveOf(id, /*hash_valid_if_new=*/info.offset == 0);
-  {
-    std::lock_guard lock(live->mu);
-    if (live->busy) return Status(Code::kAborted, "upload session " + id + " is being written or finished", "id");
-    live->busy = true;
-  }
-  auto release = [&] {
-    std::lock_guard lock(live->mu);
-    live->busy = false;
-  };
+  if (!live->TryHold()) return SessionBusy(id);
   // Re-read the offset under the session's hold: a writer may just have finished.
   auto now = Get(tenant, id);
   if (!now.ok()) {
-    release();
+    live->Release();
     return now.status();
   }
   if (current_offset) *current_offset = now->offset;
   if (offset != now->offset) {
-    release();
+    live->Release();
     return Status::FailedPrecondition("ranges must be contiguous: this session's next byte is " +
                                           std::to_string(now->offset) + ", not " + std::to_string(offset),
                                       "Content-Range");
@@ -230,8 +223,8 @@ Result<std::unique_ptr<SessionWriter>> UploadSessions::Append(const std::string&
   int fd = ::open(PartPath(id).c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
-    release();
-    return e == ENOENT ? NoSession(id) : Errno("cannot open upload session", e);
+    live->Release();
+    return e == ENOENT ? NoSession(id) : StoreWriteError("cannot open upload session", e);
   }
   return std::unique_ptr<SessionWriter>(new SessionWriter(this, live, fd, now->offset));
 }
@@ -241,15 +234,7 @@ Result<ImageRecord> UploadSessions::Finish(const std::string& tenant, const std:
   BERTH_ASSIGN_OR_RETURN(std::string want, ParseSha256Digest(digest));
   BERTH_ASSIGN_OR_RETURN(auto info, Get(tenant, id));
   auto live = LiveOf(id, /*hash_valid_if_new=*/info.offset == 0);
-  {
-    std::lock_guard lock(live->mu);
-    if (live->busy) return Status(Code::kAborted, "upload session " + id + " is being written or finished", "id");
-    live->busy = true;
-  }
-  auto release = [&] {
-    std::lock_guard lock(live->mu);
-    live->busy = false;
-  };
+  if (!live->TryHold()) return SessionBusy(id);
   BERTH_ASSIGN_OR_RETURN(info, Get(tenant, id));
   std::string got;
   if (live->hash_valid && live->hashed == info.offset) {
@@ -259,13 +244,13 @@ Result<ImageRecord> UploadSessions::Finish(const std::string& tenant, const std:
   } else {
     auto hex = Sha256::HexOfFile(PartPath(id));
     if (!hex.ok()) {
-      release();
+      live->Release();
       return hex.status();
     }
     got = *hex;
   }
   if (got != want) {
-    release();
+    live->Release();
     return Status::InvalidArgument("digest", "the " + std::to_string(info.offset) + " bytes received have digest sha256:" +
                                                  got + ", not " + digest);
   }
@@ -273,7 +258,7 @@ Result<ImageRecord> UploadSessions::Finish(const std::string& tenant, const std:
   // From here on Install owns (and always removes) the .part.
   auto rec = store_->Install(PartPath(id), got, options);
   (void)env_->RemoveFile(MetaPath(id));
-  release();
+  live->Release();
   Forget(id);
   return rec;
 }
@@ -281,11 +266,7 @@ Result<ImageRecord> UploadSessions::Finish(const std::string& tenant, const std:
 Status UploadSessions::Abort(const std::string& tenant, const std::string& id) {
   BERTH_ASSIGN_OR_RETURN(auto info, Get(tenant, id));
   auto live = LiveOf(id, false);
-  {
-    std::lock_guard lock(live->mu);
-    if (live->busy) return Status(Code::kAborted, "upload session " + id + " is being written or finished", "id");
-    live->busy = true;
-  }
+  if (!live->TryHold()) return SessionBusy(id);
   Status st = RemoveFiles(id);
   Forget(id);
   return st;
@@ -328,11 +309,7 @@ size_t UploadSessions::CollectStale(int64_t idle_before_unix_ms) {
       continue;
     }
     auto live = LiveOf(id, false);
-    {
-      std::lock_guard lock(live->mu);
-      if (live->busy) continue;
-      live->busy = true;
-    }
+    if (!live->TryHold()) continue;
     if (RemoveFiles(id).ok()) ++removed;
     Forget(id);
   }

@@ -20,6 +20,30 @@
 namespace berth::bench {
 
 std::atomic<bool> g_stop{false};
+
+void StopOnSignals(const std::string& program) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::thread([stop, program] {
+    int sig = 0;
+    sigwait(&stop, &sig);
+    std::fprintf(stderr, "%s: signal %d, stopping after the current step and cleaning up\n", program.c_str(), sig);
+    g_stop.store(true);
+  }).detach();
+}
+
+int ExitAfterError(const std::string& program, const std::exception& error, const std::function<void()>& cleanup) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "%s: %s\n", program.c_str(), error.what());
+  cleanup();
+  return g_stop.load() ? 130 : 1;
+}
 std::string g_token;
 
 namespace {

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -24,6 +25,16 @@ extern std::atomic<bool> g_stop;
 // berthd's admin token (read from <data dir>/admin.token once berthd is up);
 // Http sends it.
 extern std::string g_token;
+
+// Call first in main, before libvirt or curl start threads: SIGINT, SIGTERM
+// and SIGHUP are taken by one thread that sets g_stop (so an interrupt always
+// ends in the bench's cleanup path), SIGPIPE is ignored and stdout is line
+// buffered (progress shows up in logs as it happens).
+void StopOnSignals(const std::string& program);
+// For main's catch: reports `error` on stderr after what stdout already
+// printed, runs `cleanup`, and returns the exit status: 130 when a signal
+// stopped the bench, else 1.
+int ExitAfterError(const std::string& program, const std::exception& error, const std::function<void()>& cleanup);
 
 double MsBetween(Clock::time_point a, Clock::time_point b);
 [[noreturn]] void Fail(const std::string& what);  // throws std::runtime_error
