@@ -424,10 +424,29 @@ void Gateway::Start(Job job) {
 }
 
 void Gateway::Run(Job& job) {
-  if (stopping_) return job.respond(GatewayError(503, "UNAVAILABLE", "gateway is shutting down"));
-  auto ex = svc_.Invoke(job.principal, job.function, job.invoke);
-  if (!ex.ok()) return job.respond(ErrorResponse(ex.status()));
-  job.respond(ExecutionAnswer(*ex, job.function, options_.max_response_bytes));
+  // The cluster's room (not the function's own limits) ran out: capacity
+  // comes back as other executions end, so the request waits for it (with
+  // backoff, at most capacity_wait_ms) before it answers 503.
+  auto out_of_room = [](const Result<manager::ExecutionRecord>& ex) {
+    if (!ex.ok()) {
+      return ex.status().code() == Code::kResourceExhausted && ex.status().field() != "max_instances" &&
+             ex.status().field() != "payload";
+    }
+    return ex->state == manager::ExecState::kError && ex->error_code == "no_capacity";
+  };
+  const int64_t give_up = env_->MonotonicMs() + options_.capacity_wait_ms;
+  int64_t backoff_ms = 5;
+  for (;;) {
+    if (stopping_) return job.respond(GatewayError(503, "UNAVAILABLE", "gateway is shutting down"));
+    auto ex = svc_.Invoke(job.principal, job.function, job.invoke);
+    if (out_of_room(ex) && env_->MonotonicMs() + backoff_ms < give_up) {
+      env_->SleepMs(backoff_ms);
+      backoff_ms = std::min<int64_t>(backoff_ms * 2, 250);
+      continue;
+    }
+    if (!ex.ok()) return job.respond(ErrorResponse(ex.status()));
+    return job.respond(ExecutionAnswer(*ex, job.function, options_.max_response_bytes));
+  }
 }
 
 void Gateway::Finished(const std::string& key) {

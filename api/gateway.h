@@ -15,8 +15,10 @@
 // when it crashed, failed without a valid CGI response, wrote a malformed one
 // or more than max_response_bytes; 413 for a body over max_request_bytes;
 // 429 (+ Retry-After) past a rate limit or a full concurrency queue; 503 when
-// the gateway's own pool is full. Every answer that ran an execution carries
-// its id in X-Berth-Execution-Id (JSON error bodies also name it).
+// the gateway's own pool is full, or when no node had room for the run within
+// capacity_wait_ms (a run waits for room, holding its concurrency slot).
+// Every answer that ran an execution carries its id in X-Berth-Execution-Id
+// (JSON error bodies also name it).
 //
 // The connection waits suspended (no thread); executions run on a bounded
 // worker pool, per-function concurrency limits queue requests in front of it.
@@ -41,6 +43,9 @@ struct GatewayOptions {
   size_t max_waiting = 1024;            // admitted requests waiting for a worker; more -> 503
   size_t max_request_bytes = 1u << 20;  // request body; more -> 413
   size_t max_response_bytes = 1u << 20; // CGI output (headers + body); more -> 502
+  // No node has room for the run: wait this long for capacity (other runs
+  // ending) before answering 503 + Retry-After.
+  int64_t capacity_wait_ms = 10'000;
 };
 
 // Adds the gateway route to `router`; the gateway lives as long as the route.

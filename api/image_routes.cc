@@ -5,7 +5,9 @@
 //   POST   /v1/images/uploads[?name=&format=]        start a session -> 202 {id, offset: 0}, Location
 //   PATCH  /v1/images/uploads/{id}                   Content-Range: [bytes ]<start>-<end> (optional);
 //                                                    body appended at start, which must be the
-//                                                    session's offset (else 416 + Range + offset)
+//                                                    session's offset (else 416 + Range + offset);
+//                                                    the body must have end-start+1 bytes (else 400
+//                                                    naming Content-Range; a short body's bytes stay)
 //                                                    -> 202 {id, offset}, Range: 0-<offset-1>
 //   GET|HEAD /v1/images/uploads/{id}                 -> 200 {id, offset, ...} / 204, Range
 //   PUT    /v1/images/uploads/{id}?digest=sha256:H   last bytes optional in the body; verify,
@@ -16,6 +18,7 @@
 //   GET    /v1/images/{ref}                          details: tags, referenced_by, nodes
 //   DELETE /v1/images/{ref}                          name:tag untags; an id deletes (409 while used)
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "api/errors.h"
 #include "api/json_fields.h"
@@ -62,16 +65,44 @@ HttpResponse SessionResponse(int status, const images::UploadSessionInfo& s) {
   return r;
 }
 
-// Parses "[bytes ]<start>-<end>" (end inclusive; "<start>-" and "bytes <start>-<end>/<total>" too).
-Result<uint64_t> ParseContentRangeStart(std::string v) {
+// A PATCH's Content-Range: "[bytes ]<start>-<end>" (end inclusive),
+// "<start>-" (no end) and "bytes <start>-<end>/<total>" too.
+struct ContentRange {
+  uint64_t start = 0;
+  std::optional<uint64_t> end;  // inclusive
+  // Body bytes the range announces (when it has an end).
+  std::optional<uint64_t> length() const {
+    return end ? std::optional<uint64_t>(*end - start + 1) : std::nullopt;
+  }
+};
+
+Result<uint64_t> ParseOffset(const std::string& v) {
+  if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos) {
+    return Status::InvalidArgument("Content-Range", "must be <start>-<end> (byte offsets)");
+  }
+  return std::stoull(v);
+}
+
+Result<ContentRange> ParseContentRange(std::string v) {
   if (v.rfind("bytes ", 0) == 0) v = v.substr(6);
   if (auto slash = v.find('/'); slash != std::string::npos) v = v.substr(0, slash);
   auto dash = v.find('-');
-  std::string start = v.substr(0, dash);
-  if (start.empty() || start.size() > 19 || start.find_first_not_of("0123456789") != std::string::npos) {
-    return Status::InvalidArgument("Content-Range", "must be <start>-<end> (byte offsets)");
+  ContentRange r;
+  BERTH_ASSIGN_OR_RETURN(r.start, ParseOffset(v.substr(0, dash)));
+  if (dash != std::string::npos && dash + 1 < v.size()) {
+    BERTH_ASSIGN_OR_RETURN(r.end, ParseOffset(v.substr(dash + 1)));
+    if (*r.end < r.start) {
+      return Status::InvalidArgument("Content-Range", "end " + std::to_string(*r.end) + " is before start " +
+                                                          std::to_string(r.start));
+    }
   }
-  return std::stoull(start);
+  return r;
+}
+
+Status RangeLengthMismatch(uint64_t announced, uint64_t body) {
+  return Status::InvalidArgument("Content-Range", "announces " + std::to_string(announced) +
+                                                      " bytes (end - start + 1) but the body has " +
+                                                      (body > announced ? "more than " : "") + std::to_string(body));
 }
 
 // A body that is read and dropped; the answer was decided before it arrived.
@@ -105,18 +136,35 @@ class ImageUploadSink final : public BodySink {
 // PATCH (and PUT with a body): appends to a session; PUT then finishes it.
 class SessionSink final : public BodySink {
  public:
+  // `expected_bytes`: the body length Content-Range announced (nullopt: any).
   SessionSink(manager::Service& svc, manager::Principal caller, std::string id,
-              std::unique_ptr<images::SessionWriter> writer, std::string finish_digest)
+              std::unique_ptr<images::SessionWriter> writer, std::string finish_digest,
+              std::optional<uint64_t> expected_bytes)
       : svc_(svc),
         caller_(std::move(caller)),
         id_(std::move(id)),
         writer_(std::move(writer)),
-        digest_(std::move(finish_digest)) {}
-  Status Append(std::string_view chunk) override { return writer_->Append(chunk); }
+        digest_(std::move(finish_digest)),
+        expected_(expected_bytes) {}
+  Status Append(std::string_view chunk) override {
+    // Bytes past the announced end are refused before any of them is written.
+    if (expected_ && chunk.size() > *expected_ - received_) return RangeLengthMismatch(*expected_, received_ + chunk.size());
+    received_ += chunk.size();
+    return writer_->Append(chunk);
+  }
   HttpResponse Finish() override {
     auto offset = writer_->Close();
     writer_.reset();  // releases the session before a finish takes it
     if (!offset.ok()) return ErrorResponse(offset.status());
+    if (expected_ && received_ != *expected_) {
+      // A short body: what arrived stays in the session (its offset says so).
+      HttpResponse r = ErrorResponse(RangeLengthMismatch(*expected_, received_));
+      json body = json::parse(r.body);
+      body["offset"] = *offset;
+      r.body = body.dump();
+      r.headers.emplace_back("Range", RangeHeader(*offset));
+      return r;
+    }
     if (!digest_.empty()) return FinishSession(svc_, caller_, id_, digest_);
     auto info = svc_.GetImageUploadSession(caller_, id_);
     if (!info.ok()) return ErrorResponse(info.status());
@@ -139,6 +187,8 @@ class SessionSink final : public BodySink {
   std::string id_;
   std::unique_ptr<images::SessionWriter> writer_;
   std::string digest_;
+  std::optional<uint64_t> expected_;
+  uint64_t received_ = 0;
 };
 
 // Opens the session for the request's body; answers 416 (with the offset)
@@ -152,8 +202,16 @@ Result<std::unique_ptr<BodySink>> SessionSinkFor(manager::Service& svc, const Ht
   }
   BERTH_ASSIGN_OR_RETURN(auto info, svc.GetImageUploadSession(Who(req), id));
   uint64_t start = info.offset;
+  std::optional<uint64_t> expected;
   if (auto it = req.headers.find("content-range"); it != req.headers.end()) {
-    BERTH_ASSIGN_OR_RETURN(start, ParseContentRangeStart(it->second));
+    BERTH_ASSIGN_OR_RETURN(ContentRange range, ParseContentRange(it->second));
+    start = range.start;
+    expected = range.length();
+    // A declared body length must be the range's: refused before a byte is written.
+    if (auto cl = req.headers.find("content-length"); expected && cl != req.headers.end()) {
+      auto length = ParseOffset(cl->second);
+      if (length.ok() && *length != *expected) return RangeLengthMismatch(*expected, *length);
+    }
   }
   uint64_t current = info.offset;
   auto writer = svc.AppendImageUploadSession(Who(req), id, start, &current);
@@ -168,7 +226,7 @@ Result<std::unique_ptr<BodySink>> SessionSinkFor(manager::Service& svc, const Ht
     r.headers.emplace_back("Location", "/v1/images/uploads/" + id);
     return std::unique_ptr<BodySink>(new FixedResponseSink(std::move(r)));
   }
-  return std::unique_ptr<BodySink>(new SessionSink(svc, Who(req), id, std::move(*writer), digest));
+  return std::unique_ptr<BodySink>(new SessionSink(svc, Who(req), id, std::move(*writer), digest, expected));
 }
 
 }  // namespace

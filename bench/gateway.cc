@@ -5,7 +5,8 @@
 //
 //   A (berth):    GET /gw/default/app/items?x=1 -> the script runs in a
 //                 WARM VM (the function has min_warm = max_warm = --warm VMs
-//                 and keep_alive, so a VM goes back to the pool after each
+//                 and keep_alive, max_instances = max(warm, concurrency),
+//                 so a VM goes back to the pool after each
 //                 answer; wrk starts only once the pool is full), the script
 //                 as its CGI program, its stdout parsed as the answer.
 //                 --warm 0: a fresh VM per request (cold boot or restore).
@@ -26,6 +27,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -290,6 +292,14 @@ int main(int argc, char** argv) {
     fn["max_warm"] = warm;
     fn["keep_alive"] = true;
     fn["idle_timeout_ms"] = 3600000;
+    // The pool aims at `warm` IDLE VMs on top of the calls in flight unless
+    // max_instances caps the sum: without it every call that takes a VM
+    // makes the pool restore another one, and the VM given back after the
+    // call finds the pool full and is destroyed. That churn (a restore and
+    // a teardown per request) ate the CPU, and the claims of the VMs being
+    // torn down ran the node out of vCPUs: the 503 "no node fits claim"
+    // answers seen at 64 and 256 connections.
+    fn["max_instances"] = std::max(warm, max_concurrency);
   }
   auto created = Http("POST", base + "/v1/functions", fn.dump(), token);
   if (created.status != 201) Fail("function: " + created.body);

@@ -73,6 +73,9 @@ struct Sample {
   std::string start;     // timings.start
   double invoke_ms = 0;  // client wall-clock of the POST
   double total_ms = 0, boot_ms = 0, prepare_ms = 0, run_ms = 0;
+  double guest_ms = 0;   // the command's duration as the guest agent measured it (part of run_ms)
+  // Wall-clock (same host): request sent -> record created, record final -> answer received.
+  double before_ms = 0, after_ms = 0;
   std::string domain;
 };
 
@@ -170,9 +173,16 @@ HttpResult StartTiersBench::InvokeRaw(const std::string& function) {
 
 Sample StartTiersBench::Invoke(const std::string& function, bool wait_teardown) {
   CheckStop();
+  const auto unix_ms = [] {
+    return static_cast<double>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+  };
+  const double sent_unix = unix_ms();
   auto t0 = Clock::now();
   auto r = InvokeRaw(function);
   auto t1 = Clock::now();
+  const double received_unix = unix_ms();
   if (r.status != 200) {
     Fail("invoke " + function + ": HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body +
          "\n--- berthd log (tail) ---\n" + BerthdLogTail());
@@ -187,6 +197,9 @@ Sample StartTiersBench::Invoke(const std::string& function, bool wait_teardown) 
   s.boot_ms = t.at("boot_ms").get<double>();
   s.prepare_ms = t.at("prepare_ms").get<double>();
   s.run_ms = t.at("run_ms").get<double>();
+  s.guest_ms = j.value("duration_ms", 0.0);
+  s.before_ms = j.value("created_ms", 0.0) - sent_unix;
+  s.after_ms = received_unix - j.value("finished_ms", 0.0);
   s.domain = j.value("domain", "");
   // Let the teardown finish (untimed) so the next start has the machine alone.
   for (int i = 0; wait_teardown && i < 200; ++i) {
@@ -253,8 +266,11 @@ int Run(const Options& opts) {
       bench.WaitForPooledVm();
       warm.push_back(bench.Invoke(bench.kWarm));
       for (const auto* s : {&cold.back(), &tpl.back(), &warm.back()}) {
-        std::printf("round %d/%d  %-8s http %7.1f ms  total %7.1f  prepare %6.1f  boot %7.1f  run %6.1f\n", r + 1,
-                    opts.rounds, s->start.c_str(), s->invoke_ms, s->total_ms, s->prepare_ms, s->boot_ms, s->run_ms);
+        std::printf(
+            "round %d/%d  %-8s http %7.1f ms  total %7.1f  prepare %6.1f  boot %7.1f  run %6.1f (guest %5.1f)"
+            "  sent->record %4.0f  final->answer %4.0f\n",
+            r + 1, opts.rounds, s->start.c_str(), s->invoke_ms, s->total_ms, s->prepare_ms, s->boot_ms, s->run_ms,
+            s->guest_ms, s->before_ms, s->after_ms);
       }
       if (cold.back().start != "cold" || tpl.back().start != "template" || warm.back().start != "warm") {
         std::printf("  note: a start was not of the tier it measures (%s, %s, %s)\n", cold.back().start.c_str(),
@@ -262,10 +278,12 @@ int Run(const Options& opts) {
       }
     }
     auto med = [](const std::vector<Sample>& v, double Sample::*f) { return MedianOf(v, f); };
-    std::printf("\nmedians over %d rounds (ms)   http    total   boot\n", opts.rounds);
+    std::printf("\nmedians over %d rounds (ms)   http    total   boot     run   guest  sent->record  final->answer\n",
+                opts.rounds);
     for (const auto& [name, v] : {std::pair{"cold", &cold}, {"template", &tpl}, {"warm", &warm}}) {
-      std::printf("  %-10s %10.1f %8.1f %7.1f\n", name, med(*v, &Sample::invoke_ms), med(*v, &Sample::total_ms),
-                  med(*v, &Sample::boot_ms));
+      std::printf("  %-10s %10.1f %8.1f %7.1f %7.1f %7.1f %13.0f %14.0f\n", name, med(*v, &Sample::invoke_ms),
+                  med(*v, &Sample::total_ms), med(*v, &Sample::boot_ms), med(*v, &Sample::run_ms),
+                  med(*v, &Sample::guest_ms), med(*v, &Sample::before_ms), med(*v, &Sample::after_ms));
     }
 
     // N concurrent starts of the template function.

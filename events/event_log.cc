@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "common/ids.h"
@@ -288,6 +289,7 @@ struct EventLog::WriteItem {
   int64_t delivery_id = 0;
   bool fired = false;
   bool done = false;
+  bool detached = false;  // nobody waits: the writer deletes it when done
 };
 
 EventLog::EventLog(Env* env, EventLogOptions options)
@@ -435,17 +437,23 @@ void EventLog::WriterLoop() {
         if (!commit.ok()) (void)ExecSql("ROLLBACK");
       }
     }
+    std::vector<std::unique_ptr<WriteItem>> detached;
     {
       std::lock_guard<std::mutex> lk(queue_mu_);
       for (WriteItem* item : batch) {
         if (!commit.ok()) item->status = commit.WithContext("commit");
         item->done = true;
+        if (item->detached) {
+          if (!item->status.ok()) stats_.detached_failed += 1;
+          detached.emplace_back(item);
+        }
       }
       if (commit.ok()) {
         stats_.write_batches += 1;
         stats_.write_items += batch.size();
       }
     }
+    detached.clear();
     done_cv_.notify_all();
     if (commit.ok() && created > 0) NotifyListener();
   }
@@ -597,17 +605,34 @@ Result<PublishResult> EventLog::Publish(const Event& event) {
   return PublishSystem(event);
 }
 
-Result<PublishResult> EventLog::PublishSystem(const Event& event) {
+Status EventLog::ValidateSystemEvent(const Event& event) const {
   BERTH_RETURN_IF_ERROR(ValidateTenant(event.tenant));
   BERTH_RETURN_IF_ERROR(ValidateTopic(event.topic, /*allow_reserved=*/true));
   BERTH_RETURN_IF_ERROR(ValidatePayload(event.content_type, event.payload, options_.max_payload_bytes));
   if (event.idempotency_key && (event.idempotency_key->empty() || event.idempotency_key->size() > 200)) {
     return Status::InvalidArgument("idempotency_key", "must be 1 to 200 characters");
   }
+  return Status::Ok();
+}
+
+Result<PublishResult> EventLog::PublishSystem(const Event& event) {
+  BERTH_RETURN_IF_ERROR(ValidateSystemEvent(event));
   WriteItem item;
   item.event = event;
   BERTH_ASSIGN_OR_RETURN(WriteItem * done, Submit(&item));
   return done->publish;
+}
+
+Status EventLog::PublishSystemDetached(const Event& event) {
+  BERTH_RETURN_IF_ERROR(ValidateSystemEvent(event));
+  auto item = std::make_unique<WriteItem>();
+  item->event = event;
+  item->detached = true;
+  std::lock_guard<std::mutex> lk(queue_mu_);
+  if (stopping_) return Status::Unavailable("event log is shut down");
+  queue_.push_back(item.release());  // the writer deletes it once committed
+  queue_cv_.notify_one();
+  return Status::Ok();
 }
 
 Result<Event> EventLog::GetEvent(const std::string& tenant, int64_t event_id) {

@@ -68,6 +68,7 @@ struct AttemptResult {
 struct EventLogStats {
   uint64_t write_batches = 0;  // transactions the writer committed (one fsync each)
   uint64_t write_items = 0;    // publishes, enqueues and cron fires in them
+  uint64_t detached_failed = 0;  // PublishSystemDetached events whose write failed
 };
 
 class EventLog {
@@ -92,6 +93,15 @@ class EventLog {
   // Publish for berth's own events: the same, but on reserved "_" topics too
   // (e.g. "_system.execution.finished").
   Result<PublishResult> PublishSystem(const Event& event);
+  // PublishSystem without waiting for the commit: the event joins the group
+  // commit's queue and is committed with the next batch, in submission order
+  // with every other write (so a write submitted after it, by any thread, is
+  // never committed before it). For berth's lifecycle events, whose
+  // publisher (an answer on its way to a client) must not wait for an fsync;
+  // a crash in that window (about one fsync) loses the event. Errors: as
+  // PublishSystem's validation, Unavailable after shutdown; a commit failure
+  // later is counted in stats().detached_failed.
+  Status PublishSystemDetached(const Event& event);
   Result<Event> GetEvent(const std::string& tenant, int64_t event_id);
   // Events of a tenant (optionally one topic) with id > after_id, oldest first; limit 1..1000.
   Result<std::vector<Event>> ListEvents(const std::string& tenant, const std::string& topic, int64_t after_id,
@@ -194,6 +204,7 @@ class EventLog {
   Status Init();
   void WriterLoop();
   Result<WriteItem*> Submit(WriteItem* item);
+  Status ValidateSystemEvent(const Event& event) const;
   Status ExecSql(const char* sql);
   sqlite3_stmt* Prepared(const char* sql);
   Status LoadTriggerCache();

@@ -128,6 +128,7 @@ void to_json(nlohmann::json& j, const NetReadyMsg& m) {
   j = {{"interface", m.interface}, {"mac", m.mac},           {"ip", m.ip},
        {"prefix_length", m.prefix_length}, {"gateway", m.gateway}, {"dns", m.dns},
        {"took_ms", m.took_ms},     {"error_code", m.error_code}, {"error", m.error}};
+  if (!m.previous_mac.empty()) j["previous_mac"] = m.previous_mac;  // newer agents only
 }
 void from_json(const nlohmann::json& j, NetReadyMsg& m) {
   m.interface = j.value("interface", "");
@@ -137,6 +138,7 @@ void from_json(const nlohmann::json& j, NetReadyMsg& m) {
   m.gateway = j.value("gateway", "");
   m.dns = j.value("dns", "");
   m.took_ms = j.value("took_ms", int64_t{0});
+  m.previous_mac = j.value("previous_mac", "");
   m.error_code = j.value("error_code", "");
   m.error = j.value("error", "");
 }

@@ -146,6 +146,10 @@ struct ExitMsg {
 
 // Host -> agent: bring up the NIC whose MAC is `mac` (empty: the first
 // non-loopback interface) with busybox udhcpc; wait at most timeout_ms.
+// When no interface has `mac` (a template clone or live-forked child: the
+// restored virtio-net state holds the original VM's MAC), the agent gives
+// the guest's interface that MAC first, so the lease and the host's nwfilter
+// (which only lets `mac` through) match; any address of the old MAC is dropped.
 struct NetUpMsg {
   std::string mac;
   int64_t timeout_ms = 10'000;
@@ -160,7 +164,8 @@ struct NetReadyMsg {
   std::string gateway;    // DHCP router option
   std::string dns;        // first DNS server offered, if any
   int64_t took_ms = 0;
-  std::string error_code;  // "no_interface" | "dhcp_failed" | ""
+  std::string previous_mac;  // the interface's MAC before the agent set `mac` ("" if it had it)
+  std::string error_code;  // "no_interface" | "mac_failed" | "dhcp_failed" | ""
   std::string error;
 };
 

@@ -236,6 +236,46 @@ Result<std::string> RewriteDomainIdentity(const std::string& saved_xml, const Cl
       }
     }
   }
+  if (!id.nics.empty()) {
+    std::vector<pugi::xml_node> ifaces;
+    for (pugi::xml_node iface : devices.children("interface")) ifaces.push_back(iface);
+    if (ifaces.size() != id.nics.size()) {
+      return Status::InvalidArgument("nics", "the saved domain has " + std::to_string(ifaces.size()) +
+                                                 " interfaces, the clone " + std::to_string(id.nics.size()) + " NICs");
+    }
+    for (size_t i = 0; i < ifaces.size(); ++i) {
+      pugi::xml_node iface = ifaces[i];
+      const NicSpec& nic = id.nics[i];
+      if (!nic.mac.empty()) {
+        pugi::xml_node mac = iface.child("mac");
+        if (!mac) mac = iface.prepend_child("mac");
+        mac.remove_attribute("address");
+        mac.append_attribute("address") = nic.mac.c_str();
+      }
+      if (!nic.network.empty()) {
+        if (std::string_view(iface.attribute("type").as_string()) != "network") {
+          return Status::InvalidArgument("nics", "saved interface " + std::to_string(i) + " is not of type network");
+        }
+        pugi::xml_node source = iface.child("source");
+        if (source) iface.remove_child(source);
+        pugi::xml_node anchor = iface.child("mac");
+        source = anchor ? iface.insert_child_after("source", anchor) : iface.prepend_child("source");
+        source.append_attribute("network") = nic.network.c_str();
+      }
+      // The template's tap device name and the port of its network are its own.
+      iface.remove_child("target");
+      for (pugi::xml_node fr = iface.child("filterref"); fr; fr = iface.child("filterref")) iface.remove_child(fr);
+      if (!nic.filter.empty()) {
+        pugi::xml_node fr = iface.append_child("filterref");
+        fr.append_attribute("filter") = nic.filter.c_str();
+        for (const auto& [name, value] : nic.filter_parameters) {
+          pugi::xml_node param = fr.append_child("parameter");
+          param.append_attribute("name") = name.c_str();
+          param.append_attribute("value") = value.c_str();
+        }
+      }
+    }
+  }
   // Channel sockets are per domain: let libvirt pick a fresh path.
   for (pugi::xml_node ch : devices.children("channel")) {
     if (pugi::xml_node source = ch.child("source")) ch.remove_child(source);

@@ -18,6 +18,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "hypervisor/domain_spec.h"
@@ -60,12 +61,21 @@ struct CloneIdentity {
   DomainMetadata metadata;
   std::map<std::string, std::string> disks;  // target dev ("vda") -> new source file
   std::string console_log_path;              // serial/console file source ("" keeps it)
+  // The clone's NICs, one per saved <interface> in order ("" network/mac:
+  // none given). Empty keeps the saved interfaces as they are, which only
+  // suits domains without any: a clone must never reuse another VM's MAC.
+  // Each saved interface gets the NIC's MAC, its network as the source
+  // (libvirt's port id, bridge and host device name are dropped, so the
+  // clone gets its own port) and its filterref with parameters.
+  std::vector<NicSpec> nics;
 };
 
 // Rewrites the saved (migratable) domain XML for a clone. Everything the
 // guest sees (devices, addresses, CPU) is kept, so the clone stays
-// ABI-compatible with the saved state. InvalidArgument if a disk target is
-// missing or the XML is malformed.
+// ABI-compatible with the saved state (a NIC's MAC is not ABI: the guest
+// agent sets the new one, see guest/agent/network.h). InvalidArgument if a
+// disk target is missing, the number of NICs differs from the saved
+// interfaces, or the XML is malformed.
 Result<std::string> RewriteDomainIdentity(const std::string& saved_xml, const CloneIdentity& identity);
 
 }  // namespace berth::hv

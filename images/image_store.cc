@@ -40,11 +40,17 @@ void SyncDir(const std::string& dir) {
 
 ImageUpload::ImageUpload(ImageStore* store, int fd, std::string tmp_path, uint64_t max_bytes,
                          InspectOptions options)
-    : store_(store), fd_(fd), tmp_path_(std::move(tmp_path)), max_bytes_(max_bytes), options_(std::move(options)) {}
+    : store_(store),
+      fd_(fd),
+      tmp_path_(std::move(tmp_path)),
+      max_bytes_(max_bytes),
+      pipe_(std::make_unique<PipelinedWriter>(fd, 0, &hash_, "cannot write image upload")),
+      options_(std::move(options)) {}
 
 ImageUpload::~ImageUpload() { Abort(); }
 
 void ImageUpload::Abort() {
+  pipe_.reset();  // its threads use fd_
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
@@ -62,17 +68,21 @@ Status ImageUpload::Append(std::string_view chunk) {
     return Status(Code::kResourceExhausted,
                   "image upload exceeds the limit of " + std::to_string(max_bytes_) + " bytes", "image");
   }
-  if (Status st = WriteAll(fd_, chunk, "cannot write image upload"); !st.ok()) {
+  if (Status st = pipe_->Append(chunk); !st.ok()) {
     Abort();
     return st;
   }
-  hash_.Update(chunk);
   written_ += chunk.size();
   return Status::Ok();
 }
 
 Result<ImageRecord> ImageUpload::Commit() {
   if (done_) return Status::FailedPrecondition("image upload is already finished or aborted");
+  if (Status st = pipe_->Flush(); !st.ok()) {
+    Abort();
+    return st;
+  }
+  pipe_.reset();
   // World-readable regardless of umask: QEMU (libvirt-qemu) opens it.
   if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
     int e = errno;

@@ -27,6 +27,7 @@
 #include "common/sha256.h"
 #include "common/status.h"
 #include "images/image_format.h"
+#include "images/pipelined_writer.h"
 
 namespace berth::images {
 
@@ -81,6 +82,7 @@ class ImageUpload {
   uint64_t max_bytes_;
   uint64_t written_ = 0;
   Sha256 hash_;
+  std::unique_ptr<PipelinedWriter> pipe_;  // writes fd_ and updates hash_ off the caller's thread
   InspectOptions options_;
   bool done_ = false;  // committed or aborted
 };

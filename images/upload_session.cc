@@ -75,7 +75,13 @@ Result<std::string> ParseSha256Digest(const std::string& digest) {
 // -------------------------------------------------------------- SessionWriter
 
 SessionWriter::SessionWriter(UploadSessions* owner, std::shared_ptr<Live> live, int fd, uint64_t offset)
-    : owner_(owner), live_(std::move(live)), fd_(fd), offset_(offset) {}
+    : owner_(owner), live_(std::move(live)), fd_(fd), offset_(offset), start_offset_(offset) {
+  // The session holds its hash only while the hash covers exactly the bytes before this writer's first.
+  hashing_ = live_->hash_valid && live_->hashed == offset;
+  if (!hashing_) live_->hash_valid = false;
+  pipe_ = std::make_unique<PipelinedWriter>(fd_, offset, hashing_ ? live_->hash.get() : nullptr,
+                                            "cannot write upload session");
+}
 
 SessionWriter::~SessionWriter() { (void)Close(); }
 
@@ -85,17 +91,11 @@ Status SessionWriter::Append(std::string_view chunk) {
     return Status(Code::kResourceExhausted,
                   "image upload exceeds the limit of " + std::to_string(owner_->max_bytes_) + " bytes", "image");
   }
-  if (Status st = WriteAll(fd_, chunk, "cannot write upload session"); !st.ok()) {
-    // Part of the chunk may be on disk: the hash no longer matches the .part.
+  if (Status st = pipe_->Append(chunk); !st.ok()) {
+    // Part of what was appended may be on disk: the hash no longer matches the .part.
     live_->hash_valid = false;
     failed_ = true;
     return st;
-  }
-  if (live_->hash_valid && live_->hashed == offset_) {
-    live_->hash->Update(chunk);
-    live_->hashed += chunk.size();
-  } else {
-    live_->hash_valid = false;
   }
   offset_ += chunk.size();
   return Status::Ok();
@@ -103,8 +103,14 @@ Status SessionWriter::Append(std::string_view chunk) {
 
 Result<uint64_t> SessionWriter::Close() {
   if (fd_ < 0) return offset_;
-  Status st = Status::Ok();
-  if (::fsync(fd_) != 0) st = StoreWriteError("cannot flush upload session", errno);
+  Status st = pipe_->Flush();
+  if (st.ok() && hashing_) {
+    live_->hashed = start_offset_ + pipe_->appended();
+  } else {
+    live_->hash_valid = false;
+  }
+  pipe_.reset();
+  if (::fsync(fd_) != 0 && st.ok()) st = StoreWriteError("cannot flush upload session", errno);
   struct stat sb;
   if (::fstat(fd_, &sb) == 0) {
     // What is on disk is the offset, whatever this writer believes.

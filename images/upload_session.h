@@ -32,6 +32,7 @@
 #include "common/status.h"
 #include "images/image_format.h"
 #include "images/image_store.h"
+#include "images/pipelined_writer.h"
 
 namespace berth::images {
 
@@ -69,7 +70,10 @@ class SessionWriter {
   std::shared_ptr<Live> live_;
   int fd_;
   uint64_t offset_;
+  const uint64_t start_offset_;
+  bool hashing_ = false;  // pipe_ updates the session's hash (it covered exactly the .part at the start)
   bool failed_ = false;
+  std::unique_ptr<PipelinedWriter> pipe_;  // writes fd_ (and hashes) off the caller's thread
 };
 
 class UploadSessions {

@@ -112,7 +112,7 @@ NodeConfig Cluster::ConfigFor(const NodeSpec& spec) const {
 }
 
 Result<std::unique_ptr<Node>> Cluster::Connect(const NodeSpec& spec, const NodeConfig& config) {
-  auto hv = hv::ConnectLibvirt(spec.uri);
+  auto hv = options_.connect(spec.uri);
   if (!hv.ok()) {
     return Status::FailedPrecondition("cannot reach libvirt at " + spec.uri + ": " + hv.status().message(), "uri");
   }
@@ -126,7 +126,7 @@ Result<std::unique_ptr<Node>> Cluster::Connect(const NodeSpec& spec, const NodeC
 void Cluster::PushToScheduler(const Entry& e) {
   sched::NodeResources r;
   r.name = e.spec.name;
-  r.state = e.down ? sched::NodeState::kDown
+  r.state = e.down || e.suspect ? sched::NodeState::kDown
             : e.admin_state == "cordoned" ? sched::NodeState::kCordoned
             : e.admin_state == "draining" ? sched::NodeState::kDraining
                                           : sched::NodeState::kUp;
@@ -171,7 +171,7 @@ Result<Node*> Cluster::AddLocal(const NodeConfig& config) {
       }
     }
   }
-  auto hv = hv::ConnectLibvirt(config.uri);
+  auto hv = options_.connect(config.uri);
   if (!hv.ok()) return hv.status();
   auto node = std::make_unique<Node>(env_, config, std::move(*hv));
   BERTH_RETURN_IF_ERROR(node->Prepare(runtime_).WithContext("preparing node " + config.name));
@@ -303,7 +303,10 @@ Result<Node*> Cluster::ClaimOnAlternate(const std::string& claim_id, uint32_t vc
     const std::string name = alternates->front();
     alternates->erase(alternates->begin());
     auto it = nodes_.find(name);
-    if (it == nodes_.end() || !it->second.node || it->second.down || it->second.admin_state != "up") continue;
+    if (it == nodes_.end() || !it->second.node || it->second.down || it->second.suspect ||
+        it->second.admin_state != "up") {
+      continue;
+    }
     auto report = scheduler_.Report(name);
     if (!report.ok() || report->free.vcpus < vcpus || report->free.memory_mib < memory_mib) continue;
     BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(name, claim_id, sched::Resources{vcpus, memory_mib, 0}));
@@ -377,12 +380,12 @@ void Cluster::ReleaseAllClaims() {
 }
 
 void Cluster::RefreshLocality(const std::string& name) {
-  Node* node = nullptr;
+  std::shared_ptr<Node> node;  // kept alive through the libvirt calls below
   {
     std::lock_guard lock(mu_);
     auto it = nodes_.find(name);
     if (it == nodes_.end() || !it->second.node || it->second.down) return;
-    node = it->second.node.get();
+    node = it->second.node;
   }
   // Read outside the lock (libvirt calls), as the monitor's health check does.
   auto volumes = node->hypervisor().ListVolumes(node->config().pool);
@@ -393,7 +396,7 @@ void Cluster::RefreshLocality(const std::string& name) {
   if (!volumes.ok()) return;
   std::lock_guard lock(mu_);
   auto it = nodes_.find(name);
-  if (it == nodes_.end() || it->second.node.get() != node) return;
+  if (it == nodes_.end() || it->second.node != node) return;  // removed or replaced meanwhile
   std::set<std::string> images = CachedImageDigests(*volumes);
   if (images == it->second.cached_images && templates == it->second.template_keys) return;
   it->second.cached_images = std::move(images);
@@ -418,6 +421,22 @@ Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, ui
   return Status::Ok();
 }
 
+int Cluster::ReleaseClaimsOn(const std::string& node, const std::function<bool(const std::string&)>& keep) {
+  auto claims = store_->ListClaims();
+  if (!claims.ok()) {
+    spdlog::warn("listing claims: {}", claims.status().ToString());
+    return 0;
+  }
+  int released = 0;
+  for (const auto& c : *claims) {
+    if (c.node != node || keep(c.id)) continue;
+    spdlog::warn("releasing stale claim {} on node {}", c.id, c.node);
+    Release(c.id);
+    ++released;
+  }
+  return released;
+}
+
 int Cluster::ReleaseClaimsExcept(const std::set<std::string>& keep) {
   auto claims = store_->ListClaims();
   if (!claims.ok()) {
@@ -432,6 +451,15 @@ int Cluster::ReleaseClaimsExcept(const std::set<std::string>& keep) {
     ++released;
   }
   return released;
+}
+
+void Cluster::ReportUnreachable(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end() || it->second.suspect || it->second.down) return;
+  it->second.suspect = true;
+  PushToScheduler(it->second);
+  spdlog::warn("node {} did not answer; no new work goes there until it does", name);
 }
 
 Node* Cluster::Get(const std::string& name) {
@@ -493,6 +521,11 @@ void Cluster::SetNodeListener(std::function<void(const std::string&, bool)> list
   listener_ = std::move(listener);
 }
 
+void Cluster::SetReconcileHook(std::function<Status(Node&)> hook) {
+  std::lock_guard lock(mu_);
+  reconcile_hook_ = std::move(hook);
+}
+
 void Cluster::StartMonitor() {
   if (monitor_.joinable()) return;
   monitor_ = std::thread([this] { MonitorLoop(); });
@@ -520,65 +553,92 @@ void Cluster::MonitorLoop() {
       std::lock_guard lock(mu_);
       for (const auto& [name, e] : nodes_) names.push_back({name, e.spec});
     }
-    for (const auto& [name, spec] : names) {
-      Node* node = nullptr;
-      {
-        std::lock_guard lock(mu_);
-        auto it = nodes_.find(name);
-        if (it == nodes_.end()) continue;
-        node = it->second.node.get();
-      }
-      Status health = Status::Unavailable("never connected");
-      std::unique_ptr<Node> fresh;
-      if (node) {
-        health = node->hypervisor().GetNodeInfo().status();
-      } else {
-        auto connected = Connect(spec, ConfigFor(spec));
-        if (connected.ok()) {
-          fresh = std::move(*connected);
-          health = Status::Ok();
-        } else {
-          health = connected.status();
-        }
-      }
-      std::function<void(const std::string&, bool)> notify;
-      bool changed_to = false, changed = false;
-      {
-        std::lock_guard lock(mu_);
-        auto it = nodes_.find(name);
-        if (it == nodes_.end()) continue;
-        Entry& e = it->second;
-        if (fresh) e.node = std::move(fresh);
-        const int64_t now = env_->MonotonicMs();
-        if (health.ok()) {
-          e.last_ok_ms = now;
-          e.last_error.clear();
-          if (e.down) {
-            e.down = false;
-            changed = true;
-            changed_to = true;
-          }
-        } else {
-          e.last_error = health.message();
-          if (!e.down && now - e.last_ok_ms >= options_.down_after_ms) {
-            e.down = true;
-            changed = true;
-            changed_to = false;
-          }
-        }
-        if (changed) {
-          PushToScheduler(e);
-          notify = listener_;
-        }
-      }
-      if (changed) {
-        spdlog::warn("node {} is {}{}", name, changed_to ? "up again" : "down: ",
-                     changed_to ? "" : health.message());
-        if (notify) notify(name, changed_to);
-      }
-      if (health.ok()) RefreshLocality(name);
+    for (const auto& [name, spec] : names) CheckNode(name, spec);
+  }
+}
+
+void Cluster::CheckNode(const std::string& name, const NodeSpec& spec) {
+  // libvirt is called outside mu_: `node` keeps the Node alive should it be
+  // removed meanwhile, and results only apply to the entry they were read for.
+  std::shared_ptr<Node> node;
+  bool was_down = false;
+  std::function<Status(Node&)> reconcile;
+  {
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(name);
+    if (it == nodes_.end()) return;
+    node = it->second.node;
+    // A suspect node's executions may have ended lost without it being down.
+    was_down = it->second.down || it->second.suspect;
+    reconcile = reconcile_hook_;
+  }
+  Status health = Status::Unavailable("never connected");
+  std::shared_ptr<Node> fresh;
+  if (node) {
+    health = node->hypervisor().GetNodeInfo().status();
+  } else {
+    auto connected = Connect(spec, ConfigFor(spec));
+    if (connected.ok()) {
+      fresh = std::move(*connected);
+      health = Status::Ok();
+    } else {
+      health = connected.status();
     }
   }
+  std::shared_ptr<Node> checked = node ? node : fresh;
+  // A node that answers again is reconciled while still down: it takes no
+  // new work before what it holds of ended executions is gone.
+  if (health.ok() && was_down && reconcile && checked) {
+    if (Status s = reconcile(*checked); !s.ok()) {
+      health = Status::Unavailable("answers again, but reconciling it failed: " + s.message());
+    } else {
+      spdlog::info("node {} reconciled", name);
+    }
+  }
+  std::function<void(const std::string&, bool)> notify;
+  bool changed_to = false, changed = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(name);
+    if (it == nodes_.end()) return;
+    Entry& e = it->second;
+    if (fresh) {
+      if (e.node || e.spec.uri != spec.uri) return;  // connected or re-registered meanwhile
+      e.node = fresh;
+    } else if (e.node != node) {
+      return;  // removed and registered again meanwhile: this answer is not about it
+    }
+    const int64_t now = env_->MonotonicMs();
+    if (health.ok()) {
+      e.last_ok_ms = now;
+      e.last_error.clear();
+      if (e.suspect) {
+        e.suspect = false;
+        if (!e.down) PushToScheduler(e);
+      }
+      if (e.down) {
+        e.down = false;
+        changed = true;
+        changed_to = true;
+      }
+    } else {
+      e.last_error = health.message();
+      if (!e.down && now - e.last_ok_ms >= options_.down_after_ms) {
+        e.down = true;
+        changed = true;
+        changed_to = false;
+      }
+    }
+    if (changed) {
+      PushToScheduler(e);
+      notify = listener_;
+    }
+  }
+  if (changed) {
+    spdlog::warn("node {} is {}{}", name, changed_to ? "up again" : "down: ", changed_to ? "" : health.message());
+    if (notify) notify(name, changed_to);
+  }
+  if (health.ok()) RefreshLocality(name);
 }
 
 }  // namespace berth::manager

@@ -70,6 +70,8 @@ struct ClusterOptions {
   int64_t monitor_interval_ms = 2000;
   int64_t down_after_ms = 6000;  // no answer for this long: down
   sched::Policy policy;
+  // How a node's libvirt is reached (unit tests put a fake hypervisor here).
+  std::function<Result<std::unique_ptr<hv::Hypervisor>>(const std::string& uri)> connect = hv::ConnectLibvirt;
 };
 
 class Cluster {
@@ -115,12 +117,17 @@ class Cluster {
   Result<Node*> ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                                  std::vector<std::string>* alternates);
   // Re-reads which images and templates a node holds (the monitor does this
-  // every round for nodes that answer).
+  // every round for nodes that answer). Calls libvirt outside the cluster
+  // lock; a node removed (or replaced) meanwhile is left alone.
   void RefreshLocality(const std::string& name);
   // Releases a claim (idempotent).
   void Release(const std::string& claim_id);
   // Drops claims of executions that are not live (after a restart).
   void ReleaseAllClaims();
+  // Releases the claims held on `node` whose id `keep` rejects (a node that
+  // comes back: claims of executions that ended while it was down); returns
+  // how many went.
+  int ReleaseClaimsOn(const std::string& node, const std::function<bool(const std::string& claim_id)>& keep);
   // Reconciliation: re-installs the claim of an adopted execution on `node`
   // (no filter: its VM exists, so it counts even over capacity or on a node
   // that is not up) and keeps its row in the store. NotFound for an unknown node.
@@ -128,6 +135,12 @@ class Cluster {
   // Reconciliation: releases every claim (store and scheduler) whose id is
   // not in `keep`; returns how many went.
   int ReleaseClaimsExcept(const std::set<std::string>& keep);
+
+  // Someone saw libvirt on `name` stop answering (an execution's channel
+  // broke and the node did not answer): it takes no new work until the
+  // monitor's next health check there succeeds. Whether it is down (and its
+  // executions lost) is still the monitor's call, after --node-down-after-ms.
+  void ReportUnreachable(const std::string& name);
 
   Node* Get(const std::string& name);
   Node* local() { return local_; }
@@ -138,15 +151,23 @@ class Cluster {
 
   // Called (from the monitor thread) when a node goes down or comes back.
   void SetNodeListener(std::function<void(const std::string& node, bool up)> listener);
+  // Called (from the monitor thread) for a down (or ReportUnreachable) node
+  // that answers again, while it still takes no work: it does only after this returns Ok
+  // (otherwise it stays down, last_error says why, and the next round tries
+  // again). The listener's "up" call follows.
+  void SetReconcileHook(std::function<Status(Node& node)> hook);
   void StartMonitor();
   void StopMonitor();
 
  private:
   struct Entry {
     NodeSpec spec;
-    std::unique_ptr<Node> node;  // null while never connected
+    // Null while never connected. Shared so that a libvirt call made outside
+    // mu_ (health check, locality) keeps the Node alive if it is removed meanwhile.
+    std::shared_ptr<Node> node;
     std::string admin_state = "up";  // up | cordoned | draining
     bool down = false;
+    bool suspect = false;  // ReportUnreachable: no new work until it answers again
     int64_t last_ok_ms = 0;
     std::string last_error;
     std::set<std::string> cached_images, template_keys;  // locality, for the scheduler
@@ -157,6 +178,9 @@ class Cluster {
   Status Persist(const Entry& e);
   NodeView ViewOf(const Entry& e);
   void MonitorLoop();
+  // One monitor round for one node: health check (or first connection),
+  // down/up transitions, reconcile before up, locality.
+  void CheckNode(const std::string& name, const NodeSpec& spec);
 
   Env* env_;
   Store* store_;
@@ -169,6 +193,7 @@ class Cluster {
   NodeConfig local_config_;
   sched::Scheduler scheduler_;
   std::function<void(const std::string&, bool)> listener_;
+  std::function<Status(Node&)> reconcile_hook_;
   std::thread monitor_;
   std::mutex monitor_mu_;
   std::condition_variable monitor_cv_;

@@ -14,12 +14,16 @@
 // ({"args","env","stdin"}) with content type kInvokeContentType, which the
 // runner unpacks instead of passing it on stdin.
 //
-// Lifecycle events: each execution that Service::Invoke ran publishes, in its
-// tenant, an event on "_system.execution.finished" (ended "succeeded") or
+// Lifecycle events: each execution that Service::Invoke ran, and each process
+// that exec or fork started (POST /v1/procs, /v1/procs/{pid}/fork), publishes,
+// in its tenant, an event on "_system.execution.finished" (ended "succeeded") or
 // "_system.execution.failed" (any other end) with JSON payload
 // {"execution_id","function","status","exit_code","signal","error_code",
 //  "error","duration_ms","pid"}. Executions started for an event of a
-// "_system." topic publish none, so a trigger on them cannot loop.
+// "_system." topic publish none, so a trigger on them cannot loop. The
+// event is queued for the event log's next group commit without waiting for
+// it (EventLog::PublishSystemDetached): an answer never waits for its fsync,
+// and it is still committed before any write the caller makes afterwards.
 //
 // Every per-tenant method acts within caller.tenant only; another tenant's
 // objects are NotFound. All methods are thread-safe.

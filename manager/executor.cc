@@ -8,8 +8,10 @@
 
 #include "common/ids.h"
 #include "hypervisor/agent_client.h"
+#include "hypervisor/domain_xml.h"
 #include "manager/metrics.h"
 #include "manager/templates.h"
+#include "net/names.h"
 
 namespace berth::manager {
 namespace {
@@ -18,6 +20,27 @@ std::string Tail(const std::string& s, size_t n) { return s.size() > n ? s.subst
 
 constexpr int64_t kForever = int64_t{10} * 365 * 24 * 3600 * 1000;  // "no limit" for host-side waits
 constexpr int64_t kDomainPollMs = 250;
+
+// A disk-boot guest has no agent to report its lease: libvirt's view of
+// what dnsmasq leased to the domain's NICs goes on the record (and, through
+// `publish`, into the domain's metadata) once there is any.
+void RecordLeasedAddresses(Node& node, Store* store, ExecutionRecord& ex, const std::function<void()>& publish) {
+  auto leased = node.hypervisor().GetDomainInterfaceAddresses(ex.domain);
+  if (!leased.ok() || leased->empty()) return;
+  for (const hv::InterfaceAddress& a : *leased) {
+    if (!a.ip.empty()) ex.addresses.push_back(a.ip);
+  }
+  if (ex.addresses.empty()) return;
+  spdlog::info("execution {}: leased {}", ex.id, ex.addresses.front());
+  if (Status s = store->UpdateExecution(ex); !s.ok()) spdlog::warn("recording the address of {}: {}", ex.id, s.ToString());
+  publish();
+}
+
+// A command whose agent channel broke: it went with its node when libvirt
+// there no longer answers (the monitor marks the node down a little later).
+bool ChannelBrokeWithNode(ExecState to, const std::string& error_code, Node& node) {
+  return to == ExecState::kError && error_code == "agent_failed" && !node.hypervisor().GetNodeInfo().ok();
+}
 
 }  // namespace
 
@@ -49,8 +72,10 @@ Executor::Executor(Env* env, Store* store, ExecutorOptions options)
   WarmPoolOptions pool_options;
   pool_options.kernel_cmdline = options_.kernel_cmdline;
   pool_options.boot_timeout_ms = options_.boot_timeout_ms;
-  pools_ = std::make_unique<WarmPools>(env_, pool_options);
   networks_ = std::make_unique<Networks>(options_.networks);
+  pool_options.networks = networks_.get();
+  pool_options.dhcp_timeout_ms = options_.dhcp_timeout_ms;
+  pools_ = std::make_unique<WarmPools>(env_, pool_options);
 }
 
 Executor::~Executor() {
@@ -60,7 +85,8 @@ Executor::~Executor() {
 
 void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
                                const FunctionRecord* previous) {
-  if (TemplateCache* cache = node.templates(); cache && previous && previous->version != fn.version) {
+  if (TemplateCache* cache = node.templates();
+      cache && previous && (previous->version != fn.version || previous->spec.network != fn.spec.network)) {
     images::ImageRecord old_image;
     old_image.id = previous->spec.image;
     const std::string old_key = cache->KeyFor(*previous, old_image);
@@ -68,12 +94,8 @@ void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const image
       spdlog::warn("deleting the template of {} v{}: {}", previous->spec.name, previous->version, s.ToString());
     }
   }
-  if (fn.spec.network != "none") {
-    // Networked functions start cold for now: a pooled VM or template clone
-    // would carry another VM's MAC and lease (see docs/ARCHITECTURE.md).
-    pools_->Remove(fn.tenant, fn.spec.name);
-    return;
-  }
+  // Networked functions too: every pooled VM and template clone gets a MAC
+  // and lease of its own (see WarmPools::MakeVm, TemplateCache::StartClone).
   pools_->Configure(node, fn, image);
 }
 
@@ -115,7 +137,9 @@ void Executor::Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRe
     Metrics::Global().ObservePhase("cleanup", static_cast<double>(ex.timings.cleanup_ms) / 1000.0);
     if (Status s = store_->UpdateExecution(ex); !s.ok()) spdlog::warn("recording cleanup of {}: {}", ex.id, s.ToString());
   };
-  if (!options_.async_cleanup) {
+  // Nothing to remove (the VM went back to its pool): the claim goes now, so
+  // the caller's next request finds the capacity it just gave back.
+  if (!options_.async_cleanup || teardown->done()) {
     run();
     return;
   }
@@ -210,6 +234,7 @@ Result<ExecutionRecord> Executor::Run(Node& node, const FunctionRecord& fn, cons
   BERTH_ASSIGN_OR_RETURN(launch.spec.network, FunctionNetworkPolicy(fn.spec));
   launch.ppid = request.ppid;
   launch.id = request.id;
+  launch.queued_ms = request.queued_ms;
   ExecutionRecord ex;
   BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
   ex = Execute(node, launch, std::move(ex), live);
@@ -222,7 +247,8 @@ Result<ExecutionRecord> Executor::Start(Node& node, Launch launch) {
   BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
   ExecutionRecord first = ex;
   Background([this, &node, launch = std::move(launch), ex = std::move(ex), live]() mutable {
-    Execute(node, launch, std::move(ex), live);
+    ExecutionRecord ended = Execute(node, launch, std::move(ex), live);
+    if (started_end_hook_ && ended.state != ExecState::kPending) started_end_hook_(ended);
   });
   return first;
 }
@@ -257,12 +283,31 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   const int64_t t0 = env_->MonotonicMs();
   const int64_t created_unix = ex.created_ms;
   const bool disk_boot = launch.spec.boot == BootMode::kDisk;
-  // A NIC on the tenant network (issue 8); such runs skip warm pools and
-  // templates (their VMs would share a MAC and a lease).
+  // A NIC on the tenant network (issue 8). Every VM gets its own MAC: warm
+  // pool VMs and template clones theirs when made, live-forked children a
+  // fresh one; the agent applies it and gets a lease (NetUp) after restores.
   const bool networked = launch.spec.network.mode != net::NetworkMode::kNone;
   const std::string overlay = OverlayVolumeName(ex.id);
   std::string console = ConsoleLogVolumeName(ex.domain);
   auto cleanup = std::make_shared<ExecutionTeardown>(node, ex.domain, overlay, console, SeedVolumeName(ex.id));
+  std::optional<NetAttachment> attachment;  // the NIC this execution holds
+  auto attach = [&]() -> Status {
+    BERTH_ASSIGN_OR_RETURN(NetAttachment a, networks_->Acquire(node.hypervisor(), node.name(), ex.tenant,
+                                                               launch.spec.network));
+    cleanup->OnDestroyed([this, &node, a] { networks_->Release(node.hypervisor(), a); });
+    attachment = a;
+    ex.mac = a.nic.mac;
+    return Status::Ok();
+  };
+  // The guest's addresses into the domain's metadata (virsh dumpxml shows them).
+  auto publish_addresses = [&] {
+    hv::DomainMetadata md{ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
+    md.network = net::NetworkModeName(launch.spec.network.mode);
+    md.addresses = ex.addresses;
+    if (Status s = node.hypervisor().SetDomainMetadata(ex.domain, md); !s.ok()) {
+      spdlog::warn("execution {}: recording its address in the domain metadata: {}", ex.id, s.ToString());
+    }
+  };
   auto kill_signal = [&] {
     std::lock_guard lock(live->mu);
     return live->kill_signal;
@@ -287,6 +332,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
       std::lock_guard lock(live->mu);
       lost = live->lost;
     }
+    if (!lost && kill_signal() == 0 && ChannelBrokeWithNode(to, error_code, node)) lost = true;
     if (lost) {
       to = ExecState::kLost;
       error_code = "node_lost";
@@ -343,7 +389,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   }
   std::unique_ptr<hv::AgentClient> agent;
   std::optional<PooledVm> warm;
-  if (fn && launch.live_fork_of.empty() && !networked) warm = pools_->Take(node, *fn, launch.image);
+  if (fn && launch.live_fork_of.empty()) warm = pools_->Take(node, *fn, launch.image);
   if (warm) {
     // The pooled VM already holds its overlay, console log and capacity.
     ex.domain = warm->domain;
@@ -353,6 +399,12 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     cleanup->mark_started();
     cleanup->reserved(warm->vcpus, warm->memory_mib);
     agent = std::move(warm->agent);
+    if (warm->network) {  // its own MAC and lease, got when the pool made it
+      cleanup->OnDestroyed([this, &node, a = *warm->network] { networks_->Release(node.hypervisor(), a); });
+      attachment = warm->network;
+      ex.mac = warm->network->nic.mac;
+      ex.addresses = warm->addresses;
+    }
     std::lock_guard lock(live->mu);
     live->domain = warm->domain;
     live->overlay = warm->overlay_volume;
@@ -360,7 +412,8 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   }
 
   // Place: capacity on the node.
-  ex.timings.queue_ms = env_->NowUnixMs() - created_unix;
+  // Waiting for admission (max_instances) counts as queueing too.
+  ex.timings.queue_ms = std::max<int64_t>(launch.queued_ms, 0) + (env_->NowUnixMs() - created_unix);
   if (!advance(ExecState::kPlacing)) return finish(ExecState::kError, "store_failed", "could not record placing");
   if (!warm) {
     Status reserved = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib);
@@ -416,6 +469,14 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
                       std::to_string(req.parent_pid) + ")";
     req.child.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
     req.child.console_log_path = node.config().log_dir + "/" + console;
+    if (networked) {
+      // Not the parent's MAC: a NIC of its own, applied with a lease below.
+      if (Status s = attach(); !s.ok()) return finish(ExecState::kError, "network_unavailable", s.message());
+      req.child.nics = {attachment->nic};
+      req.child.metadata.network = net::NetworkModeName(launch.spec.network.mode);
+      req.net_up_mac = attachment->nic.mac;
+      req.net_up_timeout_ms = options_.dhcp_timeout_ms;
+    }
     req.child_overlay_volume = overlay;
     cleanup->mark_overlay_created();
     cleanup->mark_started();
@@ -425,6 +486,10 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     ex.timings.prepare_ms = env_->MonotonicMs() - t0;
     if (!forked.ok()) return finish(ExecState::kError, "fork_failed", forked.status().message());
     agent = std::move(forked->agent);
+    if (forked->lease) {
+      ex.addresses = {forked->lease->ip};
+      publish_addresses();
+    }
     ex.timings.boot_ms = env_->MonotonicMs() - b0;
     ex.timings.start = "fork";
     ex.timings.booted_at = ex.timings.agent_ready_at = env_->NowUnixMs();
@@ -472,19 +537,17 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   spec.console_log_path = node.config().log_dir + "/" + console;
   spec.metadata = {ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, launch.image.id, ex.created_ms};
   if (networked) {
-    auto attached = networks_->Acquire(node.hypervisor(), node.name(), ex.tenant, launch.spec.network);
-    if (!attached.ok()) return finish(ExecState::kError, "network_unavailable", attached.status().message());
-    cleanup->OnDestroyed([this, &node, a = *attached] { networks_->Release(node.hypervisor(), a); });
-    spec.nics.push_back(attached->nic);
+    if (Status s = attach(); !s.ok()) return finish(ExecState::kError, "network_unavailable", s.message());
+    spec.nics.push_back(attachment->nic);
     spec.metadata.network = net::NetworkModeName(launch.spec.network.mode);
-    ex.mac = attached->nic.mac;
   }
-  if (TemplateCache* cache = fn && fn->spec.snapshot && !networked ? node.templates() : nullptr) {
+  if (TemplateCache* cache = fn && fn->spec.snapshot ? node.templates() : nullptr) {
     const std::string key = cache->KeyFor(*fn, launch.image);
     if (!cache->Lookup(key).ok()) {
       pools_->EnsureTemplate(node, *fn, launch.image);  // this call boots; later ones restore
     } else {
       CloneRequest req{spec.name, "", spec.title, spec.metadata, ovl->path, spec.console_log_path};
+      req.nics = spec.nics;  // the clone's own MAC (the agent applies it at NetUp below)
       cleanup->mark_started();
       auto clone = cache->StartClone(key, req);
       if (clone.ok()) {
@@ -527,6 +590,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     if (!advance(ExecState::kRunning)) return finish(ExecState::kError, "store_failed", "could not record running");
     const int64_t r0 = env_->MonotonicMs();
     for (;;) {
+      if (attachment && ex.addresses.empty()) RecordLeasedAddresses(node, store_, ex, publish_addresses);
       auto state = node.hypervisor().GetDomainState(ex.domain);
       if (!state.ok() && state.status().code() == Code::kNotFound) break;  // transient domain gone: powered off
       if (state.ok() && (state->state == hv::DomainRunState::kShutoff || state->state == hv::DomainRunState::kCrashed)) {
@@ -555,24 +619,28 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     const char* code = hello.status().code() == Code::kDeadlineExceeded ? "boot_timeout" : "agent_unreachable";
     return finish(ExecState::kError, code, hello.status().message());
   }
-  if (networked) {
-    // The guest asks libvirt's dnsmasq for a lease; its address goes into
-    // the record and the domain's metadata. Counted as boot time.
-    const int64_t n0 = env_->MonotonicMs();
-    auto lease = agent->NetUp(ex.mac, options_.dhcp_timeout_ms);
-    if (!lease.ok()) return finish(ExecState::kError, "network_unavailable", "guest network: " + lease.status().message());
-    spdlog::info("execution {}: {} {}/{} via {} after {} ms (in the guest {} ms)", ex.id, lease->interface, lease->ip,
-                 lease->prefix_length, lease->gateway, env_->MonotonicMs() - n0, lease->took_ms);
-    ex.addresses = {lease->ip};
-    spec.metadata.addresses = ex.addresses;
-    if (Status s = node.hypervisor().SetDomainMetadata(ex.domain, spec.metadata); !s.ok()) {
-      spdlog::warn("execution {}: recording its address in the domain metadata: {}", ex.id, s.ToString());
-    }
-  }
   ex.timings.boot_ms = env_->MonotonicMs() - b0;
   ex.timings.agent_ready_at = env_->NowUnixMs();
   }  // cold boot
   }  // not warm
+  if (attachment && ex.addresses.empty()) {
+    // Cold boot, template clone or live fork: the guest asks libvirt's
+    // dnsmasq for a lease (a restored guest first takes its own MAC); its
+    // address goes into the record and the domain's metadata. Counted as
+    // boot time.
+    const int64_t n0 = env_->MonotonicMs();
+    auto lease = agent->NetUp(ex.mac, options_.dhcp_timeout_ms);
+    if (!lease.ok()) return finish(ExecState::kError, "network_unavailable", "guest network: " + lease.status().message());
+    spdlog::info("execution {}: {} {}/{} via {} after {} ms (in the guest {} ms){}", ex.id, lease->interface, lease->ip,
+                 lease->prefix_length, lease->gateway, env_->MonotonicMs() - n0, lease->took_ms,
+                 lease->previous_mac.empty() ? "" : "; MAC was " + lease->previous_mac);
+    ex.addresses = {lease->ip};
+    publish_addresses();
+    ex.timings.boot_ms += env_->MonotonicMs() - n0;
+    ex.timings.agent_ready_at = env_->NowUnixMs();
+  } else if (attachment && warm) {
+    publish_addresses();  // the pooled VM's metadata names the pool, not this execution
+  }
   Metrics::Global().CountStart(ex.timings.start);
 
   // Run.
@@ -616,7 +684,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   }
   // keep_alive: the VM of a successful run goes back to the function's pool
   // (its agent stays connected) instead of being torn down.
-  const bool reusable = fn && fn->spec.keep_alive && launch.live_fork_of.empty() && !networked && outcome.ok() &&
+  const bool reusable = fn && fn->spec.keep_alive && launch.live_fork_of.empty() && outcome.ok() &&
                         outcome->exit.error_code.empty() && !outcome->exit.timed_out && outcome->exit.signal == 0 &&
                         outcome->exit.exit_code == 0 && kill_signal() == 0;
   if (!reusable) agent->Close();
@@ -656,6 +724,8 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     vm.function_version = fn->version;
     vm.vcpus = launch.spec.vcpus;
     vm.memory_mib = launch.spec.memory_mib;
+    vm.network = attachment;  // keeps its MAC and lease (the pool releases the network with the VM)
+    vm.addresses = ex.addresses;
     if (pools_->GiveBack(node, *fn, launch.image, vm)) {
       cleanup->Disarm();  // the pool owns the VM, its volumes and its capacity now
     } else {
@@ -795,6 +865,28 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
   cleanup->mark_started();
   cleanup->mark_overlay_created();
   if (disk_boot) cleanup->mark_seed_created();
+  // Its NIC: the network references the old berthd held died with it. Taken
+  // again, so the end of this execution releases the network (not only the
+  // next sweep).
+  bool networked = false;
+  if (auto xml = node.hypervisor().GetDomainXml(ex.domain); xml.ok()) {
+    if (auto nics = hv::ParseDomainNics(*xml); nics.ok()) {
+      for (const hv::NicSpec& nic : *nics) {
+        if (nic.network.rfind(net::kNetworkNamePrefix, 0) != 0) continue;
+        NetAttachment a = networks_->Adopt(node.name(), nic);
+        cleanup->OnDestroyed([this, &node, a] { networks_->Release(node.hypervisor(), a); });
+        networked = true;
+      }
+    }
+  }
+  auto publish_addresses = [&] {
+    hv::DomainMetadata md{ex.id, ex.function, ex.tenant, ex.pid, ex.ppid, ex.image, ex.created_ms};
+    md.network = net::NetworkModeName(ex.spec.network.mode);
+    md.addresses = ex.addresses;
+    if (Status s = node.hypervisor().SetDomainMetadata(ex.domain, md); !s.ok()) {
+      spdlog::warn("execution {}: recording its address in the domain metadata: {}", ex.id, s.ToString());
+    }
+  };
   // The VM holds its memory and vCPUs: account for them like a placed one.
   if (node.Reserve(ex.spec.vcpus, ex.spec.memory_mib).ok()) cleanup->reserved(ex.spec.vcpus, ex.spec.memory_mib);
   // How long it has run already (the guest's clock goes on without us).
@@ -812,6 +904,7 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
       lost = live->lost;
       sig = live->kill_signal;
     }
+    if (!lost && sig == 0 && ChannelBrokeWithNode(to, error_code, node)) lost = true;
     if (lost) {
       to = ExecState::kLost;
       error_code = "node_lost";
@@ -850,6 +943,7 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
 
   if (disk_boot) {
     for (;;) {
+      if (networked && ex.addresses.empty()) RecordLeasedAddresses(node, store_, ex, publish_addresses);
       auto state = node.hypervisor().GetDomainState(ex.domain);
       if (!state.ok() && state.status().code() == Code::kNotFound) break;
       if (state.ok() && (state->state == hv::DomainRunState::kShutoff || state->state == hv::DomainRunState::kCrashed)) {

@@ -32,6 +32,9 @@ struct InvokeRequest {
   int64_t ppid = kInitPid;                 // parent process (1: init)
   std::string name;                        // process name ("" : the function's name)
   std::string id;                          // execution id to use ("" : a new random one)
+  // How long the call already waited for admission before it got here (the
+  // Autoscaler's queue at max_instances); counted in timings.queue_ms.
+  int64_t queued_ms = 0;
 };
 
 // Everything needed to start one process; a function run and an instance
@@ -47,6 +50,7 @@ struct Launch {
   ProcSpec spec;                         // spec.command is the full argv (entrypoint + args)
   int64_t ppid = kInitPid;
   std::string id;                        // execution id to use ("" : a new random one)
+  int64_t queued_ms = 0;                 // waited for admission already (InvokeRequest::queued_ms)
   // Live fork: the execution id of a running process on the same node whose
   // current memory and disk state this one starts from (manager/templates.h
   // LiveFork) instead of a boot; it then follows the copy of the parent's
@@ -99,6 +103,7 @@ class ExecutionTeardown {
   void OnDestroyed(std::function<void()> fn) { on_destroyed_.push_back(std::move(fn)); }
   // Hands everything over to someone else (e.g. a warm pool): Run does nothing.
   void Disarm() { done_ = true; }
+  bool done() const { return done_; }  // ran, or disarmed: nothing left to remove
   bool started() const { return started_; }
   void reserved(uint32_t vcpus, uint64_t memory_mib) {
     reserved_vcpus_ = vcpus;
@@ -151,6 +156,10 @@ class Executor {
   // Called with an execution's id once its VM and volumes are gone (the
   // cluster releases the execution's capacity claim there).
   void SetReleaseHook(std::function<void(const std::string& execution_id)> hook) { release_hook_ = std::move(hook); }
+  // Called with the final record of each execution that Start began, from
+  // its background thread once it ended (its VM may still be torn down).
+  // Set before the first Start.
+  void SetStartedEndHook(std::function<void(const ExecutionRecord&)> hook) { started_end_hook_ = std::move(hook); }
   // The node stopped answering: its live executions end "lost" (their
   // threads are unblocked; nothing is retried here).
   void MarkNodeLost(const std::string& node_name);
@@ -200,6 +209,7 @@ class Executor {
   std::condition_variable cleanup_cv_;
   int pending_cleanups_ = 0;
   std::function<void(const std::string&)> release_hook_;
+  std::function<void(const ExecutionRecord&)> started_end_hook_;
   std::mutex live_mu_;
   std::map<std::string, std::shared_ptr<Live>> live_;
   std::unique_ptr<WarmPools> pools_;

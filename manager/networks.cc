@@ -196,6 +196,7 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
 void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
   std::lock_guard lock(mu_);
   auto drop = [](std::map<std::string, int>& refs, const std::string& name) {
+    if (name.empty()) return false;  // an adopted NIC without a filter
     auto it = refs.find(name);
     if (it == refs.end()) return true;
     if (--it->second > 0) return false;
@@ -220,6 +221,18 @@ void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
       spdlog::warn("removing network {} on {}: {}", a.network, a.node, s.ToString());
     }
   }
+}
+
+NetAttachment Networks::Adopt(const std::string& node, const hv::NicSpec& nic) {
+  std::lock_guard lock(mu_);
+  NetAttachment a;
+  a.node = node;
+  a.network = nic.network;
+  a.filter = nic.filter;
+  a.nic = nic;
+  if (!a.network.empty()) ++network_refs_[node][a.network];
+  if (!a.filter.empty()) ++filter_refs_[node][a.filter];
+  return a;
 }
 
 Status Networks::Sweep(hv::Hypervisor& hv, const std::string& node) {

@@ -89,6 +89,11 @@ class Networks {
   // Drops the references Acquire took; call once the domain is gone. Errors
   // are logged (a later Sweep retries).
   void Release(hv::Hypervisor& hv, const NetAttachment& attachment);
+  // Takes references on the network and filter of `nic`, a NIC of a running
+  // domain that this berthd adopted after a restart (its references died
+  // with the old process), and returns the attachment to Release when that
+  // execution ends. No libvirt call.
+  NetAttachment Adopt(const std::string& node, const hv::NicSpec& nic);
   // Removes unused berth networks and filters on the node (see above).
   Status Sweep(hv::Hypervisor& hv, const std::string& node);
 

@@ -89,6 +89,7 @@ Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& c
   BERTH_ASSIGN_OR_RETURN(auto unfinished, store.ListUnfinishedExecutions());
   std::set<std::string> keep_claims;
   std::set<std::string> accounted;  // execution ids whose domain is handled here
+  std::vector<ExecutionRecord> lost_records;  // for on_lost, once the routine is done
   for (auto& ex : unfinished) {
     if (executor.IsLive(ex.id)) {  // started by this berthd already
       keep_claims.insert(ex.id);
@@ -131,7 +132,7 @@ Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& c
     ex.finished_ms = env->NowUnixMs();
     BERTH_RETURN_IF_ERROR(store.UpdateExecution(ex));
     report.lost.push_back(ex.id);
-    if (on_lost) on_lost(ex);
+    lost_records.push_back(ex);
   }
 
   // 4. Orphans: our domains that belong to no running record.
@@ -181,6 +182,11 @@ Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& c
   spdlog::info("reconcile: {} adopted, {} lost, {} orphan domain(s) destroyed, {} stale claim(s) released, {} volume(s) deleted",
                report.adopted.size(), report.lost.size(), report.orphans_destroyed, report.claims_released,
                report.volumes_deleted);
+  // 7. Retries: last, so that the claims and volumes of work started again
+  // are not taken for stale ones above.
+  if (on_lost) {
+    for (const auto& ex : lost_records) on_lost(ex);
+  }
   return report;
 }
 

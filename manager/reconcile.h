@@ -14,6 +14,8 @@
 //   5. claims     every claim not re-installed in 2 is released
 //   6. volumes    overlays, seeds and console logs in our pools that belong to
 //                 no live execution are deleted
+//   7. retries    on_lost sees each record ended lost in 3 (and may start
+//                 retryable work again, with its own claim)
 // It never starts or resumes a guest. Warm-pool VMs and template builds are
 // not executions: Node::Prepare already swept those (so a run that had taken
 // a warm-pool VM is not adopted; it ends lost).
@@ -39,8 +41,8 @@ struct ReconcileReport {
   int volumes_deleted = 0;
 };
 
-// `on_lost` (may be empty) sees each record ended lost, after it was
-// written, so that retryable work can be re-run elsewhere.
+// `on_lost` (may be empty) sees each record ended lost, after the whole
+// routine ran (step 7), so that retryable work can be re-run elsewhere.
 Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& cluster, Executor& executor,
                                               const std::function<void(const ExecutionRecord&)>& on_lost = {});
 

@@ -161,20 +161,24 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   svc->executor_ = std::make_unique<Executor>(env, svc->store_.get(), executor_options);
   Cluster* cluster = svc->cluster_.get();
   svc->executor_->SetReleaseHook([cluster](const std::string& id) { cluster->Release(id); });
+  // exec/fork runs end in the background: their ends reach the listener too.
+  svc->executor_->SetStartedEndHook(
+      [listener = svc->execution_listener_](const ExecutionRecord& ex) { listener->Notify(ex); });
   BERTH_RETURN_IF_ERROR(svc->cluster_->LoadRegistered());
   // Adopts what still runs, ends the rest lost, destroys orphans, releases
   // stale claims and unused volumes (manager/reconcile.h).
   BERTH_RETURN_IF_ERROR(svc->Reconcile());
   Service* raw = svc.get();
   svc->cluster_->SetNodeListener([raw](const std::string& name, bool up) {
-    if (!up) {
-      raw->executor_->MarkNodeLost(name);
-      return;
-    }
-    // Back: sweep what it holds of ended executions before it takes new work.
-    if (Node* n = raw->cluster_->Get(name)) {
-      if (Status s = raw->ReconcileNode(*n); !s.ok()) spdlog::warn("reconciling node {}: {}", name, s.ToString());
-    }
+    if (!up) raw->executor_->MarkNodeLost(name);
+  });
+  // Back: what it holds of ended executions (domains, volumes, claims) goes
+  // before it takes new work (the cluster keeps it down until this is Ok).
+  svc->cluster_->SetReconcileHook([raw](Node& n) -> Status {
+    BERTH_RETURN_IF_ERROR(raw->ReconcileNode(n));
+    Executor* executor = raw->executor_.get();
+    raw->cluster_->ReleaseClaimsOn(n.name(), [executor](const std::string& id) { return executor->IsLive(id); });
+    return Status::Ok();
   });
   svc->cluster_->StartMonitor();
   svc->StartImageGc();
@@ -211,7 +215,40 @@ Result<NodeView> Service::NodeViewOf(const std::string& name) { return cluster_-
 
 // After a restart: the ordered reconciliation of manager/reconcile.h.
 Status Service::Reconcile() {
-  BERTH_RETURN_IF_ERROR(ReconcileAfterRestart(env_, *store_, *cluster_, *executor_).status());
+  // A run of a retryable function that ended lost (its domain vanished, its
+  // node was unreachable, berthd died while starting it) runs again on a node
+  // that can take it: in the background, as its caller went with the old
+  // berthd. Event deliveries and async invocations are left to the event
+  // dispatcher, which retries every delivery a crash interrupted.
+  auto on_lost = [this](const ExecutionRecord& ex) {
+    if (ex.kind != ProcKind::kRun || ex.function.empty() || ex.spec.env.count("BERTH_DELIVERY_ID")) return;
+    auto fn = store_->GetFunction(ex.tenant, ex.function);
+    if (!fn.ok() || !fn->spec.retryable) return;
+    auto image = images_->Get(ex.image);
+    if (!image.ok()) {
+      spdlog::warn("reconcile: lost execution {} is not run again: its image {} is gone", ex.id, ex.image);
+      return;
+    }
+    Launch launch;
+    launch.tenant = ex.tenant;
+    launch.function = ex.function;
+    launch.function_version = ex.function_version;
+    launch.name = ex.name;
+    launch.kind = ex.kind;
+    launch.userdata = ex.userdata;
+    launch.image = *image;
+    launch.spec = ex.spec;
+    launch.ppid = CheckParent(ex.tenant, ex.ppid).ok() ? ex.ppid : kInitPid;
+    auto again = StartPlaced(std::move(launch), {});
+    if (again.ok()) {
+      spdlog::warn("reconcile: execution {} of retryable function {} was lost; running it again as {} (pid {}) on node {}",
+                   ex.id, ex.function, again->id, again->pid, again->node);
+    } else {
+      spdlog::warn("reconcile: lost execution {} of retryable function {} could not run again: {}", ex.id, ex.function,
+                   again.status().ToString());
+    }
+  };
+  BERTH_RETURN_IF_ERROR(ReconcileAfterRestart(env_, *store_, *cluster_, *executor_, on_lost).status());
   // Guest networks and filters no execution uses any more (an earlier
   // berthd's leftovers); those of adopted, still running domains stay.
   for (Node* n : cluster_->All()) {
@@ -387,6 +424,7 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
   constexpr int kMaxAttempts = 3;
   InvokeRequest placed_request = request;
   placed_request.id = RandomHex(16);
+  placed_request.queued_ms = ticket.queued_ms();  // in timings.queue_ms and the "queue" histogram
   BERTH_ASSIGN_OR_RETURN(auto placed, cluster_->PlaceWithAlternates(placed_request.id, fn.spec.vcpus,
                                                                     fn.spec.memory_mib, {}, hints));
   Node* node = placed.node;
@@ -396,14 +434,7 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
       cluster_->Release(placed_request.id);
       return ex;
     }
-    {
-      std::function<void(const ExecutionRecord&)> listener;
-      {
-        std::lock_guard<std::mutex> lk(listener_mu_);
-        listener = execution_listener_;
-      }
-      if (listener) listener(*ex);
-    }
+    execution_listener_->Notify(*ex);
     const bool start_failed = ex->state == ExecState::kError && IsStartFailure(ex->error_code);
     const bool lost = ex->state == ExecState::kLost;
     if (!start_failed && !lost) return ex;
@@ -421,11 +452,18 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
       continue;
     }
     // Lost with its node: run it again elsewhere when allowed and in time.
+    cluster_->ReportUnreachable(ex->node);
     const int64_t left = deadline - env_->MonotonicMs();
     if (fn.spec.retryable && attempt < kMaxAttempts && left >= fn.spec.timeout_ms) {
       InvokeRequest next = request;
       next.id = RandomHex(16);
-      auto again = cluster_->PlaceWithAlternates(next.id, fn.spec.vcpus, fn.spec.memory_mib, {}, hints);
+      // The lost node may still count as up for a few seconds: an alternate
+      // elsewhere first, then a new placement.
+      std::erase(placed.alternates, ex->node);
+      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates);
+      Result<Cluster::Placed> again =
+          alt.ok() ? Result<Cluster::Placed>(Cluster::Placed{*alt, placed.alternates})
+                   : cluster_->PlaceWithAlternates(next.id, fn.spec.vcpus, fn.spec.memory_mib, {}, hints);
       if (again.ok()) {
         spdlog::warn("execution {} of retryable function {} was lost on node {}; running it again on node {}",
                      ex->id, fn.spec.name, ex->node, again->node->name());
@@ -446,8 +484,8 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
 }
 
 void Service::SetExecutionListener(std::function<void(const ExecutionRecord&)> listener) {
-  std::lock_guard<std::mutex> lk(listener_mu_);
-  execution_listener_ = std::move(listener);
+  std::unique_lock lk(execution_listener_->mu);
+  execution_listener_->fn = std::move(listener);
 }
 
 void Service::MaybePrune() {

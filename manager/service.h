@@ -11,6 +11,7 @@
 #include <optional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -222,7 +223,9 @@ class Service {
   const ServiceConfig& config() const { return config_; }
 
   // Called with the final record each time an Invoke'd execution ends (from
-  // the invoking thread; it must not block for long). One listener; {} clears.
+  // the invoking thread) and each time a process that Exec or Fork started
+  // ends (from its background thread); it must not block for long. One
+  // listener; {} clears, after waiting for calls in progress.
   void SetExecutionListener(std::function<void(const ExecutionRecord&)> listener);
 
  private:
@@ -265,8 +268,18 @@ class Service {
   // removed while another tenant's record for it is being written.
   std::mutex image_mu_;
   std::atomic<uint64_t> started_count_{0};
-  std::mutex listener_mu_;
-  std::function<void(const ExecutionRecord&)> execution_listener_;
+  // The execution listener, shared with the executor's hook for exec/fork
+  // runs (which may end while the Service goes away). Calls hold `mu`
+  // shared, so clearing the listener waits for the calls in progress.
+  struct ExecutionListener {
+    std::shared_mutex mu;
+    std::function<void(const ExecutionRecord&)> fn;
+    void Notify(const ExecutionRecord& ex) {
+      std::shared_lock lk(mu);
+      if (fn) fn(ex);
+    }
+  };
+  std::shared_ptr<ExecutionListener> execution_listener_ = std::make_shared<ExecutionListener>();
 };
 
 }  // namespace berth::manager

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -15,7 +16,7 @@ namespace {
 using nlohmann::json;
 
 json InputsToJson(const TemplateKeyInputs& in) {
-  return json{{"tenant", in.tenant},
+  json j{{"tenant", in.tenant},
               {"function", in.function},
               {"function_version", in.function_version},
               {"image", in.image},
@@ -29,6 +30,8 @@ json InputsToJson(const TemplateKeyInputs& in) {
               {"memory_mib", in.memory_mib},
               {"cmdline", in.cmdline},
               {"format_version", in.format_version}};
+  if (!in.network.empty()) j["network"] = in.network;  // absent for none: older keys stay valid
+  return j;
 }
 
 TemplateKeyInputs InputsFromJson(const json& j) {
@@ -47,6 +50,7 @@ TemplateKeyInputs InputsFromJson(const json& j) {
   in.memory_mib = j.at("memory_mib").get<uint64_t>();
   in.cmdline = j.at("cmdline").get<std::string>();
   in.format_version = j.at("format_version").get<uint32_t>();
+  in.network = j.value("network", std::string());
   return in;
 }
 
@@ -183,6 +187,7 @@ TemplateKeyInputs TemplateCache::KeyInputsFor(const FunctionRecord& fn, const im
   in.vcpus = fn.spec.vcpus;
   in.memory_mib = fn.spec.memory_mib;
   in.cmdline = options_.kernel_cmdline;
+  if (fn.spec.network != "none") in.network = fn.spec.network;
   return in;
 }
 
@@ -264,7 +269,8 @@ Result<TemplateInfo> TemplateCache::Lookup(const std::string& key) {
   return entries_.emplace(key, std::move(entry)).first->second.info;
 }
 
-Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const images::ImageRecord& image) {
+Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const images::ImageRecord& image,
+                                           BuildNicSource nic) {
   const TemplateKeyInputs inputs = KeyInputsFor(fn, image);
   const std::string key = ComputeTemplateKey(inputs);
   std::promise<Result<TemplateInfo>> promise;
@@ -283,7 +289,7 @@ Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const image
     spdlog::warn("template {} on node {} is unusable ({}); rebuilding", key.substr(0, 16), node_.name(),
                  loaded.status().ToString());
   }
-  Result<Entry> entry = loaded.ok() ? std::move(loaded) : Build(inputs, key, fn, image);
+  Result<Entry> entry = loaded.ok() ? std::move(loaded) : Build(inputs, key, fn, image, nic);
   Result<TemplateInfo> result = entry.ok() ? Result<TemplateInfo>(entry->info) : Result<TemplateInfo>(entry.status());
   {
     std::lock_guard lock(mu_);
@@ -295,7 +301,8 @@ Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const image
 }
 
 Result<TemplateCache::Entry> TemplateCache::Build(const TemplateKeyInputs& inputs, const std::string& key,
-                                                  const FunctionRecord& fn, const images::ImageRecord& image) {
+                                                  const FunctionRecord& fn, const images::ImageRecord& image,
+                                                  const BuildNicSource& nic_source) {
   const int64_t t0 = env_->MonotonicMs();
   auto& hv = node_.hypervisor();
   const std::string domain = TemplateDomainName(key);
@@ -310,8 +317,22 @@ Result<TemplateCache::Entry> TemplateCache::Build(const TemplateKeyInputs& input
   };
   cleanup();  // leftovers of a build a crash interrupted
   log(RemoveVolumes(key), "removing an incomplete template");
-  Result<Entry> entry = BuildAndSave(inputs, key, fn, image, t0);
+  // A networked function's guest is built with its NIC (the guest never
+  // brings it up; clones get their own MAC), held until the domain is gone.
+  std::optional<BuildNic> nic;
+  if (!inputs.network.empty()) {
+    Result<BuildNic> got = nic_source ? nic_source()
+                                      : Result<BuildNic>(Status::FailedPrecondition(
+                                            "a networked function's template needs a NIC and none was given"));
+    if (!got.ok()) {
+      node_.Release(fn.spec.vcpus, fn.spec.memory_mib);
+      return got.status().WithContext("the template's NIC");
+    }
+    nic = std::move(*got);
+  }
+  Result<Entry> entry = BuildAndSave(inputs, key, fn, image, t0, nic ? &nic->nic : nullptr);
   cleanup();
+  if (nic && nic->release) nic->release();
   node_.Release(fn.spec.vcpus, fn.spec.memory_mib);
   if (!entry.ok()) {
     log(RemoveVolumes(key), "removing a failed template");
@@ -326,7 +347,7 @@ Result<TemplateCache::Entry> TemplateCache::Build(const TemplateKeyInputs& input
 
 Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs& inputs, const std::string& key,
                                                          const FunctionRecord& fn, const images::ImageRecord& image,
-                                                         int64_t t0) {
+                                                         int64_t t0, const hv::NicSpec* nic) {
   auto& hv = node_.hypervisor();
   const NodeConfig& cfg = node_.config();
   const std::string domain = TemplateDomainName(key);
@@ -355,6 +376,10 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
   spec.metadata.tenant = fn.tenant;
   spec.metadata.image = image.id;
   spec.metadata.created_unix_ms = env_->NowUnixMs();
+  if (nic) {
+    spec.nics.push_back(*nic);
+    spec.metadata.network = inputs.network;
+  }
   BERTH_RETURN_IF_ERROR(hv.StartDomain(spec));
   {
     BERTH_ASSIGN_OR_RETURN(auto channel, hv.OpenAgentChannel(domain, spec.agent_channel.name));
@@ -534,6 +559,9 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     entry = it->second;
   }
   BERTH_RETURN_IF_ERROR(CheckNodeMatches(entry));
+  if (!entry.info.inputs.network.empty() && request.nics.empty()) {
+    return Status::InvalidArgument("nics", "a clone of a networked template needs its own NIC (MAC)");
+  }
 
   hv::CloneIdentity identity;
   identity.name = request.domain;
@@ -542,6 +570,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   identity.metadata = request.metadata;
   identity.disks["vda"] = request.overlay_path;
   identity.console_log_path = request.console_log_path;
+  identity.nics = request.nics;
   BERTH_RETURN_IF_ERROR(hv::ValidateDomainMetadata(request.metadata));
   BERTH_ASSIGN_OR_RETURN(std::string xml, hv::RewriteDomainIdentity(entry.header.xml, identity));
   BERTH_ASSIGN_OR_RETURN(std::string head, hv::EncodeSaveImageHeader(entry.header, xml));
@@ -729,6 +758,7 @@ Result<LiveForkStart> LiveFork(Env* env, Node& node, const LiveForkRequest& requ
   identity.metadata = request.child.metadata;
   identity.disks["vda"] = child_overlay->path;
   identity.console_log_path = request.child.console_log_path;
+  identity.nics = request.child.nics;  // a networked parent's child: its own MAC (NetUp then applies it)
   auto xml = hv::RewriteDomainIdentity(header->xml, identity);
   if (!xml.ok()) return fail(xml.status());
   auto encoded = hv::EncodeSaveImageHeader(*header, *xml);
@@ -758,6 +788,14 @@ Result<LiveForkStart> LiveFork(Env* env, Node& node, const LiveForkRequest& requ
   auto channel = hv.OpenAgentChannel(child, hv::ChannelSpec{}.name);
   if (!channel.ok()) return fail(channel.status());
   out.agent = std::make_unique<hv::AgentClient>(std::move(*channel));
+  if (!request.net_up_mac.empty()) {
+    auto lease = out.agent->NetUp(request.net_up_mac, request.net_up_timeout_ms);
+    if (!lease.ok()) {
+      out.agent->Close();
+      return fail(lease.status().WithContext("the child's network"));
+    }
+    out.lease = std::move(*lease);
+  }
   auto hello = out.agent->Hello(options.hello_timeout_ms, request.parent_pid, request.child_execution_id);
   if (!hello.ok()) {
     out.agent->Close();

@@ -23,10 +23,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -66,6 +68,13 @@ struct TemplateKeyInputs {
   uint64_t memory_mib = 0;
   std::string cmdline;           // kernel command line
   uint32_t format_version = kTemplateFormatVersion;
+  // Networked functions (issue 8): the mode ("egress" | "isolated"); the
+  // template then has one NIC on the tenant's network, which every clone
+  // gets with its own MAC and filter (CloneRequest::nics) and brings up with
+  // a lease of its own after the restore (the agent's NetUp). "" for none,
+  // and then left out of the key's encoding, so keys of functions without a
+  // network are as before.
+  std::string network;
 };
 
 // 64 lowercase hex characters: sha256 over a canonical encoding of every field.
@@ -107,7 +116,19 @@ struct CloneRequest {
   // state (a qcow2 overlay over the same image).
   std::string overlay_path;
   std::string console_log_path;  // path on the node of the serial console log
+  // The clone's NICs, required for a networked template: one, with a fresh
+  // MAC and its filter (Networks::Acquire). The clone's guest still has the
+  // template's MAC until the host's NetUp gives it this one.
+  std::vector<hv::NicSpec> nics;
 };
+
+// The NIC of a networked function's template build guest, and how to give
+// it back once the build domain is gone (see TemplateCache::Ensure).
+struct BuildNic {
+  hv::NicSpec nic;
+  std::function<void()> release;
+};
+using BuildNicSource = std::function<Result<BuildNic>()>;
 
 // A started clone: running, and its agent answered Hello (so it has mixed
 // fresh host entropy into its RNG and set its clock).
@@ -146,7 +167,9 @@ class TemplateCache {
   // (ResourceExhausted when the node lacks the memory for the build guest,
   // DeadlineExceeded when it did not reach hello in time, ...) and leaves
   // nothing behind, and a later call tries again. Every wait is bounded.
-  Result<TemplateInfo> Ensure(const FunctionRecord& fn, const images::ImageRecord& image);
+  // A networked function's build guest gets its NIC from `nic` (called only
+  // when this call builds; FailedPrecondition without one).
+  Result<TemplateInfo> Ensure(const FunctionRecord& fn, const images::ImageRecord& image, BuildNicSource nic = {});
 
   // The template of `key` (from memory, else from the pool). NotFound if the
   // node has none or only an incomplete one (no record: its build did not
@@ -187,9 +210,9 @@ class TemplateCache {
 
   Result<Entry> LoadFromPool(const std::string& key);
   Result<Entry> Build(const TemplateKeyInputs& inputs, const std::string& key, const FunctionRecord& fn,
-                      const images::ImageRecord& image);
+                      const images::ImageRecord& image, const BuildNicSource& nic);
   Result<Entry> BuildAndSave(const TemplateKeyInputs& inputs, const std::string& key, const FunctionRecord& fn,
-                             const images::ImageRecord& image, int64_t t0);
+                             const images::ImageRecord& image, int64_t t0, const hv::NicSpec* nic);
   Status RemoveVolumes(const std::string& key);
   Status RefreshPool();
   Status CheckNodeMatches(const Entry& entry) const;
@@ -244,6 +267,11 @@ struct LiveForkRequest {
   // Created here as a copy of the parent's overlay; the caller owns it
   // afterwards, also on failure (it may exist then).
   std::string child_overlay_volume;
+  // A networked parent: the child's own MAC (child.nics), applied with a
+  // fresh lease (agent NetUp) before the Hello that tells the child's
+  // processes they were forked, so they never see the parent's address.
+  std::string net_up_mac;
+  int64_t net_up_timeout_ms = 15'000;
 };
 
 struct LiveForkStart {
@@ -254,6 +282,7 @@ struct LiveForkStart {
   int64_t disk_ms = 0;     // overlay copied
   int64_t restore_ms = 0;  // header rewritten, child restored
   int64_t hello_ms = 0;    // child restored -> agent hello
+  std::optional<agent::NetReadyMsg> lease;  // with net_up_mac: the child's lease
 };
 
 // Forks the running domain `request.parent_domain` on `node` (see above).

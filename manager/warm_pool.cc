@@ -284,6 +284,7 @@ std::optional<PooledVm> WarmPools::Take(Node& node, const FunctionRecord& fn, co
         pool.idle.pop_front();
         if (vm.function_version == fn.version) {
           out = std::move(vm);
+          if (pool.taken_at_ms == 0) pool.taken_at_ms = pool.last_call_ms;  // its refill may wait (refill_hold_ms)
           break;
         }
         doomed.push_back(std::move(vm));
@@ -358,8 +359,8 @@ void WarmPools::EnsureTemplate(Node& node, const FunctionRecord& fn, const image
   {
     std::lock_guard lock(mu_);
     if (stopping_ || !building_.insert(key).second) return;
-    Spawn([this, cache, key, fn, image] {
-      auto built = cache->Ensure(fn, image);
+    Spawn([this, cache, key, fn, image, nic = BuildNicFor(node, fn)] {
+      auto built = cache->Ensure(fn, image, nic);
       if (!built.ok()) {
         spdlog::warn("template of function {} v{} ({}): {}", fn.spec.name, fn.version, key.substr(0, 16),
                      built.status().ToString());
@@ -385,13 +386,20 @@ void WarmPools::Loop() {
         pool.active = false;
       }
       // The configured size, grown with the observed concurrency (DesiredWarm).
-      const size_t target = pool.active ? std::max(Target(spec), autoscaler_.DesiredWarm(key, ScalingPolicyOf(spec))) : 0;
+      const ScalingObservation seen = autoscaler_.Observe(key);
+      const size_t target = pool.active ? std::max(Target(spec), manager::DesiredWarm(ScalingPolicyOf(spec), seen)) : 0;
       while (pool.idle.size() > (pool.active ? KeepLimit(spec) : 0)) {
         doomed.emplace_back(pool.node, std::move(pool.idle.back()));
         pool.idle.pop_back();
       }
       // One refill at a time per pool: TCG guests share few cores.
-      if (pool.idle.size() + pool.filling < target && pool.filling == 0 && now >= pool.backoff_until_ms) {
+      // A call that just took a VM runs first: its refill waits until the
+      // function has no call in flight, or refill_hold_ms at most.
+      if (pool.idle.size() + pool.filling >= target) pool.taken_at_ms = 0;
+      const bool held =
+          pool.taken_at_ms != 0 && seen.in_flight > 0 && now - pool.taken_at_ms < options_.refill_hold_ms;
+      if (pool.idle.size() + pool.filling < target && pool.filling == 0 && now >= pool.backoff_until_ms && !held) {
+        pool.taken_at_ms = 0;
         ++pool.filling;
         Spawn([this, key, node = pool.node, fn = pool.fn, image = pool.image] { Fill(key, node, fn, image); });
       }
@@ -455,18 +463,38 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   md.created_unix_ms = env_->NowUnixMs();
   const std::string title = "berth pool " + fn.spec.name + " v" + std::to_string(fn.version) + " (tenant " +
                             fn.tenant + ")";
+  // A networked function's VM: its own NIC (fresh MAC) on the tenant
+  // network, held until the VM is destroyed, and a lease after hello.
+  BERTH_ASSIGN_OR_RETURN(net::NetworkPolicy policy, FunctionNetworkPolicy(fn.spec));
+  if (policy.mode != net::NetworkMode::kNone) {
+    if (!options_.networks) return Status::FailedPrecondition("no guest networks for a networked function's pool");
+    BERTH_ASSIGN_OR_RETURN(NetAttachment attached, options_.networks->Acquire(hv, node.name(), fn.tenant, policy));
+    teardown.OnDestroyed([this, &node, attached] { options_.networks->Release(node.hypervisor(), attached); });
+    vm.network = attached;
+    md.network = net::NetworkModeName(policy.mode);
+  }
+  auto lease = [&]() -> Status {
+    if (!vm.network) return Status::Ok();
+    auto up = vm.agent->NetUp(vm.network->nic.mac, options_.dhcp_timeout_ms);
+    if (!up.ok()) return up.status().WithContext("guest network of pooled VM " + vm.domain);
+    vm.addresses = {up->ip};
+    return Status::Ok();
+  };
   const int64_t b0 = env_->MonotonicMs();
   if (TemplateCache* cache = fn.spec.snapshot ? node.templates() : nullptr) {
-    auto tpl = cache->Ensure(fn, image);
+    auto tpl = cache->Ensure(fn, image, BuildNicFor(node, fn));
     Status why = tpl.status();
     if (tpl.ok()) {
       CloneRequest req{vm.domain, "", title, md, ovl.path, console_path};
+      if (vm.network) req.nics = {vm.network->nic};
       teardown.mark_started();
       auto clone = cache->StartClone(tpl->key, req);
       if (clone.ok()) {
         vm.agent = std::move(clone->agent);
         vm.made_by = "template";
+        BERTH_RETURN_IF_ERROR(lease());
         PrepareRootfs(vm);
+        WarmUp(vm);
         vm.boot_ms = env_->MonotonicMs() - b0;
         teardown.reserved(0, 0);  // the pool owns the reservation now
         teardown.Disarm();
@@ -491,13 +519,16 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   spec.disks.push_back({ovl.path, "qcow2", "vda", false});
   spec.console_log_path = console_path;
   spec.metadata = md;
+  if (vm.network) spec.nics.push_back(vm.network->nic);
   teardown.mark_started();
   BERTH_RETURN_IF_ERROR(hv.StartDomain(spec));
   BERTH_ASSIGN_OR_RETURN(auto channel, hv.OpenAgentChannel(spec.name, spec.agent_channel.name));
   vm.agent = std::make_unique<hv::AgentClient>(std::move(channel));
   BERTH_RETURN_IF_ERROR(vm.agent->Hello(options_.boot_timeout_ms).status());
+  BERTH_RETURN_IF_ERROR(lease());
   vm.made_by = "cold";
   PrepareRootfs(vm);
+  WarmUp(vm);
   vm.boot_ms = env_->MonotonicMs() - b0;
   teardown.reserved(0, 0);
   teardown.Disarm();
@@ -516,6 +547,21 @@ void WarmPools::PrepareRootfs(PooledVm& vm) {
   }
 }
 
+void WarmPools::WarmUp(PooledVm& vm) {
+  // /proc/self/exe in the chrooted child is the agent binary of the runtime
+  // (the agent mounts proc in the root filesystem): it prints its version and
+  // exits. Nothing of the function's image runs and nothing is written to its
+  // disk. Without /proc in the image this fails at once, which is harmless.
+  agent::ExecMsg warm;
+  warm.argv = {"/proc/self/exe", "--version"};
+  warm.timeout_ms = 10'000;
+  const int64_t w0 = env_->MonotonicMs();
+  auto done = vm.agent->Exec(warm, "", 4096, options_.boot_timeout_ms);
+  spdlog::debug("warm pool VM {}: warm-up exec {} in {} ms", vm.domain,
+                done.ok() ? (done->exit.error_code.empty() ? "ran" : done->exit.error_code) : done.status().ToString(),
+                env_->MonotonicMs() - w0);
+}
+
 void WarmPools::Destroy(Node& node, PooledVm& vm) {
   if (vm.domain.empty()) return;
   if (vm.agent) vm.agent->Close();
@@ -523,8 +569,25 @@ void WarmPools::Destroy(Node& node, PooledVm& vm) {
   teardown.mark_overlay_created();
   teardown.mark_started();
   teardown.reserved(vm.vcpus, vm.memory_mib);
+  if (vm.network && options_.networks) {
+    teardown.OnDestroyed([this, &node, a = *vm.network] { options_.networks->Release(node.hypervisor(), a); });
+  }
   teardown.Run();
+  vm.network.reset();
   vm.domain.clear();
+}
+
+BuildNicSource WarmPools::BuildNicFor(Node& node, const FunctionRecord& fn) {
+  auto policy = FunctionNetworkPolicy(fn.spec);
+  if (!options_.networks || !policy.ok() || policy->mode == net::NetworkMode::kNone) return {};
+  Networks* networks = options_.networks;
+  return [networks, &node, tenant = fn.tenant, policy = *policy]() -> Result<BuildNic> {
+    BERTH_ASSIGN_OR_RETURN(NetAttachment a, networks->Acquire(node.hypervisor(), node.name(), tenant, policy));
+    BuildNic nic;
+    nic.nic = a.nic;
+    nic.release = [networks, &node, a] { networks->Release(node.hypervisor(), a); };
+    return nic;
+  };
 }
 
 }  // namespace berth::manager

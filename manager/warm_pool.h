@@ -12,10 +12,15 @@
 // idle_timeout_ms without a call (counted from the last call or the last
 // completed refill, and never while a refill runs) it shrinks to zero,
 // min_warm included; the next call then starts
-// from the template (or cold) and wakes the pool again.
+// from the template (or cold) and wakes the pool again. A refill after a
+// take waits while the function still has calls in flight (at most
+// WarmPoolOptions::refill_hold_ms), so the call runs without a restore next
+// to it.
 //
 // Pooled VMs restore from the function's snapshot template (cold boot when
-// the function has snapshot == false or the template fails). They are named
+// the function has snapshot == false or the template fails), mount the root
+// filesystem and run the runtime's agent binary once (WarmUp) before they
+// are pooled. They are named
 // berth-pool-<function>-<short> with overlay povl-<short>.qcow2 in the node's
 // pool and console log <domain>.console.log; they are destroyed when their
 // function changes or is deleted, at shutdown, and by RemoveStalePoolVms when
@@ -34,11 +39,14 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/env.h"
 #include "hypervisor/agent_client.h"
 #include "images/image_store.h"
+#include "manager/networks.h"
 #include "manager/node.h"
+#include "manager/templates.h"
 #include "manager/types.h"
 
 namespace berth::manager {
@@ -152,6 +160,11 @@ struct PooledVm {
   uint32_t vcpus = 0;
   uint64_t memory_mib = 0;  // reserved on the node until the VM is torn down
   int64_t boot_ms = 0;      // how long making it took (domain create/restore -> hello)
+  // Networked functions (issue 8): the VM's NIC on the tenant network, with
+  // a MAC of its own (a template clone gets a fresh one), whose references
+  // are held until the VM is destroyed; and the DHCP lease it got.
+  std::optional<NetAttachment> network;
+  std::vector<std::string> addresses;
 };
 
 struct WarmPoolOptions {
@@ -159,6 +172,14 @@ struct WarmPoolOptions {
   int64_t boot_timeout_ms = 120'000;
   int64_t tick_ms = 100;             // how often pools are checked
   int64_t failure_backoff_ms = 5'000;  // after a failed refill
+  // After a call takes a VM, the refill waits while calls of that function
+  // are still running (on few cores, a restore next to a warm call slows the
+  // call down), at most this long.
+  int64_t refill_hold_ms = 2'000;
+  // Guest networks (the executor's): NICs of networked functions' pooled
+  // VMs and template builds. Null: such functions get no pool or template.
+  Networks* networks = nullptr;
+  int64_t dhcp_timeout_ms = 15'000;  // pooled VM hello -> lease
 };
 
 class WarmPools {
@@ -216,13 +237,20 @@ class WarmPools {
     bool active = false;
     int64_t last_call_ms = 0;
     int64_t backoff_until_ms = 0;
+    int64_t taken_at_ms = 0;  // first take not yet followed by a refill (0: none)
   };
 
   void Loop();
   void Fill(std::string pool_key, Node* node, FunctionRecord fn, images::ImageRecord image);
   Result<PooledVm> MakeVm(Node& node, const FunctionRecord& fn, const images::ImageRecord& image);
+  // Runs the runtime's own agent binary once in the VM (fork, chroot, exec,
+  // exit): a restored guest's TCG translations start empty, and this makes
+  // the paths every call takes warm without running anything of the image.
+  void WarmUp(PooledVm& vm);
   void Destroy(Node& node, PooledVm& vm);
   void PrepareRootfs(PooledVm& vm);
+  // The NIC of fn's template build guest (empty for functions without a network).
+  BuildNicSource BuildNicFor(Node& node, const FunctionRecord& fn);
   void Spawn(std::function<void()> fn);
   void PublishLocked(const Pool& pool);
 

@@ -2,7 +2,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <net/if_arp.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -104,6 +108,29 @@ std::string FindInterface(const std::string& mac) {
   return found;
 }
 
+// Gives `iface` the hardware address `mac` ("52:54:00:aa:bb:cc"): what a
+// restored clone needs, whose virtio-net state came with another VM's MAC.
+// virtio_net allows the change while the link is up and tells QEMU (its RX
+// filter then accepts frames for the new MAC). Returns "" or the error.
+std::string SetMac(const std::string& iface, const std::string& mac) {
+  unsigned b[6];
+  char tail = 0;
+  if (sscanf(mac.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6) {
+    return "malformed MAC " + mac;
+  }
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::string("socket: ") + strerror(errno);
+  struct ifreq ifr{};
+  snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", iface.c_str());
+  ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+  for (int i = 0; i < 6; ++i) ifr.ifr_hwaddr.sa_data[i] = static_cast<char>(b[i]);
+  int rc = ioctl(fd, SIOCSIFHWADDR, &ifr);
+  int err = errno;
+  close(fd);
+  if (rc != 0) return "setting the MAC of " + iface + " to " + mac + ": " + strerror(err);
+  return "";
+}
+
 int PrefixOf(const std::string& netmask) {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (sscanf(netmask.c_str(), "%u.%u.%u.%u", &a, &b, &c, &d) != 4) return 0;
@@ -170,16 +197,32 @@ NetReadyMsg BringUpNetwork(const NetUpMsg& req) {
   out.mac = req.mac;
   LoadNetModules();
   const int64_t t_modules = MonotonicMs();
+  // The NIC with req.mac; else (a clone, see NetUpMsg) the one NIC there is,
+  // which gets req.mac now.
   std::string iface;
-  while ((iface = FindInterface(req.mac)).empty() && MonotonicMs() < deadline) usleep(5'000);
+  while ((iface = FindInterface(req.mac)).empty() && (iface = FindInterface("")).empty() &&
+         MonotonicMs() < deadline) {
+    usleep(5'000);
+  }
   const int64_t t_iface = MonotonicMs();
   if (iface.empty()) {
     out.error_code = "no_interface";
-    out.error = req.mac.empty() ? "no network interface appeared" : "no network interface with MAC " + req.mac;
+    out.error = req.mac.empty() ? "no network interface appeared" : "no network interface for MAC " + req.mac;
     out.took_ms = MonotonicMs() - t0;
     return out;
   }
   out.interface = iface;
+  if (const std::string had = Lower(ReadFile("/sys/class/net/" + iface + "/address"));
+      !req.mac.empty() && had != Lower(req.mac)) {
+    if (std::string err = SetMac(iface, req.mac); !err.empty()) {
+      out.error_code = "mac_failed";
+      out.error = err;
+      out.took_ms = MonotonicMs() - t0;
+      return out;
+    }
+    out.previous_mac = had;
+    Log("network: " + iface + " had MAC " + had + ", now " + req.mac);
+  }
   unlink(kLeasePath);
   if (!WriteFile(kScriptPath, kScript, 0755)) {
     out.error_code = "dhcp_failed";

@@ -10,7 +10,9 @@ namespace berth::agent {
 
 // Loads the network modules (failover, net_failover, virtio_net, af_packet
 // for udhcpc's raw socket) from /lib/modules, waits for the interface whose
-// MAC is req.mac (any non-loopback one when empty), runs
+// MAC is req.mac (any non-loopback one when empty; when none has it, the
+// one NIC there is gets req.mac first: template clones and live-forked
+// children restore another VM's MAC with the virtio-net state), runs
 // `busybox udhcpc -q` on it with a script that configures address, netmask
 // and default route, and reports the lease. Blocks for at most
 // req.timeout_ms; failures come back in NetReadyMsg::error_code.

@@ -365,6 +365,53 @@ TEST_F(EventsTest, AsyncInvokeAnswers202AndRunsThroughTheQueue) {
   EXPECT_EQ(daemon_->CallAs(other, "POST", "/v1/functions/later/invoke?async=1", "").status, 404);
 }
 
+TEST_F(EventsTest, ExecAndForkProcessesPublishLifecycleEvents) {
+  // exec: a parent that lives a few seconds, then a fork of it while it runs
+  // (the child runs the same command from a fresh VM); a failing exec.
+  auto parent = daemon_->Post("/v1/procs", json{{"name", "lc-parent"}, {"image", image_},
+                                                {"command", {"sh", "-c", "sleep 4; echo parent-done"}}}.dump());
+  ASSERT_EQ(parent.status, 201) << parent.body;
+  const int64_t ppid = parent.json()["pid"];
+  const std::string parent_id = parent.json()["execution_id"];
+  auto child = daemon_->Post("/v1/procs/" + std::to_string(ppid) + "/fork", json{{"name", "lc-child"}}.dump());
+  ASSERT_EQ(child.status, 201) << child.body;
+  const std::string child_id = child.json()["execution_id"];
+  auto failing = daemon_->Post("/v1/procs", json{{"name", "lc-fail"}, {"image", image_},
+                                                 {"command", {"sh", "-c", "exit 3"}}}.dump());
+  ASSERT_EQ(failing.status, 201) << failing.body;
+  const std::string failing_id = failing.json()["execution_id"];
+
+  // Each ends on its lifecycle topic with its pid and status.
+  auto find = [](const std::string& topic, const std::string& id) -> json {
+    json events = daemon_->Get("/v1/events?topic=" + topic + "&limit=1000").json()["events"];
+    for (const auto& e : events) {
+      if (e["payload"].value("execution_id", "") == id) return e["payload"];
+    }
+    return nullptr;
+  };
+  json seen_parent, seen_child, seen_failing;
+  auto deadline = Clock::now() + std::chrono::seconds(180);
+  while (Clock::now() < deadline && (seen_parent.is_null() || seen_child.is_null() || seen_failing.is_null())) {
+    if (seen_parent.is_null()) seen_parent = find("_system.execution.finished", parent_id);
+    if (seen_child.is_null()) seen_child = find("_system.execution.finished", child_id);
+    if (seen_failing.is_null()) seen_failing = find("_system.execution.failed", failing_id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  ASSERT_FALSE(seen_parent.is_null()) << daemon_->Get("/v1/procs/" + std::to_string(ppid)).body;
+  EXPECT_EQ(seen_parent["status"], "succeeded");
+  EXPECT_EQ(seen_parent["pid"], ppid);
+  EXPECT_EQ(seen_parent["exit_code"], 0);
+  ASSERT_FALSE(seen_child.is_null()) << daemon_->Get("/v1/executions/" + child_id).body;
+  EXPECT_EQ(seen_child["status"], "succeeded");
+  EXPECT_EQ(seen_child["pid"], child.json()["pid"]);
+  ASSERT_FALSE(seen_failing.is_null()) << daemon_->Get("/v1/executions/" + failing_id).body;
+  EXPECT_EQ(seen_failing["status"], "failed");
+  EXPECT_EQ(seen_failing["exit_code"], 3);
+  // Exactly once each, and on one topic only.
+  EXPECT_TRUE(find("_system.execution.failed", parent_id).is_null());
+  EXPECT_TRUE(find("_system.execution.finished", failing_id).is_null());
+}
+
 TEST_F(EventsTest, BadInputsAreRefusedNamingTheField) {
   auto field = [](const HttpResult& r) { return r.json()["error"].value("field", std::string()); };
   Function("crud-fn", {"/bin/true"});

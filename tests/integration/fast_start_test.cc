@@ -53,6 +53,36 @@ std::vector<std::string> RunningDomains(const std::string& prefix) {
   return out;
 }
 
+// The value of one sample line of /metrics (-1: not there).
+double MetricValue(const std::string& metrics, const std::string& sample) {
+  size_t at = metrics.find(sample + " ");
+  return at == std::string::npos ? -1 : std::atof(metrics.c_str() + at + sample.size() + 1);
+}
+
+// Per-phase timings (issue 6, item 6): every phase of a start that ran is
+// recorded, in order.
+void ExpectPhases(const json& ex) {
+  const json& t = ex["timings"];
+  SCOPED_TRACE(ex.dump());
+  EXPECT_GE(t["queue_ms"].get<int64_t>(), 0);
+  const int64_t created = ex["created_ms"].get<int64_t>();
+  const int64_t placed = t["placed_at"].get<int64_t>(), disk = t["disk_ready_at"].get<int64_t>();
+  const int64_t booted = t["booted_at"].get<int64_t>(), ready = t["agent_ready_at"].get<int64_t>();
+  EXPECT_GE(placed, created);
+  EXPECT_GE(disk, placed);
+  EXPECT_GE(booted, disk);
+  EXPECT_GE(ready, booted);
+  EXPECT_GE(ex["finished_ms"].get<int64_t>(), ready);
+  EXPECT_GE(t["prepare_ms"].get<int64_t>(), 0);
+  EXPECT_GT(t["run_ms"].get<int64_t>(), 0);
+  EXPECT_GE(t["total_ms"].get<int64_t>(), t["run_ms"].get<int64_t>() + t["boot_ms"].get<int64_t>());
+  if (t["start"] == "warm") {
+    EXPECT_EQ(t["boot_ms"].get<int64_t>(), 0);
+  } else {
+    EXPECT_GT(t["boot_ms"].get<int64_t>(), 0);
+  }
+}
+
 template <typename Pred>
 bool WaitFor(Pred pred, int timeout_ms) {
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -100,6 +130,8 @@ TEST_F(FastStartTest, TemplatesRestoreIsolatedClonesAndFollowUpdates) {
   // The template is built ahead of demand; this first call boots cold meanwhile.
   json first = Invoke("probe");
   EXPECT_EQ(first["status"], "succeeded") << first.dump();
+  EXPECT_EQ(first["timings"]["start"], "cold") << first.dump();
+  ExpectPhases(first);
   ASSERT_TRUE(WaitFor([&] { return TemplateRecords(daemon_->pool()).size() == 1; }, 180'000))
       << "no template built:\n" << daemon_->log();
   const auto old_templates = TemplateRecords(daemon_->pool());
@@ -112,7 +144,9 @@ TEST_F(FastStartTest, TemplatesRestoreIsolatedClonesAndFollowUpdates) {
   EXPECT_EQ(lines[0], second["execution_id"].get<std::string>());
   EXPECT_EQ(lines[1].size(), 32u);
   EXPECT_EQ(lines[2], "fresh");  // the first call's disk write is not seen
-  EXPECT_GT(second["timings"]["boot_ms"].get<int64_t>(), 0);
+  ExpectPhases(second);
+  EXPECT_GT(MetricValue(daemon_->Get("/metrics").body, "berth_starts_total{kind=\"template\"}"), 0);
+  EXPECT_GT(MetricValue(daemon_->Get("/metrics").body, "berth_starts_total{kind=\"cold\"}"), 0);
 
   // Two clones at once: own execution ids, own random streams, own disks.
   auto a = std::async(std::launch::async, [] { return Invoke("probe"); });
@@ -190,6 +224,7 @@ TEST_F(FastStartTest, WarmPoolRefillsAfterUseAndEmptiesWhenIdle) {
   EXPECT_EQ(warm["stdout"], "warm\n");
   EXPECT_EQ(warm["timings"]["start"], "warm");
   EXPECT_EQ(warm["domain"], pooled);
+  ExpectPhases(warm);
   // The taken VM is torn down (never reused) and the pool refills with a new one.
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -205,6 +240,20 @@ TEST_F(FastStartTest, WarmPoolRefillsAfterUseAndEmptiesWhenIdle) {
   EXPECT_NE(metrics.body.find("berth_pool_vms{tenant=\"default\",function=\"" + fn + "\"} 1"), std::string::npos)
       << metrics.body;
   EXPECT_NE(metrics.body.find("berth_execution_phase_seconds_count{phase=\"boot\"}"), std::string::npos);
+  for (const char* phase : {"queue", "prepare", "run", "cleanup", "total"}) {
+    EXPECT_GT(MetricValue(metrics.body, std::string("berth_execution_phase_seconds_count{phase=\"") + phase + "\"}"), 0)
+        << phase;
+  }
+  // Teardown happens after the answer; its duration is then added to the record.
+  json after;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        after = daemon_->Get("/v1/executions/" + warm["execution_id"].get<std::string>()).json();
+        return after["timings"].value("cleanup_ms", int64_t{0}) > 0;
+      },
+      30'000))
+      << "no teardown time recorded: " << after.dump();
+  EXPECT_EQ(after["timings"]["run_ms"], warm["timings"]["run_ms"]) << "the answer was the final record";
   EXPECT_NE(metrics.body.find("berth_executions_total{state=\"succeeded\"}"), std::string::npos);
   EXPECT_EQ(daemon_->CallAs("", "GET", "/metrics").status, 401);
 

@@ -149,6 +149,48 @@ TEST_F(ImageSessionsTest, ChunkedSessionGivesThePlainUploadsDigest) {
   EXPECT_EQ(Curl(*daemon_, "GET", "/v1/images/uploads/" + id).status, 404);
 }
 
+TEST_F(ImageSessionsTest, BodyLengthMustMatchTheContentRangesEnd) {
+  const std::string id = StartSession();
+  ASSERT_FALSE(id.empty());
+  auto offset = [&] { return Curl(*daemon_, "GET", "/v1/images/uploads/" + id).Json().value("offset", uint64_t{9}); };
+  // Content-Length disagrees with the range: refused before a byte is written.
+  auto shortbody = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id, {"Content-Range: 0-99"}, image_, 0, 50);
+  EXPECT_EQ(shortbody.status, 400) << shortbody.body;
+  EXPECT_EQ(shortbody.Json()["error"].value("field", ""), "Content-Range") << shortbody.body;
+  EXPECT_EQ(offset(), 0u);
+  auto longbody = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id, {"Content-Range: 0-99"}, image_, 0, 150);
+  EXPECT_EQ(longbody.status, 400) << longbody.body;
+  EXPECT_EQ(longbody.Json()["error"].value("field", ""), "Content-Range");
+  EXPECT_EQ(offset(), 0u);
+  // An end before the start.
+  auto backwards = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id, {"Content-Range: 10-5"}, image_, 0, 6);
+  EXPECT_EQ(backwards.status, 400) << backwards.body;
+  EXPECT_EQ(backwards.Json()["error"].value("field", ""), "Content-Range");
+  // Chunked bodies have no length up front: too many bytes are refused at the
+  // announced end, too few answer 400 with what the session now holds.
+  auto chunked_long = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id,
+                           {"Content-Range: 0-99", "Transfer-Encoding: chunked"}, image_, 0, 300000);
+  EXPECT_EQ(chunked_long.status, 400) << chunked_long.body;
+  EXPECT_EQ(chunked_long.Json()["error"].value("field", ""), "Content-Range");
+  EXPECT_LE(offset(), 100u);
+  const uint64_t at = offset();
+  auto chunked_short = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id,
+                            {"Content-Range: " + std::to_string(at) + "-" + std::to_string(at + 999),
+                             "Transfer-Encoding: chunked"},
+                            image_, at, 400);
+  EXPECT_EQ(chunked_short.status, 400) << chunked_short.body;
+  EXPECT_EQ(chunked_short.Json()["error"].value("field", ""), "Content-Range");
+  EXPECT_EQ(chunked_short.Json().value("offset", uint64_t{0}), at + 400) << chunked_short.body;
+  EXPECT_EQ(offset(), at + 400);
+  // The session goes on from there and finishes with the image's digest.
+  auto rest = Curl(*daemon_, "PATCH", "/v1/images/uploads/" + id,
+                   {"Content-Range: " + std::to_string(at + 400) + "-" + std::to_string(size_ - 1)}, image_, at + 400,
+                   size_ - at - 400);
+  ASSERT_EQ(rest.status, 202) << rest.body;
+  auto put = Curl(*daemon_, "PUT", "/v1/images/uploads/" + id + "?digest=" + Digest(image_));
+  ASSERT_EQ(put.status, 201) << put.body;
+}
+
 TEST_F(ImageSessionsTest, ResumesAcrossABerthdRestart) {
   const std::string id = StartSession();
   const uint64_t half = size_ / 2;
@@ -253,11 +295,13 @@ TEST_F(ImageSessionsTest, GcCollectsUntaggedImagesAfterTheGrace) {
   ASSERT_EQ(kept.status, 201);
   EXPECT_TRUE(ImageListed(*daemon_, id));  // within the grace
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (ImageListed(*daemon_, id) && std::chrono::steady_clock::now() < deadline) {
+  const std::string blob = daemon_->data_dir() + "/images/" + id + ".raw";
+  // One GC pass drops the record, then the file: wait for both.
+  while ((ImageListed(*daemon_, id) || fs::exists(blob)) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   EXPECT_FALSE(ImageListed(*daemon_, id));
-  EXPECT_FALSE(fs::exists(daemon_->data_dir() + "/images/" + id + ".raw"));
+  EXPECT_FALSE(fs::exists(blob));
   EXPECT_TRUE(ImageListed(*daemon_, kept.Json().value("id", "")));  // tagged: stays
   fs::remove(copy);
 }

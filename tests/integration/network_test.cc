@@ -7,13 +7,19 @@
 //     tenant's subnet allow-listed, and a spoofed source address is dropped;
 //   - a served instance answers through /svc/<pid>/..., its address is in
 //     the record, in `ps` JSON and in the domain's berth metadata;
-//   - the tenant networks and filters are gone once their last user is.
-// Three VM boots in all.
+//   - the tenant networks and filters are gone once their last user is;
+//   - two template clones of a networked function, restored at once, and a
+//     live-forked child of a networked instance each get their own MAC
+//     (domain XML, nwfilter MAC parameter, inside the guest) and lease.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
 #include <iostream>
 #include <random>
 #include <thread>
@@ -305,6 +311,172 @@ TEST_F(NetworkTest, EgressServeIsolationSpoofingAndCleanup) {
   const std::string filters = Shell("virsh -c qemu:///system nwfilter-list");
   EXPECT_EQ(filters.find(manager::OwnedFilterPrefix(daemon_->data_dir())), std::string::npos)
       << "berth filters left: " << filters;
+}
+
+// Templates of networked functions (issue 8, item 5): the template is built
+// with a NIC on the tenant network; two clones restored from it at once get
+// MACs of their own (in their domain XML and nwfilter parameters, and set by
+// the agent inside the guest), each its own lease, and both reach the test
+// server. A mode change replaces the template.
+TEST_F(NetworkTest, TemplateClonesGetTheirOwnMacAndLease) {
+  TestNetns netns;
+  ASSERT_TRUE(netns.ok()) << "could not set up the test network namespace";
+  auto template_records = [] {
+    std::vector<std::string> out;
+    std::istringstream lines(Shell("virsh -q -c qemu:///system vol-list " + daemon_->pool()));
+    for (std::string line; std::getline(lines, line);) {
+      std::istringstream in(line);
+      std::string name;
+      in >> name;
+      if (name.size() == 4 + 64 + 5 && name.rfind("tpl-", 0) == 0 && name.ends_with(".json")) out.push_back(name);
+    }
+    return out;
+  };
+  const std::string script =
+      "mac=$(cat /sys/class/net/eth0/address); ip=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)\n"
+      // Tries: two guests under TCG at once can be slow to answer.
+      "r=blocked; n=0; while [ $n -lt 3 ] && [ \"$r\" = blocked ]; do n=$((n+1)); "
+      "if timeout 6 wget -q -O - http://$SERVER:8080/index.html > /tmp/out 2>/dev/null; then r=ok:$(cat /tmp/out); "
+      "fi; done\n"
+      "echo \"mac=$mac ip=$ip egress=$r\"; echo \"tries=$n\"; sleep ${HOLD:-0}\n";
+  auto fn = daemon_->CreateFunctionAs(
+      token_a_, "tplnet", image_a_,
+      {{"entrypoint", {"/bin/sh", "-c", script}},
+       {"timeout_ms", 60000},
+       {"snapshot", true},
+       {"network",
+        {{"mode", "egress"}, {"allow", {{{"cidr", netns.server_ip()}, {"protocol", "tcp"}, {"ports", "8080"}}}}}}});
+  ASSERT_EQ(fn.status, 201) << fn.body;
+  // Built ahead of demand, on deploy.
+  const auto before = template_records();
+  std::vector<std::string> built;
+  for (int i = 0; i < 720 && built.empty(); ++i) {
+    for (const auto& t : template_records()) {
+      if (std::find(before.begin(), before.end(), t) == before.end()) built.push_back(t);
+    }
+    if (built.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  ASSERT_EQ(built.size(), 1u) << "no template built:\n" << daemon_->log();
+
+  // Two clones at once; while they hold, read their domain XML.
+  json results[2];
+  std::thread calls[2];
+  for (int i = 0; i < 2; ++i) {
+    calls[i] = std::thread([&, i] {
+      results[i] = Invoke(token_a_, "tplnet", {{"env", {{"SERVER", netns.server_ip()}, {"HOLD", "8"}}}});
+    });
+  }
+  std::map<std::string, std::string> xml_by_domain;
+  std::string last_ps;
+  for (int i = 0; i < 600 && xml_by_domain.size() < 2; ++i) {
+    last_ps = daemon_->CallAs(token_a_, "GET", "/v1/procs").body;
+    const json ps = json::parse(last_ps, nullptr, false);
+    if (ps.is_object() && ps.contains("procs")) {
+      for (const auto& p : ps["procs"]) {
+        if (p.value("name", "") != "tplnet" || !p.contains("addresses") || p["addresses"].empty()) continue;
+        const std::string domain = p.value("domain", "");
+        if (xml_by_domain.count(domain)) continue;
+        const std::string xml = Shell("virsh -c qemu:///system dumpxml " + domain + " 2>&1");
+        if (xml.find("<domain") != std::string::npos) xml_by_domain[domain] = xml;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (auto& t : calls) t.join();
+
+  std::set<std::string> macs, ips;
+  for (const json& ex : results) {
+    ASSERT_EQ(ex.value("status", ""), "succeeded") << ex.dump() << "\n" << daemon_->log();
+    EXPECT_EQ(ex["timings"].value("start", ""), "template") << ex.dump();
+    const std::string mac = ex.value("mac", "");
+    ASSERT_EQ(ex["addresses"].size(), 1u) << ex.dump();
+    const std::string ip = ex["addresses"][0];
+    const std::string out = ex.value("stdout", "");
+    std::cout << "clone " << ex.value("domain", "") << ": " << out;
+    // Inside the guest: the MAC the host chose, the leased address, the server reached.
+    EXPECT_NE(out.find("mac=" + mac + " ip=" + ip + " egress=ok:" + netns.greeting()), std::string::npos)
+        << out << " (record: mac " << mac << ", ip " << ip << ")";
+    // In the domain XML: the same MAC on the NIC and in the filter's parameters.
+    auto xml = xml_by_domain.find(ex.value("domain", ""));
+    ASSERT_NE(xml, xml_by_domain.end()) << "domain XML of " << ex.value("domain", "") << " not seen while it ran; "
+                                         << "last ps: " << last_ps;
+    EXPECT_NE(xml->second.find("<mac address='" + mac + "'/>"), std::string::npos) << xml->second;
+    EXPECT_NE(xml->second.find("<parameter name='MAC' value='" + mac + "'/>"), std::string::npos) << xml->second;
+    EXPECT_NE(xml->second.find("<berth:address>" + ip + "</berth:address>"), std::string::npos) << xml->second;
+    macs.insert(mac);
+    ips.insert(ip);
+  }
+  EXPECT_EQ(macs.size(), 2u) << "clones share a MAC";
+  EXPECT_EQ(ips.size(), 2u) << "clones share an address";
+
+  // A mode change: the old template goes (the new one is built for isolated).
+  auto updated = daemon_->CallAs(token_a_, "PUT", "/v1/functions/tplnet",
+                                 json{{"image", image_a_},
+                                      {"entrypoint", {"/bin/sh", "-c", script}},
+                                      {"snapshot", true},
+                                      {"network", "isolated"}}
+                                     .dump());
+  ASSERT_EQ(updated.status, 200) << updated.body;
+  bool gone = false;
+  for (int i = 0; i < 120 && !gone; ++i) {
+    const auto now = template_records();
+    gone = std::find(now.begin(), now.end(), built[0]) == now.end();
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_TRUE(gone) << "the egress template is still there after the change to isolated";
+  EXPECT_EQ(daemon_->CallAs(token_a_, "DELETE", "/v1/functions/tplnet").status, 200);
+}
+
+// A live fork of a networked process (issue 8): the child gets a NIC of its
+// own (fresh MAC, set by the agent) and its own lease, not the parent's.
+TEST_F(NetworkTest, LiveForkedChildGetsItsOwnMacAndLease) {
+  TestNetns netns;
+  ASSERT_TRUE(netns.ok()) << "could not set up the test network namespace";
+  const std::string cmd =
+      "while [ ! -f /run/berth/forked ]; do sleep 0.2; done; "
+      "mac=$(cat /sys/class/net/eth0/address); ip=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1); "
+      "r=blocked; n=0; while [ $n -lt 3 ] && [ \"$r\" = blocked ]; do n=$((n+1)); "
+      "if timeout 6 wget -q -O - http://" + netns.server_ip() + ":8080/index.html > /tmp/out 2>/dev/null; "
+      "then r=ok:$(cat /tmp/out); fi; done; echo \"mac=$mac ip=$ip egress=$r\"";
+  auto started = daemon_->CallAs(
+      token_a_, "POST", "/v1/procs",
+      json{{"image", image_a_},
+           {"name", "netparent"},
+           {"memory_mib", 192},
+           {"network",
+            {{"mode", "egress"}, {"allow", {{{"cidr", netns.server_ip()}, {"protocol", "tcp"}, {"ports", "8080"}}}}}},
+           {"command", {"/bin/sh", "-c", cmd}}}
+          .dump());
+  ASSERT_EQ(started.status, 201) << started.body;
+  const int64_t parent_pid = started.json().value("pid", int64_t{0});
+  json parent = WaitRunning(token_a_, parent_pid);
+  ASSERT_EQ(parent.value("status", ""), "running") << parent.dump();
+  ASSERT_EQ(parent["addresses"].size(), 1u) << parent.dump();
+  auto f = daemon_->CallAs(token_a_, "POST", "/v1/procs/" + std::to_string(parent_pid) + "/fork",
+                           json{{"live", true}, {"name", "netkid"}}.dump());
+  ASSERT_EQ(f.status, 201) << f.body;
+  const int64_t kid_pid = f.json().value("pid", int64_t{0});
+  json kid;
+  for (int i = 0; i < 900; ++i) {
+    kid = Proc(token_a_, kid_pid);
+    const std::string st = kid.value("status", "");
+    if (st == "succeeded" || st == "failed" || st == "error" || st == "killed" || st == "timed_out") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(kid.value("status", ""), "succeeded") << kid.dump() << "\n" << daemon_->log();
+  const auto logs = daemon_->CallAs(token_a_, "GET", "/v1/procs/" + std::to_string(kid_pid) + "/logs").json();
+  const std::string out = logs.value("stdout", "");
+  std::cout << "parent mac " << parent.value("mac", "") << " ip " << parent["addresses"][0] << "; child: " << out;
+  ASSERT_EQ(kid["addresses"].size(), 1u) << kid.dump();
+  EXPECT_NE(kid.value("mac", ""), parent.value("mac", ""));
+  EXPECT_NE(kid["addresses"][0], parent["addresses"][0]);
+  EXPECT_NE(out.find("mac=" + kid.value("mac", std::string()) + " ip=" + kid["addresses"][0].get<std::string>() +
+                     " egress=ok:" + netns.greeting()),
+            std::string::npos)
+      << out << "\n" << kid.dump();
+  daemon_->CallAs(token_a_, "POST", "/v1/procs/" + std::to_string(parent_pid) + "/kill", json{{"signal", "KILL"}}.dump());
+  EXPECT_EQ(WaitForTeardown(*daemon_, parent.value("execution_id", "")), "");
+  EXPECT_EQ(WaitForTeardown(*daemon_, kid.value("execution_id", "")), "");
 }
 
 // What a crashed berthd left (a tenant network and a filter nobody uses) is

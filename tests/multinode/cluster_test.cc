@@ -189,7 +189,16 @@ TEST_F(ClusterTest, PlacementCordonSelectorsDrainFailureAndRestart) {
   std::vector<int64_t> running = on["n3"];
   running.push_back(on["n1"][1]);
   running.push_back(pinned["pid"]);
-  for (int64_t pid : running) domains[pid] = daemon_->Get("/v1/procs/" + std::to_string(pid)).json()["domain"];
+  for (int64_t pid : running) {
+    json p;  // (pinned was started last: it may still be booting)
+    for (int i = 0; i < 600; ++i) {
+      p = daemon_->Get("/v1/procs/" + std::to_string(pid)).json();
+      if (p["status"] != "pending" && p["status"] != "placing" && p["status"] != "starting") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    ASSERT_EQ(p["status"], "running") << p.dump();
+    domains[pid] = p["domain"];
+  }
   daemon_->Kill();
   ASSERT_TRUE(daemon_->Start()) << daemon_->log();
   for (int64_t pid : running) {

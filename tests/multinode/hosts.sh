@@ -3,6 +3,7 @@
 #
 #   tests/multinode/hosts.sh up N STATE_DIR    start N hosts, print one URI per line
 #   tests/multinode/hosts.sh kill I STATE_DIR  kill -9 host I's libvirtd (a failure test)
+#   tests/multinode/hosts.sh restart I STATE_DIR  start host I's libvirtd again (after kill)
 #   tests/multinode/hosts.sh down STATE_DIR    destroy their guests, stop them, remove all
 #
 # Host i (1..N) is a libvirtd in its own network namespace (berth-h<i>-<tag>,
@@ -27,11 +28,11 @@ case "$cmd" in
   down)
     state="${2:?usage: $0 down STATE_DIR}"
     ;;
-  kill)
-    n="${2:?usage: $0 kill I STATE_DIR}"
-    state="${3:?usage: $0 kill I STATE_DIR}"
+  kill|restart)
+    n="${2:?usage: $0 $cmd I STATE_DIR}"
+    state="${3:?usage: $0 $cmd I STATE_DIR}"
     ;;
-  *) die "usage: $0 up N STATE_DIR | down STATE_DIR | kill I STATE_DIR" ;;
+  *) die "usage: $0 up N STATE_DIR | down STATE_DIR | kill I STATE_DIR | restart I STATE_DIR" ;;
 esac
 
 down() {
@@ -64,6 +65,36 @@ down() {
   rm -rf "$state"
 }
 
+# Starts host $1's libvirtd in namespace $2 with state folder $3 (in the
+# background: $! is its PID). Its mounts live in a fresh mount namespace.
+start_libvirtd() {
+  local i="$1" ns="$2" h="$3"
+  nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation private sh -c "
+    mount --bind '$h/etc' /etc/libvirt &&
+    mount --bind '$h/run' /run/libvirt &&
+    mount --bind '$h/lib' /var/lib/libvirt &&
+    mount --bind '$h/log' /var/log/libvirt &&
+    mount --bind '$h/cache' /var/cache/libvirt &&
+    hostname 'berth-h$i' &&
+    exec libvirtd --listen --pid-file /run/libvirt/libvirtd.pid" \
+    >"$h/libvirtd.out" 2>&1 &
+}
+
+# Waits until host $1 (PID $2) answers on its own unix socket.
+wait_ready() {
+  local i="$1" pid="$2" ok=0
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { cat "$state/h$i/libvirtd.out" >&2; die "libvirtd of host $i exited"; }
+    if [[ "$(cat "$state/h$i/run/libvirtd.pid" 2>/dev/null)" == "$pid" ]] &&
+      virsh -q -c "qemu+unix:///system?socket=$state/h$i/run/libvirt-sock" version >/dev/null 2>&1; then
+      ok=1
+      break
+    fi
+    sleep 0.1
+  done
+  [[ $ok == 1 ]] || die "libvirtd of host $i did not become ready"
+}
+
 if [[ $cmd == down ]]; then
   down "$state"
   exit 0
@@ -73,6 +104,21 @@ if [[ $cmd == kill ]]; then
   while read -r i pid; do
     [[ $i == "$n" ]] && kill -9 "$pid"
   done <"$state/hosts"
+  exit 0
+fi
+if [[ $cmd == restart ]]; then
+  # here $n is the host number; its namespace and folders are still there.
+  tag=$(cat "$state/tag")
+  old=$(awk -v i="$n" '$1 == i {print $2}' "$state/hosts")
+  [[ -n $old ]] || die "no host $n in $state"
+  for _ in $(seq 1 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$old" 2>/dev/null || die "libvirtd of host $n (pid $old) still runs; kill it first"
+  rm -f "$state/h$n/run/libvirtd.pid"
+  start_libvirtd "$n" "berth-h$n-$tag" "$state/h$n"
+  pid=$!
+  awk -v i="$n" -v p="$pid" '$1 == i {$2 = p} {print}' "$state/hosts" >"$state/hosts.new"
+  mv "$state/hosts.new" "$state/hosts"
+  wait_ready "$n" "$pid"
   exit 0
 fi
 
@@ -126,30 +172,12 @@ CONF
     mkdir -p "$h/cache/qemu"
     cp -a /var/cache/libvirt/qemu/. "$h/cache/qemu/" 2>/dev/null || true
   fi
-  nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation private sh -c "
-    mount --bind '$h/etc' /etc/libvirt &&
-    mount --bind '$h/run' /run/libvirt &&
-    mount --bind '$h/lib' /var/lib/libvirt &&
-    mount --bind '$h/log' /var/log/libvirt &&
-    mount --bind '$h/cache' /var/cache/libvirt &&
-    hostname 'berth-h$i' &&
-    exec libvirtd --listen --pid-file /run/libvirt/libvirtd.pid" \
-    >"$h/libvirtd.out" 2>&1 &
+  start_libvirtd "$i" "$ns" "$h"
   echo "$i $!" >>"$state/hosts"
 done
 
 # Ready when each host's own unix socket answers and belongs to its PID.
 while read -r i pid; do
-  ok=0
-  for _ in $(seq 1 300); do
-    kill -0 "$pid" 2>/dev/null || { cat "$state/h$i/libvirtd.out" >&2; die "libvirtd of host $i exited"; }
-    if [[ "$(cat "$state/h$i/run/libvirtd.pid" 2>/dev/null)" == "$pid" ]] &&
-      virsh -q -c "qemu+unix:///system?socket=$state/h$i/run/libvirt-sock" version >/dev/null 2>&1; then
-      ok=1
-      break
-    fi
-    sleep 0.1
-  done
-  [[ $ok == 1 ]] || die "libvirtd of host $i did not become ready"
+  wait_ready "$i" "$pid"
   echo "qemu+tcp://10.250.$net.$((10 + i))/system"
 done <"$state/hosts"

@@ -274,6 +274,32 @@ TEST(AgentProtocol, KillAndErrorRoundTrip) {
   EXPECT_EQ(e->message, "already running");
 }
 
+TEST(AgentProtocol, NetUpAndNetReadyRoundTripAndStayCompatible) {
+  auto up = ParseBody<NetUpMsg>(nlohmann::json(NetUpMsg{"52:54:00:aa:bb:cc", 5000}).dump());
+  ASSERT_TRUE(up.has_value());
+  EXPECT_EQ(up->mac, "52:54:00:aa:bb:cc");
+  EXPECT_EQ(up->timeout_ms, 5000);
+
+  NetReadyMsg ready;
+  ready.interface = "eth0";
+  ready.mac = "52:54:00:aa:bb:cc";
+  ready.ip = "10.240.0.17";
+  ready.prefix_length = 24;
+  ready.previous_mac = "52:54:00:11:22:33";  // a clone: the agent set the new MAC
+  auto back = ParseBody<NetReadyMsg>(nlohmann::json(ready).dump());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->previous_mac, "52:54:00:11:22:33");
+  EXPECT_EQ(back->ip, "10.240.0.17");
+  // An agent that kept its MAC leaves the field out: older hosts see the old message.
+  ready.previous_mac.clear();
+  EXPECT_FALSE(nlohmann::json(ready).contains("previous_mac"));
+  // An older agent's NetReady (no previous_mac) still parses.
+  auto old = ParseBody<NetReadyMsg>(R"({"interface":"eth0","mac":"m","ip":"10.0.0.2","prefix_length":24})");
+  ASSERT_TRUE(old.has_value());
+  EXPECT_EQ(old->previous_mac, "");
+  EXPECT_EQ(old->prefix_length, 24);
+}
+
 TEST(AgentProtocol, MalformedBodiesAreRejected) {
   EXPECT_FALSE(ParseBody<ExecMsg>("not json").has_value());
   EXPECT_FALSE(ParseBody<ExecMsg>("{}").has_value());                    // argv is required

@@ -8,7 +8,13 @@
 #include <thread>
 
 #include "common/env.h"
+#include "hypervisor/hypervisor.h"
+#include "manager/executor.h"
+#include "manager/metrics.h"
+#include "manager/node.h"
+#include "manager/store.h"
 #include "manager/warm_pool.h"
+#include "tests/support/temp_dir.h"
 
 namespace berth::manager {
 namespace {
@@ -56,6 +62,12 @@ ScalingPolicy Policy(uint32_t min_warm, uint32_t max_warm, uint32_t target = 1, 
 
 ScalingObservation Seen(double avg, uint32_t in_flight, size_t queued = 0, int64_t idle_ms = 0) {
   return {avg, in_flight, queued, idle_ms};
+}
+
+// A number after `key` in the /metrics text (-1 if absent).
+double MetricValue(const std::string& text, const std::string& key) {
+  size_t at = text.find(key + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size() + 1));
 }
 
 TEST(DesiredWarmTest, GrowsWithObservedConcurrencyWithinMinAndMaxWarm) {
@@ -181,6 +193,71 @@ TEST(AutoscalerTest, NoCapAdmitsEverything) {
   EXPECT_EQ(scaler.Observe("t/f").in_flight, 50u);
   tickets.clear();
   EXPECT_EQ(scaler.Observe("t/f").in_flight, 0u);
+}
+
+// The wait for admission at max_instances is part of the call's queue time:
+// the ticket's queued_ms goes into the execution's timings.queue_ms (and so
+// into the record and the "queue" histogram of /metrics), however the call
+// then ends (here: libvirt's test driver has no capacity, so it ends in error
+// right after placement starts).
+TEST(AutoscalerTest, TheQueueWaitIsInTheExecutionsQueueTiming) {
+  ManualClockEnv clock;
+  Autoscaler scaler(&clock);
+  ScalingPolicy p = Policy(0, 0, 1, 1);
+  p.queue_timeout_ms = 10'000;  // real time; the waiter is admitted long before
+  auto running = scaler.Admit("default/f", p);
+  ASSERT_TRUE(running.ok());
+  Result<Autoscaler::Ticket> queued = Status::Internal("not admitted");
+  std::thread waiter([&] { queued = scaler.Admit("default/f", p); });
+  for (int i = 0; i < 500 && scaler.Observe("default/f").queued == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(scaler.Observe("default/f").queued, 1u);
+  clock.Advance(1'500);  // it waits 1.5 s for the running call to end
+  running->Release();
+  waiter.join();
+  ASSERT_TRUE(queued.ok()) << queued.status().ToString();
+  EXPECT_EQ(queued->queued_ms(), 1'500);
+
+  berth::testing::TempDir tmp;
+  auto store = Store::Open(tmp.path() + "/berth.db");
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  auto hv = hv::ConnectLibvirt("test:///default");
+  ASSERT_TRUE(hv.ok()) << hv.status().ToString();
+  NodeConfig config;
+  config.name = "test";
+  config.uri = "test:///default";
+  Node node(Env::Default(), config, std::move(*hv));
+  const std::string before = Metrics::Global().RenderPrometheus();
+  const std::string sum_key = "berth_execution_phase_seconds_sum{phase=\"queue\"}";
+  const std::string count_key = "berth_execution_phase_seconds_count{phase=\"queue\"}";
+  ExecutionRecord ex;
+  {
+    Executor executor(Env::Default(), store->get(), ExecutorOptions{});
+    FunctionRecord fn;
+    fn.tenant = "default";
+    fn.version = 1;
+    fn.spec.name = "f";
+    fn.spec.entrypoint = {"/bin/true"};
+    fn.spec.vcpus = 1;
+    fn.spec.memory_mib = 64;
+    images::ImageRecord image;
+    image.id = std::string(64, 'a');
+    InvokeRequest request;
+    request.queued_ms = queued->queued_ms();
+    auto ran = executor.Run(node, fn, image, request);
+    ASSERT_TRUE(ran.ok()) << ran.status().ToString();
+    ex = *ran;
+  }
+  EXPECT_EQ(ex.state, ExecState::kError) << ex.error;
+  EXPECT_GE(ex.timings.queue_ms, 1'500);
+  EXPECT_LT(ex.timings.queue_ms, 1'500 + 60'000);
+  auto stored = (*store)->GetExecution(ex.id);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->timings.queue_ms, ex.timings.queue_ms) << "the record has it too";
+  const std::string after = Metrics::Global().RenderPrometheus();
+  EXPECT_EQ(MetricValue(after, count_key), MetricValue(before, count_key) + 1) << after;
+  EXPECT_GE(MetricValue(after, sum_key) - MetricValue(before, sum_key), 1.5 - 1e-9) << after;
 }
 
 }  // namespace

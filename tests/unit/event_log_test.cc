@@ -91,6 +91,47 @@ TEST(EventLogTest, PublishStoresTheEventAndAssignsIncreasingIds) {
   EXPECT_EQ(after->front().id, b->event_id);
 }
 
+TEST(EventLogTest, DetachedSystemEventsCommitBeforeAnythingSubmittedLater) {
+  TempDir dir;
+  ManualClockEnv env(kStart);
+  auto log = OpenLog(&env, dir.File("data/events.db"));
+  ASSERT_TRUE(log);
+  // Many detached events, then one publish that waits: once it returns, every
+  // detached event before it is committed, in submission order.
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(log->PublishSystemDetached(Ev("_system.execution.finished", "{\"n\":" + std::to_string(i) + "}")).ok());
+  }
+  auto last = log->Publish(Ev("after", "{}"));
+  ASSERT_TRUE(last.ok()) << last.status().ToString();
+  auto listed = log->ListEvents("t1", "_system.execution.finished", 0, 1000);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 50u);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ((*listed)[i].payload, "{\"n\":" + std::to_string(i) + "}");
+    EXPECT_LT((*listed)[i].id, last->event_id);
+  }
+  EXPECT_EQ(log->stats().detached_failed, 0u);
+  // Validation still answers at once.
+  EXPECT_EQ(log->PublishSystemDetached(Ev("bad topic!", "{}")).field(), "topic");
+  EXPECT_EQ(log->PublishSystemDetached(Ev("_system.x", "{}", "")).field(), "tenant");
+}
+
+TEST(EventLogTest, DetachedEventsQueuedBeforeShutdownAreCommitted) {
+  TempDir dir;
+  ManualClockEnv env(kStart);
+  const std::string path = dir.File("data/events.db");
+  {
+    auto log = OpenLog(&env, path);
+    ASSERT_TRUE(log);
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE(log->PublishSystemDetached(Ev("_system.execution.failed", "{}")).ok());
+  }  // the writer drains its queue before it stops
+  auto log = OpenLog(&env, path);
+  ASSERT_TRUE(log);
+  auto listed = log->ListEvents("t1", "_system.execution.failed", 0, 1000);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 20u);
+}
+
 TEST(EventLogTest, BinaryPayloadsRoundTrip) {
   TempDir dir;
   auto log = OpenLog(Env::Default(), dir.File("events.db"));

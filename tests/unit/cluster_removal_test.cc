@@ -1,0 +1,225 @@
+// A node removed while the cluster reads it through libvirt outside its lock
+// (the locality refresh, the monitor's health check): the read finishes on a
+// Node that is still alive, the Node goes when the read lets go of it, and
+// the answer does not bring the removed node back. Nodes here have a fake
+// hypervisor (ClusterOptions::connect) whose gated call blocks until the
+// test has removed the node.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "common/env.h"
+#include "manager/cluster.h"
+#include "manager/store.h"
+#include "tests/support/temp_dir.h"
+
+namespace berth::manager {
+namespace {
+
+// Shared by a fake hypervisor and the test; outlives both.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string method;  // the call that blocks while closed ("" : none)
+  bool open = true;
+  bool entered = false;
+  std::atomic<bool> destroyed{false};
+  std::atomic<bool> destroyed_while_blocked{false};
+
+  void Pass(const char* name) {
+    std::unique_lock lock(mu);
+    if (open || method != name) return;
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+    destroyed_while_blocked = destroyed.load();
+  }
+  void Close(const std::string& m) {
+    std::lock_guard lock(mu);
+    method = m;
+    open = false;
+    entered = false;
+  }
+  void Open() {
+    {
+      std::lock_guard lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+  }
+  bool WaitEntered() {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; });
+  }
+};
+
+// Enough of a libvirt host for Node::Prepare (accel tcg, runtime volumes
+// already there) and the cluster's reads; everything else is Unimplemented.
+class FakeHypervisor : public hv::Hypervisor {
+ public:
+  FakeHypervisor(std::string uri, std::shared_ptr<Gate> gate) : uri_(std::move(uri)), gate_(std::move(gate)) {}
+  ~FakeHypervisor() override { gate_->destroyed = true; }
+
+  const std::string& uri() const override { return uri_; }
+  Result<hv::NodeInfo> GetNodeInfo() override {
+    std::shared_ptr<Gate> gate = gate_;  // not `this`: the test checks it is still alive
+    gate->Pass("GetNodeInfo");
+    hv::NodeInfo info;
+    info.hostname = "fake";
+    info.uri = "fake";
+    info.cpus = 4;
+    info.memory_mib = 8192;
+    return info;
+  }
+  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
+  Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
+    hv::VolumeInfo v;
+    v.pool = pool;
+    v.name = name;
+    v.path = "/fake/" + name;
+    return v;
+  }
+  Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
+    std::shared_ptr<Gate> gate = gate_;
+    gate->Pass("ListVolumes");
+    return std::vector<hv::VolumeInfo>{};
+  }
+  Status RefreshPool(const std::string&) override { return Status::Ok(); }
+  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
+
+  Result<hv::VolumeInfo> UploadVolume(const std::string&, const std::string&, const std::string&,
+                                      const std::string&) override {
+    return No();
+  }
+  Result<hv::VolumeInfo> CreateOverlay(const std::string&, const std::string&, const hv::VolumeInfo&,
+                                       uint64_t) override {
+    return No();
+  }
+  Result<std::string> DownloadVolumeTail(const std::string&, const std::string&, uint64_t) override { return No(); }
+  Status DeleteVolume(const std::string&, const std::string&) override { return No(); }
+  Status StartDomain(const hv::DomainSpec&) override { return No(); }
+  Status DestroyDomain(const std::string&) override { return No(); }
+  Status ShutdownDomain(const std::string&) override { return No(); }
+  Result<std::string> GetDomainXml(const std::string&) override { return No(); }
+  Status SetDomainMetadata(const std::string&, const hv::DomainMetadata&) override { return No(); }
+  Status SaveDomain(const std::string&, const std::string&) override { return No(); }
+  Status RestoreDomain(const std::string&) override { return No(); }
+  Status SuspendDomain(const std::string&) override { return No(); }
+  Status ResumeDomain(const std::string&) override { return No(); }
+  Status SaveDomainMemory(const std::string&, const std::string&) override { return No(); }
+  Result<hv::DomainState> GetDomainState(const std::string&) override { return No(); }
+  Result<std::unique_ptr<hv::AgentChannel>> OpenAgentChannel(const std::string&, const std::string&) override {
+    return No();
+  }
+  Result<std::string> GetPoolPath(const std::string&) override { return No(); }
+  Result<hv::VolumeInfo> CloneVolume(const std::string&, const std::string&, const std::string&) override {
+    return No();
+  }
+  Result<std::string> DownloadVolumeRange(const std::string&, const std::string&, uint64_t, uint64_t) override {
+    return No();
+  }
+  Status UploadVolumeRange(const std::string&, const std::string&, uint64_t, std::string_view) override {
+    return No();
+  }
+  Result<hv::VolumeInfo> WriteVolume(const std::string&, const std::string&, std::string_view) override {
+    return No();
+  }
+  Status EnsureNetwork(const hv::NetworkSpec&) override { return No(); }
+  Status DestroyNetwork(const std::string&) override { return No(); }
+  Result<std::vector<std::string>> ListNetworks(const std::string&) override { return No(); }
+  Result<hv::NetworkSpec> GetNetwork(const std::string&) override { return No(); }
+  Status EnsureNwFilter(const std::string&) override { return No(); }
+  Status DeleteNwFilter(const std::string&) override { return No(); }
+  Result<std::vector<std::string>> ListNwFilters(const std::string&) override { return No(); }
+  Result<std::vector<hv::InterfaceAddress>> GetDomainInterfaceAddresses(const std::string&) override { return No(); }
+
+ private:
+  static Status No() { return Status::Unimplemented("not in the fake hypervisor"); }
+  std::string uri_;
+  std::shared_ptr<Gate> gate_;
+};
+
+class ClusterRemovalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = Store::Open(tmp_.path() + "/berth.db");
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(*store);
+  }
+  std::unique_ptr<Cluster> MakeCluster(int64_t monitor_interval_ms = 60'000) {
+    ClusterOptions options;
+    options.state_dir = tmp_.path() + "/nodes";
+    options.monitor_interval_ms = monitor_interval_ms;
+    options.connect = [this](const std::string& uri) -> Result<std::unique_ptr<hv::Hypervisor>> {
+      auto& gate = gates_[uri];
+      if (!gate) gate = std::make_shared<Gate>();
+      return std::unique_ptr<hv::Hypervisor>(new FakeHypervisor(uri, gate));
+    };
+    RuntimeArtifacts runtime;
+    runtime.kernel_path = "/fake/vmlinuz";
+    runtime.initrd_path = "/fake/initramfs.cpio.gz";
+    runtime.kernel_sha256 = std::string(64, 'a');
+    runtime.initrd_sha256 = std::string(64, 'b');
+    auto cluster = std::make_unique<Cluster>(Env::Default(), store_.get(), runtime, options);
+    NodeConfig local;
+    local.name = "local";
+    local.uri = "qemu:///system";
+    local.accel = "tcg";
+    local.pool_dir = tmp_.path() + "/pool";
+    local.log_dir = tmp_.path() + "/logs";
+    EXPECT_TRUE(cluster->AddLocal(local).ok());
+    NodeSpec spec;
+    spec.name = "n1";
+    spec.uri = kUri;
+    spec.accel = "tcg";
+    auto added = cluster->Add(spec);
+    EXPECT_TRUE(added.ok()) << added.status().ToString();
+    return cluster;
+  }
+
+  static constexpr const char* kUri = "qemu+tcp://10.0.0.1/system";
+  berth::testing::TempDir tmp_;
+  std::unique_ptr<Store> store_;
+  std::map<std::string, std::shared_ptr<Gate>> gates_;  // by URI
+};
+
+TEST_F(ClusterRemovalTest, NodeRemovedDuringLocalityRefreshStaysAliveUntilTheReadEnds) {
+  auto cluster = MakeCluster();
+  std::shared_ptr<Gate> gate = gates_[kUri];
+  gate->Close("ListVolumes");
+  std::thread refresh([&] { cluster->RefreshLocality("n1"); });
+  ASSERT_TRUE(gate->WaitEntered());
+  ASSERT_TRUE(cluster->Remove("n1").ok());
+  EXPECT_FALSE(gate->destroyed) << "the refresh still reads through it";
+  gate->Open();
+  refresh.join();
+  EXPECT_FALSE(gate->destroyed_while_blocked);
+  EXPECT_TRUE(gate->destroyed) << "the last reference went with the refresh";
+  EXPECT_EQ(cluster->View("n1").status().code(), Code::kNotFound);
+  EXPECT_EQ(cluster->Views().size(), 1u);
+  EXPECT_EQ(cluster->Get("n1"), nullptr);
+}
+
+TEST_F(ClusterRemovalTest, NodeRemovedDuringHealthCheckIsNotBroughtBack) {
+  auto cluster = MakeCluster(/*monitor_interval_ms=*/5);
+  std::shared_ptr<Gate> gate = gates_[kUri];
+  gate->Close("GetNodeInfo");
+  cluster->StartMonitor();
+  ASSERT_TRUE(gate->WaitEntered());
+  ASSERT_TRUE(cluster->Remove("n1").ok());
+  EXPECT_FALSE(gate->destroyed) << "the health check still reads through it";
+  gate->Open();
+  for (int i = 0; i < 1000 && !gate->destroyed; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  cluster->StopMonitor();
+  EXPECT_FALSE(gate->destroyed_while_blocked);
+  EXPECT_TRUE(gate->destroyed);
+  EXPECT_EQ(cluster->View("n1").status().code(), Code::kNotFound);
+  EXPECT_EQ(cluster->Views().size(), 1u);
+}
+
+}  // namespace
+}  // namespace berth::manager
