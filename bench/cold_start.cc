@@ -279,7 +279,7 @@ BaselineSample ColdStartBench::RunBaseline(int round) {
   spec.memory_mib = opts_.memory_mib;
   spec.kernel_path = kernel_path_;
   spec.initrd_path = initrd_path_;
-  spec.cmdline = "console=ttyS0 quiet panic=-1";  // ExecutorOptions::kernel_cmdline
+  spec.cmdline = hv::kDefaultKernelCmdline;  // ExecutorOptions::kernel_cmdline
   spec.disks.push_back({overlay, "qcow2", "vda", false});
   spec.console_log_path = console;
   spec.metadata = {name, function_, "default", 1, 0, image_id_, 0};

@@ -16,6 +16,10 @@ inline constexpr const char* kMetadataNamespace = "https://berth.dev/xmlns/domai
 inline constexpr const char* kMetadataPrefix = "berth";
 // Every berth domain name starts with this, so `virsh list | grep berth-` works.
 inline constexpr const char* kDomainNamePrefix = "berth-";
+// Kernel command line of every direct-kernel boot (executions, templates,
+// warm pools). no_timer_check: under TCG on a loaded host the kernel's
+// IO-APIC timer check can fail and panic the boot ("8254 timer not connected").
+inline constexpr const char* kDefaultKernelCmdline = "console=ttyS0 quiet panic=-1 no_timer_check";
 
 enum class Accel { kKvm, kTcg };
 
@@ -77,7 +81,7 @@ struct DomainSpec {
   // own bootloader and kernel).
   std::string kernel_path;
   std::string initrd_path;
-  std::string cmdline = "console=ttyS0 quiet panic=-1";
+  std::string cmdline = kDefaultKernelCmdline;
 
   std::vector<DiskSpec> disks;
   ChannelSpec agent_channel;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/env.h"
+#include "hypervisor/domain_spec.h"
 #include "images/image_store.h"
 #include "manager/node.h"
 #include "manager/networks.h"
@@ -65,7 +66,7 @@ struct ExecutorOptions {
   int64_t boot_timeout_ms = 120'000;   // domain start -> agent hello (TCG boots take seconds)
   int64_t host_grace_ms = 10'000;      // after the function's timeout, before the host destroys the VM
   size_t max_output_bytes = 1 << 20;   // per stream; beyond that output is dropped and flagged
-  std::string kernel_cmdline = "console=ttyS0 quiet panic=-1";
+  std::string kernel_cmdline = hv::kDefaultKernelCmdline;
   // Tear the VM down after answering (the record is final before that; the
   // node's capacity stays reserved until the VM is gone). False: answer only
   // after teardown.

@@ -37,6 +37,7 @@
 #include "common/status.h"
 #include "guest/protocol.h"
 #include "hypervisor/agent_client.h"
+#include "hypervisor/domain_spec.h"
 #include "hypervisor/save_image.h"
 #include "images/image_store.h"
 #include "manager/node.h"
@@ -141,7 +142,7 @@ struct CloneStart {
 };
 
 struct TemplateOptions {
-  std::string kernel_cmdline = "console=ttyS0 quiet panic=-1";  // keep equal to the executor's
+  std::string kernel_cmdline = hv::kDefaultKernelCmdline;  // keep equal to the executor's
   std::string machine = "q35";
   int64_t boot_timeout_ms = 120'000;    // template domain start -> agent hello
   int64_t save_timeout_ms = 120'000;    // virDomainSave

@@ -43,6 +43,7 @@
 
 #include "common/env.h"
 #include "hypervisor/agent_client.h"
+#include "hypervisor/domain_spec.h"
 #include "images/image_store.h"
 #include "manager/networks.h"
 #include "manager/node.h"
@@ -168,7 +169,7 @@ struct PooledVm {
 };
 
 struct WarmPoolOptions {
-  std::string kernel_cmdline = "console=ttyS0 quiet panic=-1";  // equal to the executor's
+  std::string kernel_cmdline = hv::kDefaultKernelCmdline;  // equal to the executor's
   int64_t boot_timeout_ms = 120'000;
   int64_t tick_ms = 100;             // how often pools are checked
   int64_t failure_backoff_ms = 5'000;  // after a failed refill
