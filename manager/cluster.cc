@@ -421,7 +421,7 @@ Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, ui
   return Status::Ok();
 }
 
-int Cluster::ReleaseClaimsOn(const std::string& node, const std::function<bool(const std::string&)>& keep) {
+int Cluster::ReleaseStaleClaims(const std::function<bool(const ClaimRow&)>& stale) {
   auto claims = store_->ListClaims();
   if (!claims.ok()) {
     spdlog::warn("listing claims: {}", claims.status().ToString());
@@ -429,7 +429,7 @@ int Cluster::ReleaseClaimsOn(const std::string& node, const std::function<bool(c
   }
   int released = 0;
   for (const auto& c : *claims) {
-    if (c.node != node || keep(c.id)) continue;
+    if (!stale(c)) continue;
     spdlog::warn("releasing stale claim {} on node {}", c.id, c.node);
     Release(c.id);
     ++released;
@@ -437,20 +437,12 @@ int Cluster::ReleaseClaimsOn(const std::string& node, const std::function<bool(c
   return released;
 }
 
+int Cluster::ReleaseClaimsOn(const std::string& node, const std::function<bool(const std::string&)>& keep) {
+  return ReleaseStaleClaims([&](const ClaimRow& c) { return c.node == node && !keep(c.id); });
+}
+
 int Cluster::ReleaseClaimsExcept(const std::set<std::string>& keep) {
-  auto claims = store_->ListClaims();
-  if (!claims.ok()) {
-    spdlog::warn("listing claims: {}", claims.status().ToString());
-    return 0;
-  }
-  int released = 0;
-  for (const auto& c : *claims) {
-    if (keep.count(c.id)) continue;
-    spdlog::warn("releasing stale claim {} on node {}", c.id, c.node);
-    Release(c.id);
-    ++released;
-  }
-  return released;
+  return ReleaseStaleClaims([&](const ClaimRow& c) { return keep.count(c.id) == 0; });
 }
 
 void Cluster::ReportUnreachable(const std::string& name) {

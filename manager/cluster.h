@@ -175,6 +175,8 @@ class Cluster {
   Result<std::unique_ptr<Node>> Connect(const NodeSpec& spec, const NodeConfig& base);
   NodeConfig ConfigFor(const NodeSpec& spec) const;
   void PushToScheduler(const Entry& e);
+  // Releases every stored claim for which stale() is true; returns how many.
+  int ReleaseStaleClaims(const std::function<bool(const ClaimRow&)>& stale);
   Status Persist(const Entry& e);
   NodeView ViewOf(const Entry& e);
   void MonitorLoop();

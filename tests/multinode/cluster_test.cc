@@ -14,6 +14,7 @@
 
 #include "common/ids.h"
 #include "tests/integration/support/harness.h"
+#include "tests/multinode/hosts.h"
 
 namespace berth::testing {
 namespace {
@@ -24,15 +25,10 @@ using Clock = std::chrono::steady_clock;
 class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    state_ = "/var/lib/berth/multinode-" + RandomHex(6);
-    int code = 0;
-    std::string out = Shell(Hosts() + " up 3 " + state_, &code);
-    ASSERT_EQ(code, 0) << out;
-    std::istringstream in(out);
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("qemu+tcp://", 0) == 0) uris_.push_back(line);
-    }
-    ASSERT_EQ(uris_.size(), 3u) << out;
+    HostSet hosts = StartHosts(3, "multinode");
+    state_ = hosts.state;
+    uris_ = hosts.uris;
+    ASSERT_EQ(uris_.size(), 3u) << hosts.output;
     daemon_ = new BerthdProcess({"--node-down-after-ms", "4000", "--node-monitor-ms", "1000"});
     ASSERT_TRUE(daemon_->running()) << daemon_->log();
     image_ = daemon_->UploadBusybox();
@@ -40,9 +36,8 @@ class ClusterTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete daemon_;
     daemon_ = nullptr;
-    Shell(Hosts() + " down " + state_);
+    StopHosts(state_);
   }
-  static std::string Hosts() { return std::string(BERTH_SOURCE_DIR) + "/tests/multinode/hosts.sh"; }
 
   static json Node(const std::string& name) { return daemon_->Get("/v1/nodes/" + name).json(); }
   static json Exec(const json& selector = json::object()) {
@@ -216,7 +211,7 @@ TEST_F(ClusterTest, PlacementCordonSelectorsDrainFailureAndRestart) {
 
   // n3's libvirtd dies: down within 15 s, its (adopted) executions lost.
   auto t0 = Clock::now();
-  Shell(Hosts() + " kill 3 " + state_);
+  Shell(HostsScript() + " kill 3 " + state_);
   json n3;
   while (Clock::now() - t0 < std::chrono::seconds(20)) {
     n3 = Node("n3");

@@ -23,6 +23,7 @@
 
 #include "common/ids.h"
 #include "tests/integration/support/harness.h"
+#include "tests/multinode/hosts.h"
 
 namespace berth::testing {
 namespace {
@@ -33,15 +34,10 @@ using Clock = std::chrono::steady_clock;
 class FailoverTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    state_ = "/var/lib/berth/multinode-" + RandomHex(6);
-    int code = 0;
-    std::string out = Shell(Hosts() + " up 2 " + state_, &code);
-    ASSERT_EQ(code, 0) << out;
-    std::istringstream in(out);
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("qemu+tcp://", 0) == 0) uris_.push_back(line);
-    }
-    ASSERT_EQ(uris_.size(), 2u) << out;
+    HostSet hosts = StartHosts(2, "multinode");
+    state_ = hosts.state;
+    uris_ = hosts.uris;
+    ASSERT_EQ(uris_.size(), 2u) << hosts.output;
     daemon_ = new BerthdProcess();  // default --node-monitor-ms / --node-down-after-ms
     ASSERT_TRUE(daemon_->running()) << daemon_->log();
     image_ = daemon_->UploadBusybox();
@@ -77,9 +73,8 @@ class FailoverTest : public ::testing::Test {
     }
     delete daemon_;
     daemon_ = nullptr;
-    Shell(Hosts() + " down " + state_);
+    StopHosts(state_);
   }
-  static std::string Hosts() { return std::string(BERTH_SOURCE_DIR) + "/tests/multinode/hosts.sh"; }
   static json Node(const std::string& name) { return daemon_->Get("/v1/nodes/" + name).json(); }
   static std::string Virsh(const std::string& uri, const std::string& args) {
     return Shell("timeout 20 virsh -q -c " + uri + " " + args + " 2>/dev/null");
@@ -147,7 +142,7 @@ TEST_F(FailoverTest, HostDiesMidRunRetryableRunsElsewhereThenHostIsReconciledBef
 
   // n1's libvirtd dies (its QEMUs live on, as they do on a real host).
   const auto t0 = Clock::now();
-  Shell(Hosts() + " kill 1 " + state_);
+  Shell(HostsScript() + " kill 1 " + state_);
   EXPECT_TRUE(WaitFor([] { return Node("n1")["state"] == "down"; }, 20)) << Node("n1").dump();
   EXPECT_LE(Clock::now() - t0, std::chrono::seconds(15)) << "node marked down too late";
 
@@ -183,7 +178,7 @@ TEST_F(FailoverTest, HostDiesMidRunRetryableRunsElsewhereThenHostIsReconciledBef
 
   // Start n1's libvirtd again: it still runs the two orphan guests until berthd reconciles it.
   int code = 0;
-  std::string out = Shell(Hosts() + " restart 1 " + state_, &code);
+  std::string out = Shell(HostsScript() + " restart 1 " + state_, &code);
   ASSERT_EQ(code, 0) << out;
   if (Node("n1")["state"] == "down") {
     std::string listed = Virsh(uris_[0], "list --name");

@@ -14,6 +14,7 @@
 
 #include "common/ids.h"
 #include "tests/integration/support/harness.h"
+#include "tests/multinode/hosts.h"
 
 namespace berth::testing {
 namespace {
@@ -23,24 +24,18 @@ using nlohmann::json;
 class ImageDistributionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    state_ = "/var/lib/berth/multinode-img-" + RandomHex(6);
-    int code = 0;
-    std::string out = Shell(Hosts() + " up 1 " + state_, &code);
-    ASSERT_EQ(code, 0) << out;
-    std::istringstream in(out);
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("qemu+tcp://", 0) == 0) uri_ = line;
-    }
-    ASSERT_FALSE(uri_.empty()) << out;
+    HostSet hosts = StartHosts(1, "multinode-img");
+    state_ = hosts.state;
+    ASSERT_EQ(hosts.uris.size(), 1u) << hosts.output;
+    uri_ = hosts.uris[0];
     daemon_ = new BerthdProcess({"--node-down-after-ms", "6000", "--node-monitor-ms", "1000"});
     ASSERT_TRUE(daemon_->running()) << daemon_->log();
   }
   static void TearDownTestSuite() {
     delete daemon_;
     daemon_ = nullptr;
-    Shell(Hosts() + " down " + state_);
+    StopHosts(state_);
   }
-  static std::string Hosts() { return std::string(BERTH_SOURCE_DIR) + "/tests/multinode/hosts.sh"; }
   static std::string Virsh(const std::string& args) {
     return Shell("timeout 30 virsh -q -c " + uri_ + " " + args + " 2>/dev/null");
   }

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "common/env.h"
+#include "common/manual_clock_env.h"
 #include "hypervisor/hypervisor.h"
 #include "manager/executor.h"
 #include "manager/metrics.h"
@@ -19,36 +20,6 @@
 namespace berth::manager {
 namespace {
 
-// The real Env with a clock the test moves.
-class ManualClockEnv : public Env {
- public:
-  int64_t NowUnixMs() override { return 1'700'000'000'000 + now_; }
-  int64_t MonotonicMs() override { return now_; }
-  void SleepMs(int64_t ms) override { now_ += ms; }
-  Result<CommandResult> Run(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms) override {
-    return real_->Run(argv, input, timeout_ms);
-  }
-  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms,
-                                   const RunLimits& limits) override {
-    return real_->RunLimited(argv, input, timeout_ms, limits);
-  }
-  Result<std::string> ReadFile(const std::string& path) override { return real_->ReadFile(path); }
-  Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
-    return real_->WriteFileAtomic(path, data, mode);
-  }
-  bool Exists(const std::string& path) override { return real_->Exists(path); }
-  Status RemoveFile(const std::string& path) override { return real_->RemoveFile(path); }
-  Status RemoveTree(const std::string& path) override { return real_->RemoveTree(path); }
-  Status CreateDirs(const std::string& path, int mode) override { return real_->CreateDirs(path, mode); }
-  Status Rename(const std::string& from, const std::string& to) override { return real_->Rename(from, to); }
-  Result<uint64_t> FileSize(const std::string& path) override { return real_->FileSize(path); }
-
-  void Advance(int64_t ms) { now_ += ms; }
-
- private:
-  Env* real_ = Env::Default();
-  std::atomic<int64_t> now_{1000};
-};
 
 ScalingPolicy Policy(uint32_t min_warm, uint32_t max_warm, uint32_t target = 1, uint32_t max_instances = 0) {
   ScalingPolicy p;

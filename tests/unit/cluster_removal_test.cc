@@ -16,6 +16,7 @@
 #include "manager/cluster.h"
 #include "manager/store.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/unimplemented_hypervisor.h"
 
 namespace berth::manager {
 namespace {
@@ -59,12 +60,12 @@ struct Gate {
 
 // Enough of a libvirt host for Node::Prepare (accel tcg, runtime volumes
 // already there) and the cluster's reads; everything else is Unimplemented.
-class FakeHypervisor : public hv::Hypervisor {
+class FakeHypervisor : public hv::UnimplementedHypervisor {
  public:
-  FakeHypervisor(std::string uri, std::shared_ptr<Gate> gate) : uri_(std::move(uri)), gate_(std::move(gate)) {}
+  FakeHypervisor(std::string uri, std::shared_ptr<Gate> gate)
+      : hv::UnimplementedHypervisor(std::move(uri)), gate_(std::move(gate)) {}
   ~FakeHypervisor() override { gate_->destroyed = true; }
 
-  const std::string& uri() const override { return uri_; }
   Result<hv::NodeInfo> GetNodeInfo() override {
     std::shared_ptr<Gate> gate = gate_;  // not `this`: the test checks it is still alive
     gate->Pass("GetNodeInfo");
@@ -91,55 +92,8 @@ class FakeHypervisor : public hv::Hypervisor {
   Status RefreshPool(const std::string&) override { return Status::Ok(); }
   Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
 
-  Result<hv::VolumeInfo> UploadVolume(const std::string&, const std::string&, const std::string&,
-                                      const std::string&) override {
-    return No();
-  }
-  Result<hv::VolumeInfo> CreateOverlay(const std::string&, const std::string&, const hv::VolumeInfo&,
-                                       uint64_t) override {
-    return No();
-  }
-  Result<std::string> DownloadVolumeTail(const std::string&, const std::string&, uint64_t) override { return No(); }
-  Status DeleteVolume(const std::string&, const std::string&) override { return No(); }
-  Status StartDomain(const hv::DomainSpec&) override { return No(); }
-  Status DestroyDomain(const std::string&) override { return No(); }
-  Status ShutdownDomain(const std::string&) override { return No(); }
-  Result<std::string> GetDomainXml(const std::string&) override { return No(); }
-  Status SetDomainMetadata(const std::string&, const hv::DomainMetadata&) override { return No(); }
-  Status SaveDomain(const std::string&, const std::string&) override { return No(); }
-  Status RestoreDomain(const std::string&) override { return No(); }
-  Status SuspendDomain(const std::string&) override { return No(); }
-  Status ResumeDomain(const std::string&) override { return No(); }
-  Status SaveDomainMemory(const std::string&, const std::string&) override { return No(); }
-  Result<hv::DomainState> GetDomainState(const std::string&) override { return No(); }
-  Result<std::unique_ptr<hv::AgentChannel>> OpenAgentChannel(const std::string&, const std::string&) override {
-    return No();
-  }
-  Result<std::string> GetPoolPath(const std::string&) override { return No(); }
-  Result<hv::VolumeInfo> CloneVolume(const std::string&, const std::string&, const std::string&) override {
-    return No();
-  }
-  Result<std::string> DownloadVolumeRange(const std::string&, const std::string&, uint64_t, uint64_t) override {
-    return No();
-  }
-  Status UploadVolumeRange(const std::string&, const std::string&, uint64_t, std::string_view) override {
-    return No();
-  }
-  Result<hv::VolumeInfo> WriteVolume(const std::string&, const std::string&, std::string_view) override {
-    return No();
-  }
-  Status EnsureNetwork(const hv::NetworkSpec&) override { return No(); }
-  Status DestroyNetwork(const std::string&) override { return No(); }
-  Result<std::vector<std::string>> ListNetworks(const std::string&) override { return No(); }
-  Result<hv::NetworkSpec> GetNetwork(const std::string&) override { return No(); }
-  Status EnsureNwFilter(const std::string&) override { return No(); }
-  Status DeleteNwFilter(const std::string&) override { return No(); }
-  Result<std::vector<std::string>> ListNwFilters(const std::string&) override { return No(); }
-  Result<std::vector<hv::InterfaceAddress>> GetDomainInterfaceAddresses(const std::string&) override { return No(); }
 
  private:
-  static Status No() { return Status::Unimplemented("not in the fake hypervisor"); }
-  std::string uri_;
   std::shared_ptr<Gate> gate_;
 };
 

@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "events/cron_ticker.h"
-#include "events/manual_clock_env.h"
+#include "common/manual_clock_env.h"
 #include "tests/support/temp_dir.h"
 
 namespace berth::events {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "events/filter.h"
-#include "events/manual_clock_env.h"
+#include "common/manual_clock_env.h"
 #include "tests/support/temp_dir.h"
 
 namespace berth::events {

@@ -7,7 +7,7 @@
 
 #include "events/cron_ticker.h"
 #include "events/event_log.h"
-#include "events/manual_clock_env.h"
+#include "common/manual_clock_env.h"
 #include "tests/support/temp_dir.h"
 
 namespace berth::events {

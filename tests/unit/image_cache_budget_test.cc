@@ -9,47 +9,20 @@
 #include <string>
 
 #include "common/env.h"
+#include "common/manual_clock_env.h"
 #include "common/sha256.h"
 #include "manager/node.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/unimplemented_hypervisor.h"
 
 namespace berth::manager {
 namespace {
 
-// The real Env with a clock the test moves (the cache's LRU order is by MonotonicMs).
-class ManualClockEnv : public Env {
- public:
-  int64_t NowUnixMs() override { return 1'700'000'000'000 + now_; }
-  int64_t MonotonicMs() override { return now_; }
-  void SleepMs(int64_t ms) override { now_ += ms; }
-  Result<CommandResult> Run(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms) override {
-    return real_->Run(argv, input, timeout_ms);
-  }
-  Result<CommandResult> RunLimited(const std::vector<std::string>& argv, std::string_view input, int64_t timeout_ms,
-                                   const RunLimits& limits) override {
-    return real_->RunLimited(argv, input, timeout_ms, limits);
-  }
-  Result<std::string> ReadFile(const std::string& path) override { return real_->ReadFile(path); }
-  Status WriteFileAtomic(const std::string& path, std::string_view data, int mode) override {
-    return real_->WriteFileAtomic(path, data, mode);
-  }
-  bool Exists(const std::string& path) override { return real_->Exists(path); }
-  Status RemoveFile(const std::string& path) override { return real_->RemoveFile(path); }
-  Status RemoveTree(const std::string& path) override { return real_->RemoveTree(path); }
-  Status CreateDirs(const std::string& path, int mode) override { return real_->CreateDirs(path, mode); }
-  Status Rename(const std::string& from, const std::string& to) override { return real_->Rename(from, to); }
-  Result<uint64_t> FileSize(const std::string& path) override { return real_->FileSize(path); }
-  void Advance(int64_t ms) { now_ += ms; }
-
- private:
-  Env* real_ = Env::Default();
-  std::atomic<int64_t> now_{1000};
-};
 
 // A pool of volumes in memory: uploads take the local file's size; deletes are recorded.
-class PoolHypervisor : public hv::Hypervisor {
+class PoolHypervisor : public hv::UnimplementedHypervisor {
  public:
-  const std::string& uri() const override { return uri_; }
+  PoolHypervisor() : hv::UnimplementedHypervisor("fake:///pool") {}
   Result<hv::NodeInfo> GetNodeInfo() override { return hv::NodeInfo{}; }
   Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
   Result<hv::VolumeInfo> LookupVolume(const std::string&, const std::string& name) override {
@@ -88,51 +61,9 @@ class PoolHypervisor : public hv::Hypervisor {
   bool Has(const std::string& name) const { return volumes_.count(name) > 0; }
   std::vector<std::string> deleted;
 
-  Result<hv::VolumeInfo> CreateOverlay(const std::string&, const std::string&, const hv::VolumeInfo&,
-                                       uint64_t) override {
-    return No();
-  }
-  Result<std::string> DownloadVolumeTail(const std::string&, const std::string&, uint64_t) override { return No(); }
-  Status StartDomain(const hv::DomainSpec&) override { return No(); }
-  Status DestroyDomain(const std::string&) override { return No(); }
-  Status ShutdownDomain(const std::string&) override { return No(); }
   Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
-  Result<std::string> GetDomainXml(const std::string&) override { return No(); }
-  Status SetDomainMetadata(const std::string&, const hv::DomainMetadata&) override { return No(); }
-  Status SaveDomain(const std::string&, const std::string&) override { return No(); }
-  Status RestoreDomain(const std::string&) override { return No(); }
-  Status SuspendDomain(const std::string&) override { return No(); }
-  Status ResumeDomain(const std::string&) override { return No(); }
-  Status SaveDomainMemory(const std::string&, const std::string&) override { return No(); }
-  Result<hv::DomainState> GetDomainState(const std::string&) override { return No(); }
-  Result<std::unique_ptr<hv::AgentChannel>> OpenAgentChannel(const std::string&, const std::string&) override {
-    return No();
-  }
-  Result<std::string> GetPoolPath(const std::string&) override { return No(); }
-  Result<hv::VolumeInfo> CloneVolume(const std::string&, const std::string&, const std::string&) override {
-    return No();
-  }
-  Result<std::string> DownloadVolumeRange(const std::string&, const std::string&, uint64_t, uint64_t) override {
-    return No();
-  }
-  Status UploadVolumeRange(const std::string&, const std::string&, uint64_t, std::string_view) override {
-    return No();
-  }
-  Result<hv::VolumeInfo> WriteVolume(const std::string&, const std::string&, std::string_view) override {
-    return No();
-  }
-  Status EnsureNetwork(const hv::NetworkSpec&) override { return No(); }
-  Status DestroyNetwork(const std::string&) override { return No(); }
-  Result<std::vector<std::string>> ListNetworks(const std::string&) override { return No(); }
-  Result<hv::NetworkSpec> GetNetwork(const std::string&) override { return No(); }
-  Status EnsureNwFilter(const std::string&) override { return No(); }
-  Status DeleteNwFilter(const std::string&) override { return No(); }
-  Result<std::vector<std::string>> ListNwFilters(const std::string&) override { return No(); }
-  Result<std::vector<hv::InterfaceAddress>> GetDomainInterfaceAddresses(const std::string&) override { return No(); }
 
  private:
-  static Status No() { return Status::Unimplemented("not in the fake hypervisor"); }
-  std::string uri_ = "fake:///pool";
   std::map<std::string, hv::VolumeInfo> volumes_;
 };
 
