@@ -95,8 +95,14 @@ json NodeViewJson(const manager::NodeView& n) {
           {"memory_mib", n.info.memory_mib},
           {"overcommit", {{"cpu", n.spec.cpu_overcommit}, {"memory", n.spec.memory_overcommit}}},
           {"reserved", {{"memory_mib", n.spec.reserved_memory_mib}}},
-          {"capacity", {{"vcpus", n.vcpus_capacity}, {"memory_mib", n.memory_capacity_mib}}},
-          {"allocated", {{"vcpus", n.vcpus_allocated}, {"memory_mib", n.memory_allocated_mib}}},
+          {"capacity",
+           {{"vcpus", n.vcpus_capacity}, {"memory_mib", n.memory_capacity_mib}, {"disk_bytes", n.disk_capacity_bytes}}},
+          {"allocated",
+           {{"vcpus", n.vcpus_allocated}, {"memory_mib", n.memory_allocated_mib}, {"disk_bytes", n.disk_allocated_bytes}}},
+          {"disk",
+           {{"pool_capacity_bytes", n.pool_capacity_bytes},
+            {"pool_available_bytes", n.pool_available_bytes},
+            {"image_cache_bytes", n.image_cache_bytes}}},
           {"executions", n.claims},
           {"last_error", n.last_error}};
 }

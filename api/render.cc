@@ -293,8 +293,11 @@ void DescribeResponses(Router& router) {
                                    {"memory_mib", Int()},
                                    {"overcommit", Closed({{"cpu", Num()}, {"memory", Num()}})},
                                    {"reserved", Closed({{"memory_mib", Int()}})},
-                                   {"capacity", Closed({{"vcpus", Int()}, {"memory_mib", Int()}})},
-                                   {"allocated", Closed({{"vcpus", Int()}, {"memory_mib", Int()}})},
+                                   {"capacity", Closed({{"vcpus", Int()}, {"memory_mib", Int()}, {"disk_bytes", Int()}})},
+                                   {"allocated", Closed({{"vcpus", Int()}, {"memory_mib", Int()}, {"disk_bytes", Int()}})},
+                                   {"disk", Closed({{"pool_capacity_bytes", Int()},
+                                                    {"pool_available_bytes", Int()},
+                                                    {"image_cache_bytes", Int()}})},
                                    {"executions", Int()},
                                    {"last_error", Str()}}));
   router.AddSchema("Logs", Closed({{"stdout", Str()},

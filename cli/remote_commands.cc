@@ -453,9 +453,14 @@ void AddRemoteCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_
       return;
     }
     std::vector<std::vector<std::string>> rows = {
-        {"NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "EXECUTIONS", "LABELS", "URI"}};
+        {"NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "IMAGES/DISK", "EXECUTIONS", "LABELS", "URI"}};
     for (const auto& n : Body(r).value("nodes", json::array())) {
       json cap = n.value("capacity", json::object()), used = n.value("allocated", json::object());
+      // Image cache bytes of the pool's capacity ("-" while the pool's space is unknown).
+      json disk = n.value("disk", json::object());
+      uint64_t pool_bytes = disk.value("pool_capacity_bytes", uint64_t{0});
+      std::string disk_text =
+          pool_bytes == 0 ? "-" : Bytes(disk.value("image_cache_bytes", uint64_t{0})) + "/" + Bytes(pool_bytes);
       std::string labels;
       if (n.contains("labels") && n["labels"].is_object()) {
         for (auto it = n["labels"].begin(); it != n["labels"].end(); ++it) {
@@ -464,7 +469,7 @@ void AddRemoteCommands(CLI::App& app, std::shared_ptr<Remote> remote, int& exit_
         }
       }
       rows.push_back({Text(n, "name"), Text(n, "state"), Text(n, "accel"), Text(used, "vcpus") + "/" + Text(cap, "vcpus"),
-                      Text(used, "memory_mib") + "/" + Text(cap, "memory_mib") + " MiB", Text(n, "executions"),
+                      Text(used, "memory_mib") + "/" + Text(cap, "memory_mib") + " MiB", disk_text, Text(n, "executions"),
                       labels.empty() ? "-" : labels, Text(n, "uri")});
     }
     PrintTable(rows);

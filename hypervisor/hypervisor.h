@@ -44,6 +44,15 @@ struct VolumeInfo {
   uint64_t allocation_bytes = 0;
 };
 
+// A storage pool's space as libvirt reports it (virStoragePoolGetInfo), in
+// bytes: capacity = allocation + available for a dir pool on its own
+// filesystem; other writers on the filesystem show up as allocation.
+struct PoolInfo {
+  uint64_t capacity_bytes = 0;
+  uint64_t allocation_bytes = 0;
+  uint64_t available_bytes = 0;
+};
+
 // One address of a guest NIC, from GetDomainInterfaceAddresses.
 struct InterfaceAddress {
   std::string interface;  // host-side device, e.g. "vnet3"
@@ -98,6 +107,11 @@ class Hypervisor {
   virtual Status DeleteVolume(const std::string& pool, const std::string& name) = 0;
   virtual Result<std::vector<VolumeInfo>> ListVolumes(const std::string& pool) = 0;
   virtual Status RefreshPool(const std::string& pool) = 0;
+  // The pool's capacity, allocation and free space. kNotFound if there is no
+  // such pool. The default (for fakes) is Unimplemented: space unknown.
+  virtual Result<PoolInfo> GetPoolInfo(const std::string& pool) {
+    return Status::Unimplemented("GetPoolInfo of pool '" + pool + "' is not implemented");
+  }
 
   // Domains. StartDomain creates a transient domain from the spec's XML.
   virtual Status StartDomain(const DomainSpec& spec) = 0;

@@ -368,6 +368,19 @@ class LibvirtHypervisor final : public Hypervisor {
     return Status::Ok();
   }
 
+  Result<PoolInfo> GetPoolInfo(const std::string& pool_name) override {
+    BERTH_ASSIGN_OR_RETURN(PoolHandle pool, Pool(pool_name));
+    virStoragePoolInfo info{};
+    if (virStoragePoolGetInfo(pool.get(), &info) < 0) {
+      return LastLibvirtError("space of storage pool '" + pool_name + "'");
+    }
+    PoolInfo out;
+    out.capacity_bytes = info.capacity;
+    out.allocation_bytes = info.allocation;
+    out.available_bytes = info.available;
+    return out;
+  }
+
   Status StartDomain(const DomainSpec& spec) override {
     BERTH_ASSIGN_OR_RETURN(std::string xml, WriteDomainXml(spec));
     BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());

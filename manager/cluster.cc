@@ -43,16 +43,27 @@ NodeSpec SpecFromRow(const NodeRow& row) {
   return s;
 }
 
+// img-<64 hex>.<fmt>
+bool IsCachedImageVolume(const std::string& name) {
+  return name.rfind("img-", 0) == 0 && name.size() >= 4 + 64 + 2 && name[4 + 64] == '.';
+}
+
 }  // namespace
 
 std::set<std::string> CachedImageDigests(const std::vector<hv::VolumeInfo>& pool_volumes) {
   std::set<std::string> out;
   for (const auto& v : pool_volumes) {
-    // img-<64 hex>.<fmt>
-    if (v.name.rfind("img-", 0) != 0 || v.name.size() < 4 + 64 + 2 || v.name[4 + 64] != '.') continue;
-    out.insert(v.name.substr(4, 64));
+    if (IsCachedImageVolume(v.name)) out.insert(v.name.substr(4, 64));
   }
   return out;
+}
+
+uint64_t CachedImageBytes(const std::vector<hv::VolumeInfo>& pool_volumes) {
+  uint64_t bytes = 0;
+  for (const auto& v : pool_volumes) {
+    if (IsCachedImageVolume(v.name)) bytes += v.allocation_bytes;
+  }
+  return bytes;
 }
 
 Status ValidateNodeSpec(const NodeSpec& spec) {
@@ -139,6 +150,9 @@ void Cluster::PushToScheduler(const Entry& e) {
     r.total_memory_mib = e.node->info().memory_mib;
   }
   r.reserved_memory_mib = std::min<uint64_t>(e.spec.reserved_memory_mib, r.total_memory_mib);
+  // Cached images count against the pool's disk (0 = unknown: no disk limit).
+  r.total_disk_bytes = e.pool.capacity_bytes;
+  r.reserved_disk_bytes = std::min<uint64_t>(e.image_cache_bytes, r.total_disk_bytes);
   r.cpu_overcommit = e.spec.cpu_overcommit;
   r.memory_overcommit = e.spec.memory_overcommit;
   r.cached_images = e.cached_images;
@@ -389,19 +403,29 @@ void Cluster::RefreshLocality(const std::string& name) {
   }
   // Read outside the lock (libvirt calls), as the monitor's health check does.
   auto volumes = node->hypervisor().ListVolumes(node->config().pool);
+  auto pool_info = node->hypervisor().GetPoolInfo(node->config().pool);
   std::set<std::string> templates;
   if (TemplateCache* cache = node->templates()) {
     if (auto keys = cache->ListKeys(); keys.ok()) templates.insert(keys->begin(), keys->end());
   }
   if (!volumes.ok()) return;
+  // Space unknown (e.g. a driver without it): the scheduler sets no disk limit.
+  hv::PoolInfo pool = pool_info.ok() ? *pool_info : hv::PoolInfo{};
+  if (!pool_info.ok()) spdlog::debug("node {}: pool space unknown: {}", name, pool_info.status().ToString());
   std::lock_guard lock(mu_);
   auto it = nodes_.find(name);
   if (it == nodes_.end() || it->second.node != node) return;  // removed or replaced meanwhile
+  Entry& e = it->second;
   std::set<std::string> images = CachedImageDigests(*volumes);
-  if (images == it->second.cached_images && templates == it->second.template_keys) return;
-  it->second.cached_images = std::move(images);
-  it->second.template_keys = std::move(templates);
-  PushToScheduler(it->second);
+  uint64_t image_bytes = CachedImageBytes(*volumes);
+  bool same_disk = pool.capacity_bytes == e.pool.capacity_bytes && image_bytes == e.image_cache_bytes;
+  // available changes with every write on the filesystem; it is only shown, never scheduled on.
+  e.pool = pool;
+  if (images == e.cached_images && templates == e.template_keys && same_disk) return;
+  e.cached_images = std::move(images);
+  e.template_keys = std::move(templates);
+  e.image_cache_bytes = image_bytes;
+  PushToScheduler(e);
 }
 
 Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, uint32_t vcpus, uint64_t memory_mib) {
@@ -484,11 +508,16 @@ NodeView Cluster::ViewOf(const Entry& e) {
     v.accel = e.node->accel() == hv::Accel::kKvm ? "kvm" : "tcg";
     v.info = e.node->info();
   }
+  v.pool_capacity_bytes = e.pool.capacity_bytes;
+  v.pool_available_bytes = e.pool.available_bytes;
+  v.image_cache_bytes = e.image_cache_bytes;
   if (auto r = scheduler_.Report(e.spec.name); r.ok()) {
     v.vcpus_capacity = r->capacity.vcpus;
     v.vcpus_allocated = r->allocated.vcpus;
     v.memory_capacity_mib = r->capacity.memory_mib;
     v.memory_allocated_mib = r->allocated.memory_mib;
+    v.disk_capacity_bytes = r->capacity.disk_bytes;
+    v.disk_allocated_bytes = r->allocated.disk_bytes;
     v.claims = static_cast<int64_t>(r->claims);
   }
   return v;

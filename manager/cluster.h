@@ -52,6 +52,12 @@ struct NodeView {
   hv::NodeInfo info;
   uint64_t vcpus_capacity = 0, vcpus_allocated = 0;
   uint64_t memory_capacity_mib = 0, memory_allocated_mib = 0;
+  // Disk claims may use: the pool's capacity minus the image cache (0 while
+  // the pool's space is unknown, which the scheduler treats as no limit).
+  uint64_t disk_capacity_bytes = 0, disk_allocated_bytes = 0;
+  // The node's berth pool as libvirt reports it (GetPoolInfo; 0 while
+  // unknown) and the bytes its cached images (img-* volumes) take of it.
+  uint64_t pool_capacity_bytes = 0, pool_available_bytes = 0, image_cache_bytes = 0;
   int64_t claims = 0;
   std::string last_error;
 };
@@ -64,6 +70,8 @@ struct PlacementHints {
 
 // The image digests a node's pool holds, from its volume names (img-<sha256>.<fmt>).
 std::set<std::string> CachedImageDigests(const std::vector<hv::VolumeInfo>& pool_volumes);
+// The bytes allocated on disk to the cached images (the same volumes).
+uint64_t CachedImageBytes(const std::vector<hv::VolumeInfo>& pool_volumes);
 
 struct ClusterOptions {
   std::string state_dir = "/var/lib/berth/nodes";  // pool folders of added nodes: <state_dir>/<name>/{pool,logs}
@@ -116,7 +124,8 @@ class Cluster {
   // ResourceExhausted when none is left.
   Result<Node*> ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                                  std::vector<std::string>* alternates);
-  // Re-reads which images and templates a node holds (the monitor does this
+  // Re-reads which images and templates a node holds, its pool's space and
+  // the bytes its cached images take (the monitor does this
   // every round for nodes that answer). Calls libvirt outside the cluster
   // lock; a node removed (or replaced) meanwhile is left alone.
   void RefreshLocality(const std::string& name);
@@ -171,6 +180,9 @@ class Cluster {
     int64_t last_ok_ms = 0;
     std::string last_error;
     std::set<std::string> cached_images, template_keys;  // locality, for the scheduler
+    // The pool's space (0 = unknown: no disk limit) and what cached images take of it.
+    hv::PoolInfo pool;
+    uint64_t image_cache_bytes = 0;
   };
   Result<std::unique_ptr<Node>> Connect(const NodeSpec& spec, const NodeConfig& base);
   NodeConfig ConfigFor(const NodeSpec& spec) const;

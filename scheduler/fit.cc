@@ -75,7 +75,10 @@ Rejection CheckFit(const NodeLoad& node, const PlacementRequest& request) {
   if (request.cpu_model && *request.cpu_model != spec.cpu_model) return Rejection::kCpuModel;
   if (request.vcpus > FreeOf(node.capacity.vcpus, node.allocated.vcpus)) return Rejection::kVcpus;
   if (request.memory_mib > FreeOf(node.capacity.memory_mib, node.allocated.memory_mib)) return Rejection::kMemory;
-  if (request.disk_bytes > FreeOf(node.capacity.disk_bytes, node.allocated.disk_bytes)) return Rejection::kDisk;
+  // total_disk_bytes 0 = the node's disk space is unknown: no disk limit.
+  if (spec.total_disk_bytes > 0 && request.disk_bytes > FreeOf(node.capacity.disk_bytes, node.allocated.disk_bytes)) {
+    return Rejection::kDisk;
+  }
   return Rejection::kFits;
 }
 
@@ -83,7 +86,9 @@ double Score(const NodeLoad& node, const PlacementRequest& request, const Policy
   double used = UsedAfter(node.capacity.vcpus, node.allocated.vcpus, request.vcpus) +
                 UsedAfter(node.capacity.memory_mib, node.allocated.memory_mib, request.memory_mib);
   int parts = 2;
-  if (node.capacity.disk_bytes > 0) {
+  // Disk weighs in only for claims that ask for disk: others would average in
+  // a 0 and rank nodes whose pool space is known differently from the rest.
+  if (request.disk_bytes > 0 && node.capacity.disk_bytes > 0) {
     used += UsedAfter(node.capacity.disk_bytes, node.allocated.disk_bytes, request.disk_bytes);
     ++parts;
   }

@@ -158,6 +158,8 @@ void Scheduler::Sample(const PlacementRequest& request, const CandidateIndex& ca
 void Scheduler::Refresh(const Node* n) {
   HotNode& h = hot_[n->all_pos];
   h.free = FreeOf(*n);
+  // Unknown disk space (total 0) limits nothing, as in CheckFit.
+  if (n->spec.total_disk_bytes == 0) h.free.disk_bytes = UINT64_MAX;
   h.up = n->spec.state == NodeState::kUp;
 }
 

@@ -42,7 +42,7 @@ struct NodeResources {
 
   uint64_t total_vcpus = 0;
   uint64_t total_memory_mib = 0;
-  uint64_t total_disk_bytes = 0;
+  uint64_t total_disk_bytes = 0;  // 0 = unknown: disk is not a limit on this node
   // Kept for the host itself; never offered to claims.
   uint64_t reserved_vcpus = 0;
   uint64_t reserved_memory_mib = 0;

@@ -47,6 +47,9 @@ public:
     return No("ListVolumes");
   }
   Status RefreshPool(const std::string &) override { return No("RefreshPool"); }
+  Result<PoolInfo> GetPoolInfo(const std::string &) override {
+    return No("GetPoolInfo");
+  }
   Status StartDomain(const DomainSpec &) override { return No("StartDomain"); }
   Status DestroyDomain(const std::string &) override {
     return No("DestroyDomain");

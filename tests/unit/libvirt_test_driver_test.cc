@@ -104,6 +104,19 @@ TEST_F(LibvirtTestDriverTest, EnsureDirPoolIsIdempotent) {
   EXPECT_TRUE(hv_->RefreshPool(pool_).ok());
 }
 
+TEST_F(LibvirtTestDriverTest, PoolInfoReportsSpace) {
+  ASSERT_TRUE(hv_->EnsureDirPool(pool_, pool_dir_).ok());
+  auto info = hv_->GetPoolInfo(pool_);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_GT(info->capacity_bytes, 0u) << "the test driver gives new pools a default capacity";
+  EXPECT_LE(info->available_bytes, info->capacity_bytes);
+  EXPECT_LE(info->allocation_bytes, info->capacity_bytes);
+
+  auto missing = hv_->GetPoolInfo("berth-unit-missing-" + RandomHex(8));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kNotFound) << missing.status().ToString();
+}
+
 TEST_F(LibvirtTestDriverTest, MissingPoolIsNotFound) {
   const std::string missing = "berth-unit-missing-" + RandomHex(8);
   auto l = hv_->ListVolumes(missing);

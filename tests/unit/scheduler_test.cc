@@ -417,6 +417,38 @@ TYPED_TEST(SchedulerContract, RemoveNodeDropsItsClaims) {
   EXPECT_EQ(s.Reports().size(), 1u);
 }
 
+// Image cache bytes are reserved from a node's disk: a node whose disk the
+// cache fills takes no claim that asks for disk, and a node whose disk space
+// is unknown (total 0) is not filtered on disk at all.
+TYPED_TEST(SchedulerContract, DiskTakenByCacheFiltersUnknownDiskDoesNot) {
+  TypeParam s{Policy{}};
+  NodeResources full = MakeNode("full", 16, 64 * kGiB, 1000);
+  full.reserved_disk_bytes = 1000;  // all of it is image cache
+  ASSERT_TRUE(s.UpsertNode(full).ok());
+  PlacementRequest r = Req("c1", 1, kGiB);
+  r.disk_bytes = 10;
+  auto none = s.Place(r);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(none.status().message().find("1 lack disk"), std::string::npos) << none.status().message();
+  // A claim that asks for no disk still fits there.
+  EXPECT_EQ(s.Place(Req("c0", 1, kGiB))->node, "full");
+
+  ASSERT_TRUE(s.UpsertNode(MakeNode("unknown", 16, 64 * kGiB, 0)).ok());
+  auto placed = s.Place(r);
+  ASSERT_TRUE(placed.ok()) << placed.status().ToString();
+  EXPECT_EQ(placed->node, "unknown");
+
+  // Once the cache shrinks, the node has room again.
+  full.reserved_disk_bytes = 900;
+  ASSERT_TRUE(s.UpsertNode(full).ok());
+  ASSERT_TRUE(s.SetNodeState("unknown", NodeState::kDown).ok());
+  r.claim_id = "c2";
+  auto again = s.Place(r);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->node, "full");
+}
+
 TYPED_TEST(SchedulerContract, InvalidRequests) {
   TypeParam s{Policy{}};
   ASSERT_TRUE(s.UpsertNode(MakeNode("a")).ok());
