@@ -13,6 +13,7 @@
 #include "common/env.h"
 #include "manager/cluster.h"
 #include "manager/store.h"
+#include "tests/support/fake_cluster.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/unimplemented_hypervisor.h"
 
@@ -87,27 +88,10 @@ class ClusterDiskTest : public ::testing::Test {
   }
 
   std::unique_ptr<Cluster> MakeCluster() {
-    ClusterOptions options;
-    options.state_dir = tmp_.path() + "/nodes";
-    options.monitor_interval_ms = 60'000;
-    options.connect = [this](const std::string& uri) -> Result<std::unique_ptr<hv::Hypervisor>> {
-      return std::unique_ptr<hv::Hypervisor>(new FakeHypervisor(uri, pool_));
-    };
-    RuntimeArtifacts runtime;
-    runtime.kernel_path = "/fake/vmlinuz";
-    runtime.initrd_path = "/fake/initramfs.cpio.gz";
-    runtime.kernel_sha256 = std::string(64, 'a');
-    runtime.initrd_sha256 = std::string(64, 'b');
-    auto cluster = std::make_unique<Cluster>(Env::Default(), store_.get(), runtime, options);
-    NodeConfig local;
-    local.name = "local";
-    local.uri = "qemu:///system";
-    local.accel = "tcg";
-    local.pool_dir = tmp_.path() + "/pool";
-    local.log_dir = tmp_.path() + "/logs";
-    auto added = cluster->AddLocal(local);
-    EXPECT_TRUE(added.ok()) << added.status().ToString();
-    return cluster;
+    return berth::testing::MakeClusterWithLocalNode(
+        store_.get(), tmp_.path(), [this](const std::string& uri) -> Result<std::unique_ptr<hv::Hypervisor>> {
+          return std::unique_ptr<hv::Hypervisor>(new FakeHypervisor(uri, pool_));
+        });
   }
 
   void SetPool(std::vector<hv::VolumeInfo> volumes, Result<hv::PoolInfo> info) {

@@ -15,6 +15,7 @@
 #include "common/env.h"
 #include "manager/cluster.h"
 #include "manager/store.h"
+#include "tests/support/fake_cluster.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/unimplemented_hypervisor.h"
 
@@ -105,27 +106,14 @@ class ClusterRemovalTest : public ::testing::Test {
     store_ = std::move(*store);
   }
   std::unique_ptr<Cluster> MakeCluster(int64_t monitor_interval_ms = 60'000) {
-    ClusterOptions options;
-    options.state_dir = tmp_.path() + "/nodes";
-    options.monitor_interval_ms = monitor_interval_ms;
-    options.connect = [this](const std::string& uri) -> Result<std::unique_ptr<hv::Hypervisor>> {
-      auto& gate = gates_[uri];
-      if (!gate) gate = std::make_shared<Gate>();
-      return std::unique_ptr<hv::Hypervisor>(new FakeHypervisor(uri, gate));
-    };
-    RuntimeArtifacts runtime;
-    runtime.kernel_path = "/fake/vmlinuz";
-    runtime.initrd_path = "/fake/initramfs.cpio.gz";
-    runtime.kernel_sha256 = std::string(64, 'a');
-    runtime.initrd_sha256 = std::string(64, 'b');
-    auto cluster = std::make_unique<Cluster>(Env::Default(), store_.get(), runtime, options);
-    NodeConfig local;
-    local.name = "local";
-    local.uri = "qemu:///system";
-    local.accel = "tcg";
-    local.pool_dir = tmp_.path() + "/pool";
-    local.log_dir = tmp_.path() + "/logs";
-    EXPECT_TRUE(cluster->AddLocal(local).ok());
+    auto cluster = berth::testing::MakeClusterWithLocalNode(
+        store_.get(), tmp_.path(),
+        [this](const std::string& uri) -> Result<std::unique_ptr<hv::Hypervisor>> {
+          auto& gate = gates_[uri];
+          if (!gate) gate = std::make_shared<Gate>();
+          return std::unique_ptr<hv::Hypervisor>(new FakeHypervisor(uri, gate));
+        },
+        monitor_interval_ms);
     NodeSpec spec;
     spec.name = "n1";
     spec.uri = kUri;
