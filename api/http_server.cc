@@ -114,6 +114,7 @@ struct HttpServer::Pending {
   std::mutex mu;
   std::condition_variable cv;
   std::set<std::shared_ptr<Reply>> replies;
+  int unfinished = 0;  // deferred requests whose answer is not sent yet (Completed)
   bool stopping = false;
 
   void Answer(const std::shared_ptr<Reply>& reply, HttpResponse response) {
@@ -211,6 +212,7 @@ struct HttpServer::Impl {
       if (self->pending_->stopping) return Send(conn, Busy("server is shutting down"));
       MHD_suspend_connection(conn);
       self->pending_->replies.insert(reply);
+      ++self->pending_->unfinished;
       st->reply = reply;
     }
     Responder respond = [pending = self->pending_, reply](HttpResponse r) { pending->Answer(reply, std::move(r)); };
@@ -284,8 +286,15 @@ struct HttpServer::Impl {
     });
   }
 
-  static void Completed(void*, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
-    delete static_cast<RequestState*>(*con_cls);
+  static void Completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
+    auto* st = static_cast<RequestState*>(*con_cls);
+    if (st && st->reply) {
+      auto* self = static_cast<HttpServer*>(cls);
+      std::lock_guard lock(self->pending_->mu);
+      --self->pending_->unfinished;
+      self->pending_->cv.notify_all();
+    }
+    delete st;
     *con_cls = nullptr;
   }
 };
@@ -345,7 +354,7 @@ Status HttpServer::Start() {
   daemon_ = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, options_.port,
       nullptr, nullptr, &Impl::Access, this, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_URI_LOG_CALLBACK, &Impl::UriLog,
-      nullptr, MHD_OPTION_NOTIFY_COMPLETED, &Impl::Completed, nullptr, MHD_OPTION_CONNECTION_TIMEOUT,
+      nullptr, MHD_OPTION_NOTIFY_COMPLETED, &Impl::Completed, this, MHD_OPTION_CONNECTION_TIMEOUT,
       options_.connection_timeout_s, MHD_OPTION_THREAD_POOL_SIZE, io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       options_.connection_memory_bytes, MHD_OPTION_END);
   if (!daemon_) {
@@ -371,6 +380,9 @@ void HttpServer::Stop() {
   {
     std::unique_lock lock(pending_->mu);
     pending_->cv.wait(lock, [&] { return pending_->replies.empty(); });
+    // Let the answers just given reach their clients (bounded: a client
+    // that does not read is cut off).
+    pending_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return pending_->unfinished <= 0; });
   }
   MHD_stop_daemon(daemon_);
   daemon_ = nullptr;

@@ -120,6 +120,10 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop, &sig);
   spdlog::info("berthd stopping (signal {})", sig);
+  // Running executions go on without us (the next start adopts them): no
+  // handler or event delivery waits for one to end.
+  (*events)->BeginStop();
+  (*service)->Detach();
   server.Stop();
   (*events)->Stop();  // waits for deliveries in flight, before the Service goes
   return 0;

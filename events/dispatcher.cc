@@ -30,6 +30,13 @@ void Dispatcher::Start() {
   for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
+void Dispatcher::BeginStop() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!running_) return;
+  stopping_ = true;
+  cv_.notify_all();
+}
+
 void Dispatcher::Stop() {
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -81,6 +88,7 @@ Result<std::vector<Delivery>> Dispatcher::ClaimOne() {
 
 void Dispatcher::Execute(const Delivery& d) {
   AttemptResult result;
+  bool runner_failed = false;  // the runner could not run it (not: the function failed)
   int64_t now = env_->NowUnixMs();
   bool too_old = d.retry.max_event_age_ms > 0 && now - d.age_base_ms > d.retry.max_event_age_ms;
   if (too_old) {
@@ -96,6 +104,7 @@ void Dispatcher::Execute(const Delivery& d) {
       if (!result.ok && result.error.empty()) result.error = "failed";
     } else {
       result.error = outcome.status().ToString();
+      runner_failed = true;
     }
     if (!result.ok) {
       now = env_->NowUnixMs();
@@ -107,9 +116,15 @@ void Dispatcher::Execute(const Delivery& d) {
       result.next_attempt_ms = next;
     }
   }
+  bool interrupted = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    interrupted = stopping_ && runner_failed;
+  }
   // A failure to record leaves the delivery "running" until the next start,
-  // which puts it back to pending: at-least-once either way.
-  (void)log_->FinishAttempt(d.id, result);
+  // which puts it back to pending: at-least-once either way. So does an
+  // attempt cut short by a stop (BeginStop).
+  if (!interrupted) (void)log_->FinishAttempt(d.id, result);
   std::lock_guard<std::mutex> lk(mu_);
   if (--in_flight_by_function_[{d.tenant, d.function}] <= 0) in_flight_by_function_.erase({d.tenant, d.function});
   if (--in_flight_by_tenant_[d.tenant] <= 0) in_flight_by_tenant_.erase(d.tenant);

@@ -64,6 +64,12 @@ class Dispatcher {
   void Start();
   // Stops taking deliveries, waits for attempts in flight and joins the workers.
   void Stop();
+  // The first half of Stop, without waiting: no new deliveries are taken,
+  // and an attempt in flight that now fails to run (its runner returns an
+  // error, e.g. the manager detaching its executions) is not recorded: it
+  // stays claimed, and the next start puts it back to pending without
+  // counting the attempt (at-least-once).
+  void BeginStop();
 
   // Runs, in the calling thread, every delivery due at the Env's current time
   // (also those that become due because of it, e.g. dead-letter fan-out),

@@ -65,6 +65,10 @@ void EventService::Start() {
   ticker_->Start();
 }
 
+void EventService::BeginStop() {
+  if (dispatcher_) dispatcher_->BeginStop();
+}
+
 void EventService::Stop() {
   std::lock_guard<std::mutex> lk(mu_);
   if (!started_) return;

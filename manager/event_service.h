@@ -76,6 +76,9 @@ class EventService final : public events::FunctionRunner {
   // in flight (call it before the Service goes away).
   void Start();
   void Stop();
+  // Takes no new deliveries; attempts that the stop interrupts stay for the
+  // next start (Dispatcher::BeginStop). Call before Service::Detach.
+  void BeginStop();
 
   // ---- events ----
   // Durably publishes; errors name the field ("topic", "payload" as

@@ -54,6 +54,7 @@ struct Executor::Live {
   bool domain_started = false;
   bool disk_boot = false;
   bool lost = false;         // its node went down
+  bool detached = false;     // berthd is stopping: the VM goes on, the next start adopts it
   std::string domain;
   std::string overlay;       // the domain's vda volume in the node's pool (live fork copies it)
   int64_t pid = 0;
@@ -79,8 +80,29 @@ Executor::Executor(Env* env, Store* store, ExecutorOptions options)
 }
 
 Executor::~Executor() {
+  DetachAll();
   WaitForCleanups();
   pools_->Shutdown();
+}
+
+void Executor::DetachAll() {
+  std::vector<std::shared_ptr<Live>> all;
+  {
+    std::lock_guard lock(live_mu_);
+    detaching_ = true;
+    for (auto& [id, live] : live_) all.push_back(live);
+  }
+  for (auto& live : all) {
+    {
+      std::lock_guard lock(live->mu);
+      live->detached = true;
+      // A command waiting on its agent channel returns at once; the guest's
+      // agent keeps the output and Exit for the berthd that adopts it.
+      if (live->agent) live->agent->Close();
+    }
+    live->cv.notify_all();
+  }
+  if (!all.empty()) spdlog::info("berthd stopping: {} live execution(s) go on without it", all.size());
 }
 
 void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
@@ -202,6 +224,7 @@ Result<std::shared_ptr<Executor::Live>> Executor::Create(Node& node, const Launc
   live->max_output = options_.max_output_bytes;
   {
     std::lock_guard lock(live_mu_);
+    if (detaching_) return Status::Unavailable("berthd is stopping; it starts nothing new");
     live_[ex.id] = live;
   }
   if (Status s = store_->InsertExecution(ex); !s.ok()) {
@@ -248,7 +271,8 @@ Result<ExecutionRecord> Executor::Start(Node& node, Launch launch) {
   ExecutionRecord first = ex;
   Background([this, &node, launch = std::move(launch), ex = std::move(ex), live]() mutable {
     ExecutionRecord ended = Execute(node, launch, std::move(ex), live);
-    if (started_end_hook_ && ended.state != ExecState::kPending) started_end_hook_(ended);
+    // (Still running: detached at shutdown, ended by the berthd that adopts it.)
+    if (started_end_hook_ && IsTerminal(ended.state)) started_end_hook_(ended);
   });
   return first;
 }
@@ -321,6 +345,18 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     live->cv.notify_all();
     std::lock_guard lock(live_mu_);
     live_.erase(ex.id);
+  };
+  auto detached = [&] {
+    std::lock_guard lock(live->mu);
+    return live->detached;
+  };
+  // berthd is stopping while the command runs: the record stays running and
+  // the VM goes on; the next berthd adopts it (Reconcile). Nothing is torn down.
+  auto detach = [&]() -> ExecutionRecord {
+    spdlog::info("execution {} (pid {}) goes on in domain {}; the next berthd adopts it", ex.id, ex.pid, ex.domain);
+    cleanup->Disarm();
+    release_live();
+    return ex;
   };
 
   // Ends the execution in `to` (terminal; a requested kill wins); the VM and
@@ -601,9 +637,12 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
         return finish(ExecState::kTimedOut, "timeout",
                       "stopped after exceeding the timeout of " + std::to_string(launch.spec.timeout_ms) + " ms");
       }
-      std::unique_lock lock(live->mu);
-      if (live->lost) break;
-      live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+      {
+        std::unique_lock lock(live->mu);
+        if (live->lost) break;
+        live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+      }
+      if (detached()) return detach();
     }
     ex.timings.run_ms = env_->MonotonicMs() - r0;
     ex.duration_ms = ex.timings.run_ms;
@@ -654,15 +693,22 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   if (!launch.userdata.empty()) msg.env["BERTH_USERDATA"] = launch.userdata;
   msg.cwd = launch.spec.cwd;
   msg.timeout_ms = launch.spec.timeout_ms;
-  bool killed_before_exec = false;
+  bool killed_before_exec = false, stopping = false;
   {
     std::lock_guard lock(live->mu);
     killed_before_exec = live->kill_signal != 0;
-    if (!killed_before_exec) live->agent = agent.get();  // from here on Kill signals through the agent
+    stopping = live->detached;
+    // From here on Kill signals (and DetachAll closes) through the agent.
+    if (!killed_before_exec && !stopping) live->agent = agent.get();
   }
   if (killed_before_exec) {
     agent->Close();
     return finish(ExecState::kKilled, "", "");
+  }
+  if (stopping) {
+    // The command never started: nothing to hand over.
+    agent->Close();
+    return finish(ExecState::kLost, "manager_stopped", "berthd stopped before the command started");
   }
   const int64_t host_timeout = launch.spec.timeout_ms > 0 ? launch.spec.timeout_ms + options_.host_grace_ms : kForever;
   const int64_t r0 = env_->MonotonicMs();
@@ -688,6 +734,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
                         outcome->exit.error_code.empty() && !outcome->exit.timed_out && outcome->exit.signal == 0 &&
                         outcome->exit.exit_code == 0 && kill_signal() == 0;
   if (!reusable) agent->Close();
+  if (!outcome.ok() && detached()) return detach();
   if (!outcome.ok()) {
     if (outcome.status().code() == Code::kDeadlineExceeded) {
       // The agent did not enforce the timeout (hung guest): the host does.
@@ -847,6 +894,7 @@ Status Executor::Adopt(Node& node, const ExecutionRecord& record) {
   live->max_output = options_.max_output_bytes;
   {
     std::lock_guard lock(live_mu_);
+    if (detaching_) return Status::Unavailable("berthd is stopping");
     if (live_.count(record.id)) return Status::AlreadyExists("execution " + record.id + " is already live");
     live_[record.id] = live;
   }
@@ -896,6 +944,23 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
   const int64_t ran_ms = std::max<int64_t>(0, env_->NowUnixMs() - started_unix);
   const int64_t r0 = env_->MonotonicMs();
 
+  auto detached = [&] {
+    std::lock_guard lock(live->mu);
+    return live->detached;
+  };
+  // berthd is stopping: the record stays running for the next berthd.
+  auto detach = [&] {
+    spdlog::info("adopted execution {} (pid {}) goes on in domain {}", ex.id, ex.pid, ex.domain);
+    cleanup->Disarm();
+    {
+      std::lock_guard lock(live->mu);
+      live->done = true;
+      live->agent = nullptr;
+    }
+    live->cv.notify_all();
+    std::lock_guard lock(live_mu_);
+    live_.erase(ex.id);
+  };
   auto finish = [&](ExecState to, std::string error_code, std::string error) {
     bool lost = false;
     int sig = 0;
@@ -953,9 +1018,12 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
         return finish(ExecState::kTimedOut, "timeout",
                       "stopped after exceeding the timeout of " + std::to_string(ex.spec.timeout_ms) + " ms");
       }
-      std::unique_lock lock(live->mu);
-      if (live->lost) break;
-      live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+      {
+        std::unique_lock lock(live->mu);
+        if (live->lost) break;
+        live->cv.wait_for(lock, std::chrono::milliseconds(kDomainPollMs));
+      }
+      if (detached()) return detach();
     }
     ex.duration_ms = ran_ms + env_->MonotonicMs() - r0;
     ex.exit_code = 0;  // the guest powered itself off
@@ -980,7 +1048,11 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
   }
   {
     std::lock_guard lock(live->mu);
-    if (live->kill_signal == 0) live->agent = &agent;
+    if (live->kill_signal == 0 && !live->detached) live->agent = &agent;
+  }
+  if (detached()) {
+    agent.Close();
+    return detach();
   }
   if (int sig = [&] { std::lock_guard lock(live->mu); return live->kill_signal; }(); sig != 0) {
     if (sig == SIGKILL) (void)node.hypervisor().DestroyDomain(ex.domain);
@@ -1002,6 +1074,7 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
     live->agent = nullptr;
   }
   agent.Close();
+  if (!outcome.ok() && detached()) return detach();
   if (!outcome.ok()) {
     if (outcome.status().code() == Code::kDeadlineExceeded) {
       ex.duration_ms = ran_ms + env_->MonotonicMs() - r0;

@@ -129,8 +129,17 @@ struct LiveOutput {
 class Executor {
  public:
   Executor(Env* env, Store* store, ExecutorOptions options);
-  // Waits for executions and teardowns still running in the background.
+  // Detaches what still runs (DetachAll), then waits for teardowns and
+  // executions still ending in the background.
   ~Executor();
+  // berthd is stopping: every live execution goes on in its VM without this
+  // process. Commands waiting on their agent channel return at once; their
+  // records stay `running` and nothing is torn down, so the next berthd
+  // adopts them (Adopt). One still booting ends `lost/manager_stopped` once
+  // its boot finished (bounded by the boot timeout). Nothing new is created
+  // or adopted afterwards (Unavailable). Run returns such a record still
+  // `running`; Start's end hook is not called for it.
+  void DetachAll();
   void WaitForCleanups();
 
   // Runs `fn` on `node` and returns once it ended. Returns the final record
@@ -213,6 +222,7 @@ class Executor {
   std::function<void(const ExecutionRecord&)> started_end_hook_;
   std::mutex live_mu_;
   std::map<std::string, std::shared_ptr<Live>> live_;
+  bool detaching_ = false;  // under live_mu_ (DetachAll)
   std::unique_ptr<WarmPools> pools_;
   std::unique_ptr<Networks> networks_;
 };

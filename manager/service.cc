@@ -190,6 +190,10 @@ Service::~Service() {
   if (cluster_) cluster_->StopMonitor();
 }
 
+void Service::Detach() {
+  if (executor_) executor_->DetachAll();
+}
+
 Result<Node*> Service::Place(const std::string& id, uint32_t vcpus, uint64_t memory_mib,
                              const std::map<std::string, std::string>& selector) {
   return cluster_->Place(id, vcpus, memory_mib, selector);
@@ -433,6 +437,11 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
     if (!ex.ok()) {
       cluster_->Release(placed_request.id);
       return ex;
+    }
+    if (!IsTerminal(ex->state)) {
+      // Detached at shutdown (Executor::DetachAll): it goes on, and the next
+      // berthd adopts it; its claim stays until then.
+      return Status::Unavailable("berthd is stopping; execution " + ex->id + " goes on and the next berthd ends it (GET /v1/executions/" + ex->id + ")");
     }
     execution_listener_->Notify(*ex);
     const bool start_failed = ex->state == ExecState::kError && IsStartFailure(ex->error_code);

@@ -115,6 +115,10 @@ class Service {
   // reconciles executions left unfinished by an earlier berthd.
   static Result<std::unique_ptr<Service>> Start(Env* env, ServiceConfig config);
   ~Service();
+  // berthd is stopping: live executions go on in their VMs and stay
+  // `running` for the next berthd to adopt; calls waiting on one return
+  // Unavailable at once, and nothing new starts (Executor::DetachAll).
+  void Detach();
 
   // Nodes (admin only for changes): register a libvirt host, cordon /
   // uncordon / drain it, remove it (409 while it runs work).

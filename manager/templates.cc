@@ -789,6 +789,14 @@ Result<LiveForkStart> LiveFork(Env* env, Node& node, const LiveForkRequest& requ
   if (!channel.ok()) return fail(channel.status());
   out.agent = std::make_unique<hv::AgentClient>(std::move(*channel));
   if (!request.net_up_mac.empty()) {
+    // Hello first: the restored agent may have seen the parent's host go
+    // (then it replies to nothing before a Hello), and the guest gets the
+    // host's entropy and clock before it asks for a lease. The Hello that
+    // marks the fork comes after NetUp, so the command sees the network.
+    if (auto first = out.agent->Hello(options.hello_timeout_ms); !first.ok()) {
+      out.agent->Close();
+      return fail(first.status().WithContext("the child's agent"));
+    }
     auto lease = out.agent->NetUp(request.net_up_mac, request.net_up_timeout_ms);
     if (!lease.ok()) {
       out.agent->Close();

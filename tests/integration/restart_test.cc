@@ -1,4 +1,4 @@
-// berthd crashes (SIGKILL) while VMs run: the restarted berthd reconciles
+// berthd crashes (SIGKILL) or stops (SIGTERM) while VMs run: the restarted berthd reconciles
 // (manager/reconcile.h): it adopts what still runs, so those executions end
 // with their real outcome, and removes what belongs to nothing, so nothing
 // is left behind and nothing accepted is silently lost.
@@ -136,6 +136,84 @@ TEST(RestartTest, CrashDuringTeardownLeavesNothingAfterRestart) {
   ASSERT_TRUE(daemon.Start()) << daemon.log();
   EXPECT_EQ(WaitForTeardown(daemon, id, 0), "") << "restart did not remove the leftovers";
   EXPECT_EQ(daemon.Get("/v1/executions/" + id).json()["status"], "succeeded");
+}
+
+// SIGTERM while a function run and an instance run (twice: once with the
+// executions it started, once with the ones it adopted): berthd exits at once
+// instead of waiting for them, the waiting caller gets 503, the VMs go on,
+// and the next berthd adopts them, so they end with their real outcome.
+TEST(RestartTest, GracefulStopLeavesRunningWorkForTheNextStart) {
+  BerthdProcess daemon;
+  ASSERT_TRUE(daemon.running()) << daemon.log();
+  std::string image = daemon.UploadBusybox();
+  ASSERT_EQ(daemon
+                .CreateFunction("slow", image,
+                                {{"entrypoint", {"sh", "-c", "sleep 25; echo done; exit 3"}},
+                                 {"timeout_ms", 120000},
+                                 {"snapshot", false}})
+                .status,
+            201);
+  auto inst = daemon.Post("/v1/procs", json({{"image", image},
+                                             {"name", "inst"},
+                                             {"command", {"sh", "-c", "sleep 45; echo bye; exit 7"}}})
+                                           .dump());
+  ASSERT_EQ(inst.status, 201) << inst.body;
+  const std::string inst_id = inst.json()["execution_id"];
+  HttpResult answer;
+  std::thread caller([&answer, url = daemon.base_url(), token = daemon.admin_token()] {
+    answer = HttpCall("POST", url + "/v1/functions/slow/invoke", "{}", "application/json", token);
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{caller};
+  std::string run_id, run_domain, inst_domain;
+  for (int i = 0; i < 600 && (run_id.empty() || inst_domain.empty()); ++i) {
+    const json list = daemon.Get("/v1/executions").json()["executions"];
+    for (const auto& e : list) {
+      if (e["status"] != "running") continue;
+      if (e["execution_id"] == inst_id) inst_domain = e["domain"];
+      if (e.value("function", "") == "slow") {
+        run_id = e["execution_id"];
+        run_domain = e["domain"];
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_FALSE(run_id.empty()) << daemon.Get("/v1/executions").body << "\n" << daemon.log();
+  ASSERT_FALSE(inst_domain.empty()) << daemon.Get("/v1/executions").body << "\n" << daemon.log();
+
+  ASSERT_TRUE(daemon.Stop(30000)) << "berthd waited for its running executions\n" << daemon.log();
+  caller.join();
+  EXPECT_EQ(answer.status, 503) << answer.body;
+  EXPECT_NE(answer.body.find(run_id), std::string::npos) << "the 503 names the execution that goes on: " << answer.body;
+  EXPECT_TRUE(DomainRunning(run_domain)) << "a stop leaves running VMs alone";
+  EXPECT_TRUE(DomainRunning(inst_domain));
+
+  ASSERT_TRUE(daemon.Start()) << daemon.log();
+  EXPECT_EQ(daemon.Get("/v1/executions/" + run_id).json()["status"], "running");
+  EXPECT_EQ(daemon.Get("/v1/executions/" + inst_id).json()["status"], "running");
+  EXPECT_EQ(NodeClaims(daemon), 2) << "adopted executions hold their claims again";
+  // Stopped again while following what it adopted.
+  ASSERT_TRUE(daemon.Stop(30000)) << "berthd waited for the executions it adopted\n" << daemon.log();
+  EXPECT_TRUE(DomainRunning(run_domain));
+  EXPECT_TRUE(DomainRunning(inst_domain));
+
+  ASSERT_TRUE(daemon.Start()) << daemon.log();
+  json run = WaitFinal(daemon, run_id);
+  EXPECT_EQ(run["status"], "failed") << run.dump() << "\n" << daemon.log();
+  EXPECT_EQ(run["exit_code"], 3);
+  EXPECT_EQ(run["stdout"], "done\n");
+  json in = WaitFinal(daemon, inst_id);
+  EXPECT_EQ(in["status"], "failed") << in.dump();
+  EXPECT_EQ(in["exit_code"], 7);
+  EXPECT_EQ(in["stdout"], "bye\n");
+  EXPECT_EQ(WaitForTeardown(daemon, run_id), "");
+  EXPECT_EQ(WaitForTeardown(daemon, inst_id), "");
+  for (int i = 0; i < 50 && NodeClaims(daemon) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(NodeClaims(daemon), 0) << "no claim leaked";
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -390,6 +391,55 @@ TEST(EventDispatchTest, RunningDeliveriesGoBackToPendingAfterACrash) {
   EXPECT_EQ(*dispatcher.RunDue(), 1);
   EXPECT_EQ(log->GetDelivery("t1", id)->state, DeliveryState::kSucceeded);
   EXPECT_EQ(log->GetDelivery("t1", id)->attempts, 2);
+}
+
+// berthd stopping: an attempt whose runner gives up because of the stop
+// (the manager detached its execution) is not recorded as failed: with one
+// attempt allowed it would be dead, and the event lost. It stays claimed and
+// runs again after the next start.
+TEST(EventDispatchTest, AnAttemptCutShortByAStopRunsAgainAfterTheNextStart) {
+  TempDir dir;
+  std::string path = dir.File("events.db");
+  auto log = OpenLog(Env::Default(), path);
+  ASSERT_TRUE(log);
+  auto id = log->Enqueue("t1", "fn", R"({"x":1})", "application/json", Policy(1, 100, 100));
+  ASSERT_TRUE(id.ok());
+  struct StoppingRunner : FunctionRunner {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool entered = false, release = false;
+    Result<RunOutcome> Run(const Delivery&, const Event&) override {
+      std::unique_lock lk(mu);
+      entered = true;
+      cv.notify_all();
+      cv.wait(lk, [&] { return release; });
+      return Status::Unavailable("berthd is stopping; execution e1 goes on");
+    }
+  } runner;
+  Dispatcher dispatcher(log.get(), &runner, NoJitter());
+  dispatcher.Start();
+  {
+    std::unique_lock lk(runner.mu);
+    ASSERT_TRUE(runner.cv.wait_for(lk, std::chrono::seconds(10), [&] { return runner.entered; }));
+  }
+  dispatcher.BeginStop();
+  {
+    std::lock_guard lk(runner.mu);
+    runner.release = true;
+  }
+  runner.cv.notify_all();
+  dispatcher.Stop();
+  EXPECT_EQ(log->GetDelivery("t1", *id)->state, DeliveryState::kRunning) << "not recorded as a failed attempt";
+  log.reset();
+
+  log = OpenLog(Env::Default(), path);
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->GetDelivery("t1", *id)->state, DeliveryState::kPending);
+  ScriptedRunner again;
+  Dispatcher next(log.get(), &again, NoJitter());
+  EXPECT_EQ(*next.RunDue(), 1);
+  EXPECT_EQ(log->GetDelivery("t1", *id)->state, DeliveryState::kSucceeded);
+  EXPECT_EQ(again.Calls("fn"), 1);
 }
 
 TEST(EventDispatchTest, CronFiresOncePerSlotAcrossRestarts) {

@@ -146,12 +146,22 @@ void BerthdProcess::Kill() {
   pid_ = -1;
 }
 
-void BerthdProcess::Stop() {
-  if (pid_ <= 0) return;
+bool BerthdProcess::Stop(int timeout_ms) {
+  if (pid_ <= 0) return true;
   kill(pid_, SIGTERM);
   int status;
-  waitpid(pid_, &status, 0);
-  pid_ = -1;
+  for (int waited = 0; waited < timeout_ms; waited += 50) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  // A stop that hangs must fail its test, not the whole suite's time limit.
+  std::cerr << "harness: berthd (pid " << pid_ << ") did not stop within " << timeout_ms
+            << " ms of SIGTERM; killing it\n";
+  Kill();
+  return false;
 }
 
 BerthdProcess::~BerthdProcess() {

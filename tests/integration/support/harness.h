@@ -72,8 +72,9 @@ class BerthdProcess {
   HttpResult CreateFunctionAs(const std::string& token, const std::string& name, const std::string& image,
                               const nlohmann::json& fields) const;
 
-  // Stops berthd with SIGTERM and waits.
-  void Stop();
+  // Stops berthd with SIGTERM and waits for it to exit; after timeout_ms it
+  // is killed (SIGKILL) instead and Stop returns false.
+  bool Stop(int timeout_ms = 60000);
   // Kills berthd with SIGKILL (a crash: no cleanup runs) and waits.
   void Kill();
   // Starts berthd again on the same data dir and pools; false if it fails.
