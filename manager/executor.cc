@@ -993,6 +993,9 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
     ex.error = std::move(error);
     Metrics::Global().CountExecution(ExecStateName(to));
     if (Status s = Advance(ex, to); !s.ok()) spdlog::error("recording end of adopted {}: {}", ex.id, s.ToString());
+    // Its end is news like any other (lifecycle events): the berthd that
+    // started it is gone.
+    if (started_end_hook_) started_end_hook_(ex);
     {
       std::lock_guard lock(live->mu);
       live->done = true;

@@ -166,9 +166,9 @@ class Executor {
   // Called with an execution's id once its VM and volumes are gone (the
   // cluster releases the execution's capacity claim there).
   void SetReleaseHook(std::function<void(const std::string& execution_id)> hook) { release_hook_ = std::move(hook); }
-  // Called with the final record of each execution that Start began, from
-  // its background thread once it ended (its VM may still be torn down).
-  // Set before the first Start.
+  // Called with the final record of each execution that Start began or
+  // Adopt took over, from its background thread once it ended (its VM may
+  // still be torn down). Set before the first Start or Adopt.
   void SetStartedEndHook(std::function<void(const ExecutionRecord&)> hook) { started_end_hook_ = std::move(hook); }
   // The node stopped answering: its live executions end "lost" (their
   // threads are unblocked; nothing is retried here).
