@@ -13,6 +13,8 @@
 //   B (baseline): GET /cgi-bin/app.sh/items?x=1 on busybox httpd: fork + exec
 //                 of the same script on the host.
 //
+// First --serial requests one at a time (A B A B), with the execution
+// records' own timings (host Exec to Exit, the guest's spawn to exit).
 // Each connection count runs B, then A. berthd is restarted between A runs:
 // wrk stops with requests still queued in the gateway, and those would keep
 // booting VMs into the next run. Every response must be 2xx (zero errors);
@@ -79,6 +81,7 @@ std::string ReadAll(const std::string& path) {
 struct HttpResult {
   long status = 0;
   std::string body;
+  std::string headers;
 };
 
 size_t Collect(char* p, size_t s, size_t n, void* out) {
@@ -102,6 +105,8 @@ HttpResult Http(const std::string& method, const std::string& url, const std::st
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, Collect);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, Collect);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r.headers);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, 600L);
   if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
   curl_slist_free_all(h);
@@ -206,7 +211,7 @@ int main(int argc, char** argv) {
   std::string berthd_bin = std::string(BERTH_BINARY_DIR) + "/daemon/berthd";
   std::string work_root = "/var/lib/berth/bench";
   std::vector<int> connections = {64, 256};
-  int duration_s = 60, baseline_duration_s = 10, max_concurrency = 4, threads = 2, warm = 4;
+  int duration_s = 60, baseline_duration_s = 10, max_concurrency = 4, threads = 2, warm = 4, serial = 30;
   uint64_t memory_mib = 128;
   CLI::App app{"berth-bench-gateway: the CGI gateway under wrk vs the same script under busybox httpd"};
   app.add_option("--runtime-dir", runtime_dir, "vmlinuz, initramfs, rootfs-busybox/")->capture_default_str();
@@ -221,6 +226,9 @@ int main(int argc, char** argv) {
   app.add_option("--warm", warm, "warm VMs of the function (min_warm = max_warm, keep_alive); 0: cold")
       ->capture_default_str();
   app.add_option("--wrk-threads", threads, "wrk threads")->capture_default_str();
+  app.add_option("--serial", serial,
+                 "one-at-a-time requests (gateway and httpd interleaved) before the wrk runs; 0: none")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   signal(SIGPIPE, SIG_IGN);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up in logs as it happens
@@ -343,8 +351,52 @@ int main(int argc, char** argv) {
     Fail("busybox httpd answers differently: " + check.body + " vs " + first.body);
   }
 
-  std::vector<std::string> results;
   long total_errors = 0;
+  if (serial > 0) {
+    // One request at a time, A B A B: the latency of a single call, and where
+    // the gateway's share of it goes (the execution records' own timings).
+    std::vector<double> gw_ms, host_ms;
+    std::vector<std::string> ids;  // X-Berth-Execution-Id of each gateway answer
+    auto timed = [](const std::string& url) {
+      auto t0 = std::chrono::steady_clock::now();
+      HttpResult r = Http("GET", url, "", "");
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      return std::make_pair(r, ms);
+    };
+    for (int i = 0; i < serial; ++i) {
+      auto [a, a_ms] = timed(base + "/gw/default/app/items?x=1");
+      auto [b, b_ms] = timed(host_url);
+      if (a.status != 200) ++total_errors;
+      if (b.status != 200) ++total_errors;
+      gw_ms.push_back(a_ms);
+      host_ms.push_back(b_ms);
+      std::smatch m;
+      if (std::regex_search(a.headers, m, std::regex(R"((?:^|\n)[Xx]-[Bb]erth-[Ee]xecution-[Ii]d:\s*(\S+))"))) {
+        ids.push_back(m[1]);
+      }
+    }
+    // The execution records' own timings of those requests.
+    std::vector<double> guest_ms, run_ms;
+    for (const auto& id : ids) {
+      auto rec = Http("GET", base + "/v1/executions/" + id, "", token);
+      if (rec.status != 200) continue;
+      json ex = json::parse(rec.body);
+      guest_ms.push_back(ex.value("duration_ms", 0.0));
+      if (ex.contains("timings")) run_ms.push_back(ex["timings"].value("run_ms", 0.0));
+    }
+    auto median = [](std::vector<double> v) {
+      if (v.empty()) return 0.0;
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    };
+    std::printf("serial (%d requests each, interleaved), medians: gateway %.1f ms (run %.1f ms: Exec to Exit at "
+                "the host; guest %.1f ms: the agent's spawn to the child's exit) | httpd %.2f ms\n",
+                serial, median(gw_ms), median(run_ms), median(guest_ms), median(host_ms));
+    Result("gateway_serial_ms", median(gw_ms), "ms", median(host_ms), 10);
+    Result("gateway_serial_guest_ms", median(guest_ms), "ms", median(host_ms), 10);
+  }
+
+  std::vector<std::string> results;
   for (size_t i = 0; i < connections.size(); ++i) {
     int c = connections[i];
     if (i > 0) {  // a fresh berthd: nothing queued from the run before

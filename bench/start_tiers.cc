@@ -93,6 +93,15 @@ class StartTiersBench {
   std::string WaitForPooledVm();
   // Idle RSS (MiB) of a pooled VM's QEMU process; -1 if unknown.
   double PooledVmRssMib(const std::string& domain);
+  // berthd's log line for a template clone (TemplateCache::StartClone): where
+  // its boot_ms went. Zeros when the line is missing.
+  struct CloneSplit {
+    double copy_ms = 0, restore_ms = 0, hello_ms = 0, save_mib = 0;
+    bool in_place = false;  // restored from the template's own save image (no copy)
+  };
+  CloneSplit CloneSplitOf(const std::string& domain) const;
+  // berthd's log lines about template builds (save image size, released memory).
+  std::vector<std::string> TemplateBuildLines() const;
   void Cleanup();
 
   const std::string kCold = "tier-cold", kTemplate = "tier-template", kWarm = "tier-warm";
@@ -237,6 +246,37 @@ double StartTiersBench::PooledVmRssMib(const std::string& domain) {
   return -1;
 }
 
+StartTiersBench::CloneSplit StartTiersBench::CloneSplitOf(const std::string& domain) const {
+  CloneSplit split;
+  std::istringstream log(ReadAll(tmp_dir_ + "/berthd.log"));
+  std::string line;
+  const std::string needle = "clone " + domain + " of template ";
+  while (std::getline(log, line)) {
+    size_t at = line.find(needle);
+    if (at == std::string::npos) continue;
+    long long copy = 0, restore = 0, hello = 0, kib = 0;
+    const char* rest = line.c_str() + line.find(':', at + needle.size());
+    if (std::sscanf(rest, ": copy %lld ms, restore %lld ms, hello %lld ms (save image %lld KiB)", &copy, &restore,
+                    &hello, &kib) == 4) {
+      split = {static_cast<double>(copy), static_cast<double>(restore), static_cast<double>(hello), kib / 1024.0,
+               line.find("in place", at) != std::string::npos};
+    }
+  }
+  return split;
+}
+
+std::vector<std::string> StartTiersBench::TemplateBuildLines() const {
+  std::vector<std::string> out;
+  std::istringstream log(ReadAll(tmp_dir_ + "/berthd.log"));
+  std::string line;
+  while (std::getline(log, line)) {
+    if (line.find("release_memory:") != std::string::npos || line.find("built template") != std::string::npos) {
+      out.push_back(line);
+    }
+  }
+  return out;
+}
+
 void StartTiersBench::StartBerthd() {
   berth::bench::StartBerthd({opts_.berthd, tmp_dir_, opts_.runtime_dir, opts_.uri, pool_, pool_dir_, log_pool_, log_dir_},
                             &berthd_pid_, &base_url_);
@@ -259,10 +299,13 @@ int Run(const Options& opts) {
   StartTiersBench bench(opts);
   try {
     bench.Setup();
+    for (const auto& line : bench.TemplateBuildLines()) std::printf("berthd: %s\n", line.c_str());
     std::vector<Sample> cold, tpl, warm;
+    std::vector<StartTiersBench::CloneSplit> splits;
     for (int r = 0; r < opts.rounds; ++r) {
       cold.push_back(bench.Invoke(bench.kCold));
       tpl.push_back(bench.Invoke(bench.kTemplate));
+      splits.push_back(bench.CloneSplitOf(tpl.back().domain));
       bench.WaitForPooledVm();
       warm.push_back(bench.Invoke(bench.kWarm));
       for (const auto* s : {&cold.back(), &tpl.back(), &warm.back()}) {
@@ -272,6 +315,9 @@ int Run(const Options& opts) {
             r + 1, opts.rounds, s->start.c_str(), s->invoke_ms, s->total_ms, s->prepare_ms, s->boot_ms, s->run_ms,
             s->guest_ms, s->before_ms, s->after_ms);
       }
+      std::printf("round %d/%d  template boot = copy %.0f + restore %.0f + hello %.0f ms (save image %.1f MiB, %s)\n",
+                  r + 1, opts.rounds, splits.back().copy_ms, splits.back().restore_ms, splits.back().hello_ms,
+                  splits.back().save_mib, splits.back().in_place ? "in place" : "copied");
       if (cold.back().start != "cold" || tpl.back().start != "template" || warm.back().start != "warm") {
         std::printf("  note: a start was not of the tier it measures (%s, %s, %s)\n", cold.back().start.c_str(),
                     tpl.back().start.c_str(), warm.back().start.c_str());
@@ -285,6 +331,12 @@ int Run(const Options& opts) {
                   med(*v, &Sample::total_ms), med(*v, &Sample::boot_ms), med(*v, &Sample::run_ms),
                   med(*v, &Sample::guest_ms), med(*v, &Sample::before_ms), med(*v, &Sample::after_ms));
     }
+
+    std::printf("  template boot split (medians): copy %.1f  restore %.1f  hello %.1f ms; save image %.1f MiB\n",
+                MedianOf(splits, &StartTiersBench::CloneSplit::copy_ms),
+                MedianOf(splits, &StartTiersBench::CloneSplit::restore_ms),
+                MedianOf(splits, &StartTiersBench::CloneSplit::hello_ms),
+                MedianOf(splits, &StartTiersBench::CloneSplit::save_mib));
 
     // N concurrent starts of the template function.
     bench.WaitForPooledVm();

@@ -109,6 +109,7 @@ HttpReply Send(const std::string& method, const std::string& url, const std::str
     curl_easy_setopt(curl, CURLOPT_READFUNCTION, &ReadRange);
     curl_easy_setopt(curl, CURLOPT_READDATA, &body);
     curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(length));
+    curl_easy_setopt(curl, CURLOPT_UPLOAD_BUFFERSIZE, 1L << 20);  // fewer, larger sends than the 64 KiB default
     if (progress && *progress) {
       curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
       curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &OnProgress);

@@ -19,12 +19,15 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -153,6 +156,82 @@ bool RootfsMounted() {
   struct stat root {}, parent {};
   if (stat(kRootMount, &root) != 0 || stat("/mnt", &parent) != 0) return false;
   return root.st_dev != parent.st_dev;
+}
+
+// One "Field:  N kB" value of /proc/meminfo in KiB; -1 if absent.
+long MemInfoKb(const char* field) {
+  FILE* f = std::fopen("/proc/meminfo", "re");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::strncmp(line, field, n) == 0) {
+      kb = std::strtol(line + n, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb;
+}
+
+long ReadProcLong(const char* path) {
+  FILE* f = std::fopen(path, "re");
+  if (!f) return -1;
+  long v = -1;
+  if (std::fscanf(f, "%ld", &v) != 1) v = -1;
+  std::fclose(f);
+  return v;
+}
+
+void WriteProcFile(const char* path, const char* value) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)!write(fd, value, std::strlen(value));
+  close(fd);
+}
+
+// ExecMsg::release_memory: freed guest pages keep their old bytes (the
+// decompressed initramfs, boot-time buffers, dropped caches), and a save
+// writes every non-zero page. A child touches all free memory but a reserve
+// once (the kernel hands out zeroed pages) and exits, which gives the pages
+// back zeroed. A child, so an out-of-memory kill can only hit it, never PID 1.
+std::string ReleaseGuestMemory() {
+  const int64_t t0 = MonotonicMs();
+  sync();
+  WriteProcFile("/proc/sys/vm/drop_caches", "3");
+  WriteProcFile("/proc/sys/vm/compact_memory", "1");
+  const long free_kb = MemInfoKb("MemFree:");
+  const long min_free_kb = ReadProcLong("/proc/sys/vm/min_free_kbytes");
+  const long reserve_kb = std::max<long>(8 * 1024, 3 * std::max<long>(min_free_kb, 0));
+  long zero_kb = free_kb > reserve_kb ? free_kb - reserve_kb : 0;
+  std::string result = "ok";
+  if (zero_kb > 0) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      WriteProcFile("/proc/self/oom_score_adj", "1000");
+      const size_t len = static_cast<size_t>(zero_kb) * 1024;
+      void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) _exit(1);
+      volatile char* bytes = static_cast<volatile char*>(p);
+      for (size_t off = 0; off < len; off += 4096) bytes[off] = 0;
+      _exit(0);
+    }
+    int status = 0;
+    if (pid < 0) {
+      result = std::string("fork: ") + std::strerror(errno);
+      zero_kb = 0;
+    } else {
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        result = "zero-fill child ended with status " + std::to_string(status);
+      }
+    }
+  }
+  return "release_memory: " + result + "; MemFree " + std::to_string(free_kb / 1024) + " MiB, zero-filled " +
+         std::to_string(zero_kb / 1024) + " MiB, MemFree after " + std::to_string(MemInfoKb("MemFree:") / 1024) +
+         " MiB, " + std::to_string(MonotonicMs() - t0) + " ms\n";
 }
 
 void Agent::MarkForked(int64_t parent_pid, const std::string& execution_id) {
@@ -359,6 +438,11 @@ void Agent::HandleExec(const std::string& payload) {
     return;
   }
   if (exec->prepare_only) {
+    if (exec->release_memory) {
+      std::string report = ReleaseGuestMemory();
+      Log(report.substr(0, report.size() - 1));
+      Enqueue(EncodeFrame(MsgType::kStdout, report), true);
+    }
     ExitMsg m;
     m.exit_code = 0;
     Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);
@@ -580,6 +664,7 @@ int Serve() {
   EarlySetup();
   Log("boot (kernel " + KernelRelease() + ", agent " + AgentVersion() + ")");
   signal(SIGPIPE, SIG_IGN);
+  PreferRunningChildren();
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);

@@ -91,6 +91,7 @@ void from_json(const nlohmann::json& j, HelloMsg& m) {
 void to_json(nlohmann::json& j, const ExecMsg& m) {
   j = {{"argv", m.argv}, {"env", m.env}, {"cwd", m.cwd}, {"timeout_ms", m.timeout_ms}, {"has_stdin", m.has_stdin}};
   if (m.prepare_only) j["prepare_only"] = true;
+  if (m.release_memory) j["release_memory"] = true;
 }
 void from_json(const nlohmann::json& j, ExecMsg& m) {
   m.argv = j.at("argv").get<std::vector<std::string>>();
@@ -99,6 +100,7 @@ void from_json(const nlohmann::json& j, ExecMsg& m) {
   m.timeout_ms = j.value("timeout_ms", int64_t{0});
   m.has_stdin = j.value("has_stdin", false);
   m.prepare_only = j.value("prepare_only", false);
+  m.release_memory = j.value("release_memory", false);
 }
 void to_json(nlohmann::json& j, const ExitMsg& m) {
   j = {{"exit_code", m.exit_code}, {"signal", m.signal},     {"duration_ms", m.duration_ms},

@@ -126,6 +126,12 @@ struct ExecMsg {
   // run nothing: Exit {exit_code 0}, or Exit {rootfs_unavailable}. Warm
   // pools prepare their VMs so that a call does not pay for the mount.
   bool prepare_only = false;
+  // With prepare_only, before the Exit (templates, before their save): the
+  // agent syncs, drops the guest's clean caches and zero-fills its free
+  // memory (a child process touches it once, then frees it), so a save of
+  // the guest skips those pages (QEMU sends a zero page as a few bytes).
+  // One Stdout line says what it did. Older agents ignore it.
+  bool release_memory = false;
 };
 
 // Error codes reported in ExitMsg.error_code when the command never ran.

@@ -197,6 +197,12 @@ Status ValidateNetworkSpec(const NetworkSpec& spec) {
   } else if (!spec.dhcp_hosts.empty()) {
     return Status::InvalidArgument("dhcp_hosts", "dhcp_hosts need a DHCP range (dhcp_start/dhcp_end)");
   }
+  if (spec.dhcp_lease_minutes < 0 || spec.dhcp_lease_minutes > 35'791'394) {
+    return Status::InvalidArgument("dhcp_lease_minutes", "dhcp_lease_minutes must be 0 (libvirt's default) to 35791394");
+  }
+  if (spec.dhcp_lease_minutes > 0 && spec.dhcp_start.empty()) {
+    return Status::InvalidArgument("dhcp_lease_minutes", "dhcp_lease_minutes needs a DHCP range (dhcp_start/dhcp_end)");
+  }
   std::set<std::string> macs;
   std::set<uint32_t> ips;
   for (size_t i = 0; i < spec.dhcp_hosts.size(); ++i) {
@@ -252,6 +258,11 @@ Result<std::string> WriteNetworkXml(const NetworkSpec& spec) {
       pugi::xml_node range = dhcp.append_child("range");
       SetAttr(range, "start", spec.dhcp_start);
       SetAttr(range, "end", spec.dhcp_end);
+      if (spec.dhcp_lease_minutes > 0) {
+        pugi::xml_node lease = range.append_child("lease");
+        SetAttr(lease, "expiry", std::to_string(spec.dhcp_lease_minutes));
+        SetAttr(lease, "unit", "minutes");
+      }
       for (const DhcpHost& h : spec.dhcp_hosts) {
         pugi::xml_node host = dhcp.append_child("host");
         SetAttr(host, "mac", h.mac);
@@ -312,6 +323,13 @@ Result<NetworkSpec> ParseNetworkXml(const std::string& xml) {
       const pugi::xml_node dhcp = ip.child("dhcp");
       spec.dhcp_start = dhcp.child("range").attribute("start").value();
       spec.dhcp_end = dhcp.child("range").attribute("end").value();
+      if (const pugi::xml_node lease = dhcp.child("range").child("lease")) {
+        const std::string_view unit = lease.attribute("unit").value();
+        const long long expiry = lease.attribute("expiry").as_llong();
+        // libvirt's default unit is minutes; 0 (infinite) has no minutes to give.
+        const long long minutes = unit == "seconds" ? (expiry + 59) / 60 : unit == "hours" ? expiry * 60 : expiry;
+        spec.dhcp_lease_minutes = static_cast<int>(std::min<long long>(minutes, 35'791'394));
+      }
       for (const pugi::xml_node& h : dhcp.children("host")) {
         spec.dhcp_hosts.push_back(
             {h.attribute("mac").value(), h.attribute("ip").value(), h.attribute("name").value()});

@@ -17,7 +17,9 @@
 //     <dns enable='no'/>                             (dns == false only)
 //     <ip address='10.240.0.1' netmask='255.255.255.0'>
 //       <dhcp>
-//         <range start='10.240.0.10' end='10.240.0.254'/>
+//         <range start='10.240.0.10' end='10.240.0.254'>
+//           <lease expiry='1440' unit='minutes'/>      (dhcp_lease_minutes > 0 only)
+//         </range>
 //         <host mac='52:54:00:00:00:01' name='x' ip='10.240.0.5'/>
 //       </dhcp>
 //     </ip>
@@ -57,6 +59,9 @@ struct NetworkSpec {
   std::string dhcp_start;
   std::string dhcp_end;
   std::vector<DhcpHost> dhcp_hosts;  // static leases (need a DHCP range)
+  // Lease time of the range's addresses; 0 leaves libvirt's default (1 hour).
+  // 1..35791394 (dnsmasq's minimum is 2 minutes; libvirt raises shorter ones).
+  int dhcp_lease_minutes = 0;
   // false writes <dns enable='no'/>: dnsmasq answers no DNS at all. berth
   // turns DNS off on isolated networks, because dnsmasq forwards queries it
   // cannot answer to the host's resolvers, which would be a way out of an

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 
+#include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "images/store_files.h"
 
@@ -15,7 +17,12 @@ PipelinedWriter::PipelinedWriter(int fd, uint64_t file_offset, Sha256* hash, std
       hash_(hash),
       what_(std::move(what)),
       buffer_bytes_(buffer_bytes == 0 ? kDefaultBufferBytes : buffer_bytes),
-      ring_(buffers < 2 ? 2 : buffers) {}
+      ring_(buffers < 2 ? 2 : buffers) {
+  original_flags_ = ::fcntl(fd_, F_GETFL);
+  if (original_flags_ >= 0 && start_offset_ % kDirectAlignment == 0 && buffer_bytes_ % kDirectAlignment == 0) {
+    direct_ = (original_flags_ & O_DIRECT) != 0 || ::fcntl(fd_, F_SETFL, original_flags_ | O_DIRECT) == 0;
+  }
+}
 
 PipelinedWriter::~PipelinedWriter() {
   {
@@ -26,6 +33,13 @@ PipelinedWriter::~PipelinedWriter() {
   cv_.notify_all();
   if (writer_.joinable()) writer_.join();
   if (hasher_.joinable()) hasher_.join();
+  if (original_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, original_flags_);
+}
+
+void PipelinedWriter::StopDirect() {
+  if (!direct_) return;
+  direct_ = false;
+  if (original_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, original_flags_ & ~O_DIRECT);
 }
 
 Status PipelinedWriter::Append(std::string_view chunk) {
@@ -74,8 +88,13 @@ void PipelinedWriter::TakeBuffer() {
     n = produced_;
   }
   filling_ = &ring_[n % ring_.size()];
-  // Allocated on first use (no initialisation: pages become resident as they are filled).
-  if (!filling_->data) filling_->data.reset(new char[buffer_bytes_]);
+  // Allocated on first use (no initialisation: pages become resident as they
+  // are filled), aligned for direct I/O.
+  if (!filling_->data) {
+    const size_t bytes = (buffer_bytes_ + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
+    filling_->data.reset(static_cast<char*>(std::aligned_alloc(kDirectAlignment, bytes)));
+    if (!filling_->data) throw std::bad_alloc();
+  }
   filling_->size = 0;
 }
 
@@ -96,10 +115,34 @@ void PipelinedWriter::StartThreads() {
 }
 
 Status PipelinedWriter::WriteAt(const char* data, size_t size, uint64_t at) {
-  BERTH_RETURN_IF_ERROR(WriteAll(fd_, std::string_view(data, size), what_));
-  // Start writing these pages back now: the final fsync then waits for the
-  // last buffers only instead of the whole file. Advisory: errors show at fsync.
-  (void)::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
+  size_t off = 0;
+  bool buffered = false;
+  while (off < size) {
+    size_t want = size - off;
+    if (direct_) {
+      // Direct I/O takes whole aligned blocks at aligned offsets only.
+      if (want < kDirectAlignment || (at + off) % kDirectAlignment != 0) {
+        StopDirect();
+      } else {
+        want -= want % kDirectAlignment;
+      }
+    }
+    const bool direct = direct_;
+    ssize_t n = ::write(fd_, data + off, want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL && direct) {  // the file system refuses direct I/O: buffered from now on
+        StopDirect();
+        continue;
+      }
+      return StoreWriteError(what_, errno);
+    }
+    if (!direct) buffered = true;
+    off += static_cast<size_t>(n);
+  }
+  // Start writing buffered pages back now: the final fsync then waits for
+  // the last ones only instead of the whole file. Advisory: errors show at fsync.
+  if (buffered) (void)::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
   return Status::Ok();
 }
 

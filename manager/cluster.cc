@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
 
@@ -150,12 +151,18 @@ void Cluster::PushToScheduler(const Entry& e) {
     r.total_memory_mib = e.node->info().memory_mib;
   }
   r.reserved_memory_mib = std::min<uint64_t>(e.spec.reserved_memory_mib, r.total_memory_mib);
-  // Cached images count against the pool's disk (0 = unknown: no disk limit).
+  // Cached images, and those placements are bringing, count against the
+  // pool's disk (0 = unknown: no disk limit).
+  uint64_t image_bytes = e.image_cache_bytes;
+  r.cached_images = e.cached_images;
+  for (const auto& [digest, pending] : e.pending_images) {
+    image_bytes += pending.bytes;
+    r.cached_images.insert(digest);
+  }
   r.total_disk_bytes = e.pool.capacity_bytes;
-  r.reserved_disk_bytes = std::min<uint64_t>(e.image_cache_bytes, r.total_disk_bytes);
+  r.reserved_disk_bytes = std::min<uint64_t>(image_bytes, r.total_disk_bytes);
   r.cpu_overcommit = e.spec.cpu_overcommit;
   r.memory_overcommit = e.spec.memory_overcommit;
-  r.cached_images = e.cached_images;
   r.template_keys = e.template_keys;
   if (Status s = scheduler_.UpsertNode(r); !s.ok()) spdlog::warn("scheduler: node {}: {}", r.name, s.ToString());
 }
@@ -310,9 +317,30 @@ Result<Node*> Cluster::Place(const std::string& claim_id, uint32_t vcpus, uint64
   return placed.node;
 }
 
+uint64_t Cluster::ImageBytesLocked(const std::string& digest, uint64_t from_options) const {
+  if (digest.empty()) return 0;
+  if (from_options > 0) return from_options;
+  uint64_t bytes = 0;
+  for (const auto& [name, e] : nodes_) {
+    if (auto it = e.cached_image_bytes.find(digest); it != e.cached_image_bytes.end()) {
+      bytes = std::max(bytes, it->second);
+    }
+  }
+  return bytes;
+}
+
+void Cluster::NotePendingImage(Entry& e, const std::string& digest, uint64_t bytes, const std::string& claim_id) {
+  if (digest.empty() || e.cached_images.count(digest) || e.pending_images.count(digest)) return;
+  e.pending_images[digest] = Entry::PendingImage{bytes, claim_id, false};
+  PushToScheduler(e);  // the execution puts the image there
+}
+
 Result<Node*> Cluster::ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
-                                        std::vector<std::string>* alternates) {
+                                        std::vector<std::string>* alternates, const PlacementHints& hints) {
+  const uint64_t image_from_options =
+      options_.image_bytes && !hints.image_digest.empty() ? options_.image_bytes(hints.image_digest) : 0;
   std::lock_guard lock(mu_);
+  const uint64_t image_bytes = ImageBytesLocked(hints.image_digest, image_from_options);
   while (!alternates->empty()) {
     const std::string name = alternates->front();
     alternates->erase(alternates->begin());
@@ -323,13 +351,21 @@ Result<Node*> Cluster::ClaimOnAlternate(const std::string& claim_id, uint32_t vc
     }
     auto report = scheduler_.Report(name);
     if (!report.ok() || report->free.vcpus < vcpus || report->free.memory_mib < memory_mib) continue;
-    BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(name, claim_id, sched::Resources{vcpus, memory_mib, 0}));
+    Entry& e = it->second;
+    const bool image_here = hints.image_digest.empty() || e.cached_images.count(hints.image_digest) ||
+                            e.pending_images.count(hints.image_digest);
+    const uint64_t disk = options_.overlay_disk_bytes + (image_here ? 0 : image_bytes);
+    // Pool space unknown (capacity 0): disk limits nothing there, as in the scheduler.
+    if (report->capacity.disk_bytes > 0 && report->free.disk_bytes < disk) continue;
+    BERTH_RETURN_IF_ERROR(
+        scheduler_.ClaimOn(name, claim_id, sched::Resources{vcpus, memory_mib, options_.overlay_disk_bytes}));
     ClaimRow row{claim_id, name, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
     if (Status s = store_->InsertClaim(row); !s.ok()) {
       (void)scheduler_.Release(claim_id);
       return s;
     }
-    return it->second.node.get();
+    NotePendingImage(e, hints.image_digest, image_bytes, claim_id);
+    return e.node.get();
   }
   return Status::ResourceExhausted("no alternate node is left with room for claim " + claim_id);
 }
@@ -344,23 +380,26 @@ Result<Cluster::Placed> Cluster::PlaceWithAlternates(const std::string& claim_id
   req.memory_mib = memory_mib;
   req.label_selector = selector;
   req.alternates = alternates;
+  req.disk_bytes = options_.overlay_disk_bytes;
   if (!hints.image_digest.empty()) req.image_digest = hints.image_digest;
   if (!hints.template_key.empty()) req.template_key = hints.template_key;
+  // Asked outside mu_: it may read the image store.
+  const uint64_t image_from_options =
+      options_.image_bytes && !hints.image_digest.empty() ? options_.image_bytes(hints.image_digest) : 0;
   std::lock_guard lock(mu_);
+  req.image_bytes = ImageBytesLocked(hints.image_digest, image_from_options);
   BERTH_ASSIGN_OR_RETURN(auto placement, scheduler_.Place(req));
   auto it = nodes_.find(placement.node);
   if (it == nodes_.end() || !it->second.node) {
     (void)scheduler_.Release(claim_id);
     return Status::Internal("scheduler chose unknown node " + placement.node);
   }
-  if (!hints.image_digest.empty() && it->second.cached_images.insert(hints.image_digest).second) {
-    PushToScheduler(it->second);  // the execution puts the image there
-  }
   ClaimRow row{claim_id, placement.node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
   if (Status s = store_->InsertClaim(row); !s.ok()) {
     (void)scheduler_.Release(claim_id);
     return s;
   }
+  NotePendingImage(it->second, hints.image_digest, req.image_bytes, claim_id);
   return Placed{it->second.node.get(), placement.alternates};
 }
 
@@ -372,6 +411,12 @@ void Cluster::Release(const std::string& claim_id) {
   // A draining node whose last claim went is drained: cordoned.
   if (info.ok()) {
     auto it = nodes_.find(info->node);
+    if (it != nodes_.end()) {
+      // The image it brought is in the pool by now or never will be: the next refresh tells.
+      for (auto& [digest, pending] : it->second.pending_images) {
+        if (pending.claim_id == claim_id) pending.claim_released = true;
+      }
+    }
     if (it != nodes_.end() && it->second.admin_state == "draining") {
       auto report = scheduler_.Report(info->node);
       if (report.ok() && report->claims == 0) {
@@ -418,7 +463,15 @@ void Cluster::RefreshLocality(const std::string& name) {
   Entry& e = it->second;
   std::set<std::string> images = CachedImageDigests(*volumes);
   uint64_t image_bytes = CachedImageBytes(*volumes);
-  bool same_disk = pool.capacity_bytes == e.pool.capacity_bytes && image_bytes == e.image_cache_bytes;
+  e.cached_image_bytes.clear();
+  for (const auto& v : *volumes) {
+    if (IsCachedImageVolume(v.name)) e.cached_image_bytes[v.name.substr(4, 64)] = v.allocation_bytes;
+  }
+  const size_t pending_before = e.pending_images.size();
+  std::erase_if(e.pending_images,
+                [&](const auto& p) { return p.second.claim_released || images.count(p.first) > 0; });
+  bool same_disk = pool.capacity_bytes == e.pool.capacity_bytes && image_bytes == e.image_cache_bytes &&
+                   pending_before == e.pending_images.size();
   // available changes with every write on the filesystem; it is only shown, never scheduled on.
   e.pool = pool;
   if (images == e.cached_images && templates == e.template_keys && same_disk) return;
@@ -435,7 +488,8 @@ Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, ui
     if (held->node == node) return Status::Ok();
     (void)scheduler_.Release(claim_id);
   }
-  BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(node, claim_id, sched::Resources{vcpus, memory_mib, 0}));
+  BERTH_RETURN_IF_ERROR(
+      scheduler_.ClaimOn(node, claim_id, sched::Resources{vcpus, memory_mib, options_.overlay_disk_bytes}));
   (void)store_->DeleteClaim(claim_id);  // the row may name another node or other amounts
   ClaimRow row{claim_id, node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
   if (Status s = store_->InsertClaim(row); !s.ok()) {

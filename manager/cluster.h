@@ -78,6 +78,14 @@ struct ClusterOptions {
   int64_t monitor_interval_ms = 2000;
   int64_t down_after_ms = 6000;  // no answer for this long: down
   sched::Policy policy;
+  // Disk every placement asks for on its node besides the image: the
+  // overlay's expected growth (0: none). Counted only on nodes whose pool
+  // space is known.
+  uint64_t overlay_disk_bytes = 256ull << 20;
+  // The bytes image `digest` takes in a node's pool (0: unknown). A node
+  // that does not cache the image must have room for it as well; unset or
+  // 0, the size any node's cache shows for it is used (else none is asked).
+  std::function<uint64_t(const std::string& digest)> image_bytes;
   // How a node's libvirt is reached (unit tests put a fake hypervisor here).
   std::function<Result<std::unique_ptr<hv::Hypervisor>>(const std::string& uri)> connect = hv::ConnectLibvirt;
 };
@@ -102,12 +110,16 @@ class Cluster {
   // cordoned once its claims are gone).
   Result<NodeView> SetAdminState(const std::string& name, const std::string& action);
 
-  // Places an execution: claims vcpus/memory on a node that is up, matches
-  // every selector label and has room. ResourceExhausted says why none fits.
+  // Places an execution: claims vcpus/memory (and the overlay's disk) on a
+  // node that is up, matches every selector label and has room, counting
+  // the image's bytes on a node that does not cache it yet (see
+  // ClusterOptions). ResourceExhausted says why none fits.
   Result<Node*> Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                       const std::map<std::string, std::string>& selector);
   // Place, preferring nodes that already cache the image / hold the template.
-  // The chosen node counts as caching the image from then on.
+  // The chosen node counts as caching the image (and its bytes against its
+  // disk) from then on: until the image shows in its pool, or until the
+  // claim is released and the next refresh does not find it.
   Result<Node*> Place(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
                       const std::map<std::string, std::string>& selector, const PlacementHints& hints);
   // Place that also returns the scheduler's next-best feasible nodes (not
@@ -121,9 +133,10 @@ class Cluster {
                                      uint32_t alternates = 2);
   // Claims `claim_id` on the first of `*alternates` that is still up and has
   // room, consuming the list from the front (nodes tried are removed).
-  // ResourceExhausted when none is left.
+  // `hints.image_digest` (optional) counts the image's bytes on a node that
+  // does not cache it, as Place does. ResourceExhausted when none is left.
   Result<Node*> ClaimOnAlternate(const std::string& claim_id, uint32_t vcpus, uint64_t memory_mib,
-                                 std::vector<std::string>* alternates);
+                                 std::vector<std::string>* alternates, const PlacementHints& hints = {});
   // Re-reads which images and templates a node holds, its pool's space and
   // the bytes its cached images take (the monitor does this
   // every round for nodes that answer). Calls libvirt outside the cluster
@@ -183,7 +196,23 @@ class Cluster {
     // The pool's space (0 = unknown: no disk limit) and what cached images take of it.
     hv::PoolInfo pool;
     uint64_t image_cache_bytes = 0;
+    // Images placements put here that its pool did not show yet: digest ->
+    // bytes and the claim that brings it. Reserved like cached images; a
+    // refresh drops those now in the pool and those whose claim is gone.
+    struct PendingImage {
+      uint64_t bytes = 0;
+      std::string claim_id;
+      bool claim_released = false;
+    };
+    std::map<std::string, PendingImage> pending_images;
+    // Allocation of each cached image as the pool last showed it (digest -> bytes).
+    std::map<std::string, uint64_t> cached_image_bytes;
   };
+  // The bytes image `digest` takes on a node: options_.image_bytes, else the
+  // largest allocation a node's cache shows for it (mu_ held), else 0.
+  uint64_t ImageBytesLocked(const std::string& digest, uint64_t from_options) const;
+  // Counts the image of a placement on `e` until its pool shows it (mu_ held).
+  void NotePendingImage(Entry& e, const std::string& digest, uint64_t bytes, const std::string& claim_id);
   Result<std::unique_ptr<Node>> Connect(const NodeSpec& spec, const NodeConfig& base);
   NodeConfig ConfigFor(const NodeSpec& spec) const;
   void PushToScheduler(const Entry& e);

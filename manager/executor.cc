@@ -42,6 +42,12 @@ bool ChannelBrokeWithNode(ExecState to, const std::string& error_code, Node& nod
   return to == ExecState::kError && error_code == "agent_failed" && !node.hypervisor().GetNodeInfo().ok();
 }
 
+// Says what it is in `virsh list`: tenant and pid, plus a short id so that
+// two berthds (own stores, own pid counters) never pick the same name.
+std::string ExecutionDomainName(const ExecutionRecord& ex) {
+  return std::string(hv::kDomainNamePrefix) + ex.tenant + "-" + std::to_string(ex.pid) + "-" + ex.id.substr(0, 6);
+}
+
 }  // namespace
 
 // A process that has not ended: what Kill, Wait and Output need while the
@@ -212,9 +218,7 @@ Result<std::shared_ptr<Executor::Live>> Executor::Create(Node& node, const Launc
   ex.spec = launch.spec;
   ex.created_ms = env_->NowUnixMs();
   BERTH_ASSIGN_OR_RETURN(ex.pid, store_->NewPid());
-  // Says what it is in `virsh list`: tenant and pid, plus a short id so that
-  // two berthds (own stores, own pid counters) never pick the same name.
-  ex.domain = std::string(hv::kDomainNamePrefix) + ex.tenant + "-" + std::to_string(ex.pid) + "-" + ex.id.substr(0, 6);
+  ex.domain = ExecutionDomainName(ex);
   auto live = std::make_shared<Live>();
   live->node = &node;
   live->domain = ex.domain;
@@ -270,11 +274,64 @@ Result<ExecutionRecord> Executor::Start(Node& node, Launch launch) {
   BERTH_ASSIGN_OR_RETURN(auto live, Create(node, launch, &ex));
   ExecutionRecord first = ex;
   Background([this, &node, launch = std::move(launch), ex = std::move(ex), live]() mutable {
-    ExecutionRecord ended = Execute(node, launch, std::move(ex), live);
+    Node* on = &node;
+    ExecutionRecord ended;
+    for (;;) {  // a failed start may move to another node (launch.move_failed_start)
+      Node* moved_to = nullptr;
+      ended = Execute(*on, launch, std::move(ex), live, &moved_to);
+      if (!moved_to) break;
+      on = moved_to;
+      ex = std::move(ended);
+    }
     // (Still running: detached at shutdown, ended by the berthd that adopts it.)
     if (started_end_hook_ && IsTerminal(ended.state)) started_end_hook_(ended);
   });
   return first;
+}
+
+Node* Executor::MoveFailedStart(Node& failed_node, const Launch& launch, ExecutionRecord& ex,
+                                const std::string& error_code, const std::string& error, Live& live,
+                                ExecutionTeardown& teardown) {
+  if (!launch.move_failed_start || !launch.live_fork_of.empty()) return nullptr;
+  // Running (or beyond): the command ran, so it is not moved.
+  if (ex.state != ExecState::kPlacing && ex.state != ExecState::kStarting) return nullptr;
+  {
+    std::lock_guard lock(live.mu);
+    if (live.lost || live.detached || live.kill_signal != 0) return nullptr;
+  }
+  {
+    std::lock_guard lock(live_mu_);
+    if (detaching_) return nullptr;
+  }
+  ExecutionRecord failed = ex;
+  failed.error_code = error_code;
+  failed.error = error;
+  Node* next = launch.move_failed_start(failed);
+  if (!next) return nullptr;
+  spdlog::warn("execution {} (pid {}) could not start on node {} ({}: {}); moving it to node {}", ex.id, ex.pid,
+               failed_node.name(), error_code, error.substr(0, error.find('\n')), next->name());
+  // What the failed node holds of it goes now (its claim moved already).
+  teardown.Run();
+  ex.node = next->name();
+  ex.domain = ExecutionDomainName(ex);  // (a warm-pool VM had its own name)
+  ex.mac.clear();
+  ex.addresses.clear();
+  ex.console.clear();
+  ex.console_truncated = false;
+  ex.error_code.clear();
+  ex.error.clear();
+  ex.timings = PhaseTimings{};
+  {
+    std::lock_guard lock(live.mu);
+    live.node = next;
+    live.domain = ex.domain;
+    live.overlay = OverlayVolumeName(ex.id);
+    live.domain_started = false;
+  }
+  // starting -> placing (types.h); a record still placing only names its new node.
+  Status recorded = ex.state == ExecState::kStarting ? Advance(ex, ExecState::kPlacing) : store_->UpdateExecution(ex);
+  if (!recorded.ok()) spdlog::error("recording the move of {} to node {}: {}", ex.id, ex.node, recorded.ToString());
+  return next;
 }
 
 Result<hv::VolumeInfo> Executor::MakeSeed(Node& node, const ExecutionRecord& ex, const Launch& launch) {
@@ -303,7 +360,8 @@ Result<hv::VolumeInfo> Executor::MakeSeed(Node& node, const ExecutionRecord& ex,
   return vol;
 }
 
-ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live) {
+ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live,
+                                  Node** moved_to) {
   const int64_t t0 = env_->MonotonicMs();
   const int64_t created_unix = ex.created_ms;
   const bool disk_boot = launch.spec.boot == BootMode::kDisk;
@@ -318,6 +376,7 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   auto attach = [&]() -> Status {
     BERTH_ASSIGN_OR_RETURN(NetAttachment a, networks_->Acquire(node.hypervisor(), node.name(), ex.tenant,
                                                                launch.spec.network));
+    a.domain = ex.domain;  // Release checks this domain is gone before its MAC is reused
     cleanup->OnDestroyed([this, &node, a] { networks_->Release(node.hypervisor(), a); });
     attachment = a;
     ex.mac = a.nic.mac;
@@ -390,6 +449,13 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
         if (to == ExecState::kError && !ex.console.empty()) error += "\n--- console (tail) ---\n" + Tail(*log, 2048);
       }
     }
+    // A start that failed before the command ran may move to another node.
+    if (Node* next = to == ExecState::kError && moved_to
+                         ? MoveFailedStart(node, launch, ex, error_code, error, *live, *cleanup)
+                         : nullptr) {
+      *moved_to = next;
+      return ex;  // placing on `next`; Start runs it there
+    }
     ex.timings.total_ms = env_->MonotonicMs() - t0;
     {
       Metrics& m = Metrics::Global();
@@ -450,7 +516,10 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
   // Place: capacity on the node.
   // Waiting for admission (max_instances) counts as queueing too.
   ex.timings.queue_ms = std::max<int64_t>(launch.queued_ms, 0) + (env_->NowUnixMs() - created_unix);
-  if (!advance(ExecState::kPlacing)) return finish(ExecState::kError, "store_failed", "could not record placing");
+  // (A start moved from another node is placing already.)
+  if (ex.state != ExecState::kPlacing && !advance(ExecState::kPlacing)) {
+    return finish(ExecState::kError, "store_failed", "could not record placing");
+  }
   if (!warm) {
     Status reserved = node.Reserve(launch.spec.vcpus, launch.spec.memory_mib);
     // Idle pooled VMs and teardowns still in flight (answered calls whose VM
@@ -791,9 +860,11 @@ Status Executor::Kill(const std::string& execution_id, int signal, int64_t grace
     live = it->second;
   }
   bool destroy_now = false, term_agent = false, term_acpi = false;
+  Node* on = nullptr;  // read under the lock: a failed start may move the process to another node
   {
     std::lock_guard lock(live->mu);
     if (live->done) return Status::FailedPrecondition("process has already exited", "pid");
+    on = live->node;
     if (live->kill_signal == 0 || signal == SIGKILL) live->kill_signal = signal;
     if (signal == SIGKILL) {
       destroy_now = live->domain_started;
@@ -807,7 +878,7 @@ Status Executor::Kill(const std::string& execution_id, int signal, int64_t grace
     }
   }
   live->cv.notify_all();
-  Node& node = *live->node;
+  Node& node = *on;
   if (destroy_now) return node.hypervisor().DestroyDomain(live->domain);
   if (term_acpi) (void)node.hypervisor().ShutdownDomain(live->domain);
   if (signal != SIGKILL) {
@@ -858,6 +929,7 @@ void Executor::MarkNodeLost(const std::string& node_name) {
   {
     std::lock_guard lock(live_mu_);
     for (auto& [id, live] : live_) {
+      std::lock_guard node_lock(live->mu);  // (a moved start changes its node)
       if (live->node && live->node->name() == node_name) on_node.push_back(live);
     }
   }
@@ -922,6 +994,7 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
       for (const hv::NicSpec& nic : *nics) {
         if (nic.network.rfind(net::kNetworkNamePrefix, 0) != 0) continue;
         NetAttachment a = networks_->Adopt(node.name(), nic);
+        a.domain = ex.domain;
         cleanup->OnDestroyed([this, &node, a] { networks_->Release(node.hypervisor(), a); });
         networked = true;
       }

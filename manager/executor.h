@@ -57,6 +57,15 @@ struct Launch {
   // LiveFork) instead of a boot; it then follows the copy of the parent's
   // running command to its end instead of starting spec.command.
   std::string live_fork_of;
+  // Start only (Run leaves it empty). Called from the execution's background
+  // thread when its start failed before the command ran: `failed` is the
+  // record still placing or starting, on the node that failed, with
+  // error_code/error saying why. Returns another node to which the claim of
+  // the execution (its id) has been moved, or null to end it in error as
+  // usual. On a node, the failed node's leftovers (domain, volumes, network,
+  // reservation) are torn down and the same record (id, pid) goes back to
+  // placing there, its `node` naming the new node. Not for live forks.
+  std::function<Node*(const ExecutionRecord& failed)> move_failed_start;
 };
 
 struct ExecutorOptions {
@@ -148,7 +157,8 @@ class Executor {
   Result<ExecutionRecord> Run(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
                               const InvokeRequest& request);
   // Records a new process (pending, with its pid) and runs it in the
-  // background; returns the record as first written.
+  // background; returns the record as first written. A start that fails
+  // before the command ran may move to another node (Launch::move_failed_start).
   Result<ExecutionRecord> Start(Node& node, Launch launch);
 
   // Sends a signal to a live process: SIGKILL destroys its domain at once;
@@ -200,8 +210,18 @@ class Executor {
  private:
   struct Live;
   Result<std::shared_ptr<Live>> Create(Node& node, const Launch& launch, ExecutionRecord* ex);
-  // Runs a created execution to its end in the calling thread.
-  ExecutionRecord Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live);
+  // Runs a created execution to its end in the calling thread. When its
+  // start failed and launch.move_failed_start gave another node, returns the
+  // record (placing, not ended) with *moved_to set to that node: the caller
+  // runs Execute again there.
+  ExecutionRecord Execute(Node& node, const Launch& launch, ExecutionRecord ex, std::shared_ptr<Live> live,
+                          Node** moved_to = nullptr);
+  // A start that failed before its command ran (record placing or starting;
+  // not lost, killed or detached): asks launch.move_failed_start for another
+  // node. Given one, tears down what the failed node holds of it and puts
+  // the same record back to placing there. Returns that node, or null.
+  Node* MoveFailedStart(Node& failed_node, const Launch& launch, ExecutionRecord& ex, const std::string& error_code,
+                        const std::string& error, Live& live, ExecutionTeardown& teardown);
   Result<hv::VolumeInfo> MakeSeed(Node& node, const ExecutionRecord& ex, const Launch& launch);
   Status Advance(ExecutionRecord& ex, ExecState to);
   // Runs the teardown (in the background with async_cleanup) and then

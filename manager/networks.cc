@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "common/sha256.h"
 #include "hypervisor/domain_xml.h"
 #include "hypervisor/nwfilter_xml.h"
@@ -161,7 +164,7 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
     // A definition left behind by the failed start would pin the same subnet.
     if (network_refs_[node][name] == 0) {
       auto in_use = ScanDomains(hv);
-      if (in_use.ok() && in_use->networks.count(name) == 0) (void)hv.DestroyNetwork(name);
+      if (in_use.ok() && in_use->networks.count(name) == 0 && hv.DestroyNetwork(name).ok()) ForgetMacs(node, name);
     }
   }
   BERTH_RETURN_IF_ERROR(last.WithContext("creating network " + name + " on node " + node));
@@ -176,7 +179,7 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
   if (Status s = hv.EnsureNwFilter(filter_xml); !s.ok()) {
     if (network_refs_[node][name] == 0) {
       auto in_use = ScanDomains(hv);
-      if (in_use.ok() && in_use->networks.count(name) == 0) (void)hv.DestroyNetwork(name);
+      if (in_use.ok() && in_use->networks.count(name) == 0 && hv.DestroyNetwork(name).ok()) ForgetMacs(node, name);
     }
     return s.WithContext("defining nwfilter " + filter.name + " on node " + node);
   }
@@ -189,12 +192,78 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
   a.filter = filter.name;
   a.gateway_ip = network.gateway_ip;
   a.subnet = subnet.ToString();
-  a.nic = net::MakeNic(network, net::RandomMac(), filter.name);
+  a.nic = net::MakeNic(network, TakeMac(node, name), filter.name);
   return a;
 }
 
+namespace {
+std::string LowerMac(std::string mac) {
+  for (char& c : mac) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return mac;
+}
+}  // namespace
+
+std::string Networks::TakeMac(const std::string& node, const std::string& network) {
+  MacPool& pool = macs_[node][network];
+  while (!pool.free.empty()) {
+    std::string mac = std::move(pool.free.back());
+    pool.free.pop_back();
+    if (pool.in_use.insert(mac).second) return mac;  // (an adopted VM may have taken it meanwhile)
+  }
+  // 24 random bits: a repeat is rare, but two live VMs must never share one.
+  std::string mac = LowerMac(net::RandomMac());
+  for (int i = 0; i < 16 && pool.in_use.count(mac); ++i) mac = LowerMac(net::RandomMac());
+  pool.in_use.insert(mac);
+  return mac;
+}
+
+void Networks::ForgetMacs(const std::string& node, const std::string& network) {
+  auto n = macs_.find(node);
+  if (n == macs_.end()) return;
+  auto it = n->second.find(network);
+  if (it == n->second.end()) return;
+  // Held MACs stay known (their VMs may still be around); released ones lose
+  // their meaning with the network's leases.
+  it->second.free.clear();
+  if (it->second.in_use.empty()) n->second.erase(it);
+}
+
+bool Networks::MacMayBeHeld(hv::Hypervisor& hv, const NetAttachment& a) {
+  const std::string mac = LowerMac(a.nic.mac);
+  auto holds = [&](const std::string& domain) {
+    auto xml = hv.GetDomainXml(domain);
+    if (!xml.ok()) return xml.status().code() != Code::kNotFound;
+    auto nics = hv::ParseDomainNics(*xml);
+    if (!nics.ok()) return true;
+    for (const hv::NicSpec& nic : *nics) {
+      if (LowerMac(nic.mac) == mac) return true;
+    }
+    return false;
+  };
+  if (!a.domain.empty()) return holds(a.domain);
+  auto domains = hv.ListDomains(hv::kDomainNamePrefix);
+  if (!domains.ok()) return true;
+  for (const std::string& d : *domains) {
+    if (holds(d)) return true;
+  }
+  return false;
+}
+
 void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
+  // Looked up before the lock: the MAC is still marked in use, so nobody
+  // can be handed it meanwhile.
+  const bool recyclable = !a.nic.mac.empty() && !a.network.empty() && !MacMayBeHeld(hv, a);
   std::lock_guard lock(mu_);
+  if (!a.nic.mac.empty() && !a.network.empty()) {
+    MacPool& pool = macs_[a.node][a.network];
+    const bool was_held = pool.in_use.erase(LowerMac(a.nic.mac)) > 0;
+    if (was_held && recyclable) {
+      pool.free.push_back(LowerMac(a.nic.mac));
+    } else if (was_held) {
+      spdlog::warn("node {}: MAC {} on {} is not handed out again (its domain may still exist)", a.node,
+                   a.nic.mac, a.network);
+    }
+  }
   auto drop = [](std::map<std::string, int>& refs, const std::string& name) {
     if (name.empty()) return false;  // an adopted NIC without a filter
     auto it = refs.find(name);
@@ -219,6 +288,8 @@ void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
   if (network_unused && in_use->networks.count(a.network) == 0) {
     if (Status s = hv.DestroyNetwork(a.network); !s.ok()) {
       spdlog::warn("removing network {} on {}: {}", a.network, a.node, s.ToString());
+    } else {
+      ForgetMacs(a.node, a.network);
     }
   }
 }
@@ -232,6 +303,12 @@ NetAttachment Networks::Adopt(const std::string& node, const hv::NicSpec& nic) {
   a.nic = nic;
   if (!a.network.empty()) ++network_refs_[node][a.network];
   if (!a.filter.empty()) ++filter_refs_[node][a.filter];
+  if (!a.network.empty() && !nic.mac.empty()) {
+    MacPool& pool = macs_[node][a.network];
+    const std::string mac = LowerMac(nic.mac);
+    pool.in_use.insert(mac);
+    std::erase(pool.free, mac);
+  }
   return a;
 }
 
@@ -255,7 +332,10 @@ Status Networks::Sweep(hv::Hypervisor& hv, const std::string& node) {
     if (net_refs.count(n) || in_use.networks.count(n)) continue;
     Status s = hv.DestroyNetwork(n);
     if (!s.ok() && first.ok()) first = s;
-    if (s.ok()) spdlog::info("node {}: removed unused network {}", node, n);
+    if (s.ok()) {
+      spdlog::info("node {}: removed unused network {}", node, n);
+      ForgetMacs(node, n);
+    }
   }
   return first;
 }
@@ -263,6 +343,22 @@ Status Networks::Sweep(hv::Hypervisor& hv, const std::string& node) {
 std::map<std::string, int> Networks::NetworkRefs(const std::string& node) {
   std::lock_guard lock(mu_);
   return network_refs_[node];
+}
+
+std::set<std::string> Networks::MacsInUse(const std::string& node, const std::string& network) {
+  std::lock_guard lock(mu_);
+  auto n = macs_.find(node);
+  if (n == macs_.end()) return {};
+  auto it = n->second.find(network);
+  return it == n->second.end() ? std::set<std::string>{} : it->second.in_use;
+}
+
+std::vector<std::string> Networks::FreeMacs(const std::string& node, const std::string& network) {
+  std::lock_guard lock(mu_);
+  auto n = macs_.find(node);
+  if (n == macs_.end()) return {};
+  auto it = n->second.find(network);
+  return it == n->second.end() ? std::vector<std::string>{} : it->second.free;
 }
 
 }  // namespace berth::manager

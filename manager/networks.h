@@ -4,10 +4,26 @@
 //
 //   Acquire   (before the domain starts)  network + filter ensured, one
 //             reference taken on each; returns the NIC to put in the DomainSpec
-//             (fresh random MAC, filterref with CTRL_IP_LEARNING=dhcp).
-//   Release   (after the domain is gone)  the last reference removes the
-//             filter and the network, unless a running berth domain on the
-//             node still uses them (another berthd on the same host).
+//             (a recycled or fresh MAC, filterref with CTRL_IP_LEARNING=dhcp).
+//   Release   (after the domain is gone)  the MAC goes back to the network's
+//             free list; the last reference removes the filter and the
+//             network, unless a running berth domain on the node still uses
+//             them (another berthd on the same host).
+//
+// MAC recycling: every VM on a tenant network (boot, warm-pool VM, template
+// clone, live-fork child) needs a MAC no other live VM there has, and each
+// new MAC costs a DHCP lease that dnsmasq keeps for the lease time. So a
+// released MAC is handed out again (last released first) before a new one
+// is made: dnsmasq gives a MAC its old address back, and the leases a
+// network uses stay bounded by its peak number of concurrent VMs, not by the
+// starts per lease time. A MAC is recycled only after Release, and only when
+// no berth domain on the node still shows it (a failed destroy keeps it out
+// of the free list for good). Adopt marks the MAC of an adopted domain in
+// use. The free list of a network goes with the network; after a berthd
+// restart it starts empty. The nwfilter pins each NIC to its own MAC
+// (clean-traffic MAC=) and learns its IP from that NIC's DHCP exchange, so a
+// recycled MAC on a new VM passes exactly like a fresh one, and a restored
+// template or fork child cannot send with an old MAC it still holds in memory.
 //   Sweep     (berthd start, node reconcile) removes this owner's networks
 //             (berth-net-<tag>-*) and filters (berth-fw-<tag>-*) that no
 //             reference and no running domain uses, so nothing leaks across restarts;
@@ -24,6 +40,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,6 +74,10 @@ struct NetAttachment {
   std::string gateway_ip;  // host address on the tenant bridge
   std::string subnet;      // "10.240.3.0/24"
   hv::NicSpec nic;         // what goes into DomainSpec::nics
+  // Optional: the domain that holds the NIC. When set, Release checks only
+  // that this domain is gone before recycling the MAC; otherwise it looks at
+  // every berth domain on the node.
+  std::string domain;
 };
 
 struct NetworksConfig {
@@ -99,6 +120,10 @@ class Networks {
 
   // References held now (tests, metrics): network name -> count on `node`.
   std::map<std::string, int> NetworkRefs(const std::string& node);
+  // MACs of `network` on `node` (tests, metrics): held by VMs now, and
+  // released ones waiting to be handed out again (next one last).
+  std::set<std::string> MacsInUse(const std::string& node, const std::string& network);
+  std::vector<std::string> FreeMacs(const std::string& node, const std::string& network);
 
  private:
   struct InUse {
@@ -106,12 +131,24 @@ class Networks {
   };
   // Networks and filters of running berth domains on the node.
   Result<InUse> ScanDomains(hv::Hypervisor& hv);
+  // Whether a domain (a.domain, or any berth domain on the node) may still
+  // hold a.nic.mac; true when libvirt cannot tell.
+  bool MacMayBeHeld(hv::Hypervisor& hv, const NetAttachment& a);
+  // The MAC for a new NIC on `network` (mu_ held): a released one, else a fresh one.
+  std::string TakeMac(const std::string& node, const std::string& network);
+  void ForgetMacs(const std::string& node, const std::string& network);  // the network is gone
   Result<net::Cidr> SubnetFor(hv::Hypervisor& hv, const std::string& network);
 
   NetworksConfig config_;
   std::mutex mu_;
   // node -> name -> references held by this berthd.
   std::map<std::string, std::map<std::string, int>> network_refs_, filter_refs_;
+  struct MacPool {
+    std::set<std::string> in_use;   // on a VM that is (or may be) alive
+    std::vector<std::string> free;  // released, domain gone; back() goes next
+  };
+  // node -> network name -> its MACs.
+  std::map<std::string, std::map<std::string, MacPool>> macs_;
 };
 
 }  // namespace berth::manager

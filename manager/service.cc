@@ -142,6 +142,11 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   svc->uploads_ = std::make_unique<images::UploadSessions>(env, svc->images_.get(), config.max_image_bytes);
   BERTH_ASSIGN_OR_RETURN(svc->runtime_, LoadRuntime(env, config.runtime_dir));
   ClusterOptions copts;
+  // A node that does not cache the image needs room for it too.
+  copts.image_bytes = [images = svc->images_.get()](const std::string& digest) -> uint64_t {
+    auto image = images->Get(digest);
+    return image.ok() ? image->size_bytes : 0;
+  };
   // Pool folders of added nodes sit beside the local pool's (the data dir may
   // be private to root; QEMU on a node must reach its pool folder).
   {
@@ -162,8 +167,15 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   Cluster* cluster = svc->cluster_.get();
   svc->executor_->SetReleaseHook([cluster](const std::string& id) { cluster->Release(id); });
   // exec/fork runs end in the background: their ends reach the listener too.
-  svc->executor_->SetStartedEndHook(
-      [listener = svc->execution_listener_](const ExecutionRecord& ex) { listener->Notify(ex); });
+  // One lost with its node while berthd runs (Executor::MarkNodeLost) runs
+  // again elsewhere when its function is retryable, as after a restart.
+  svc->executor_->SetStartedEndHook([listener = svc->execution_listener_, raw = svc.get()](const ExecutionRecord& ex) {
+    listener->Notify(ex);
+    if (ex.state == ExecState::kLost && ex.error_code == "node_lost") {
+      raw->cluster_->ReportUnreachable(ex.node);  // (the monitor may not have marked it down yet)
+      raw->RunLostAgain(ex, "");
+    }
+  });
   BERTH_RETURN_IF_ERROR(svc->cluster_->LoadRegistered());
   // Adopts what still runs, ends the rest lost, destroys orphans, releases
   // stale claims and unused volumes (manager/reconcile.h).
@@ -219,39 +231,9 @@ Result<NodeView> Service::NodeViewOf(const std::string& name) { return cluster_-
 
 // After a restart: the ordered reconciliation of manager/reconcile.h.
 Status Service::Reconcile() {
-  // A run of a retryable function that ended lost (its domain vanished, its
-  // node was unreachable, berthd died while starting it) runs again on a node
-  // that can take it: in the background, as its caller went with the old
-  // berthd. Event deliveries and async invocations are left to the event
-  // dispatcher, which retries every delivery a crash interrupted.
-  auto on_lost = [this](const ExecutionRecord& ex) {
-    if (ex.kind != ProcKind::kRun || ex.function.empty() || ex.spec.env.count("BERTH_DELIVERY_ID")) return;
-    auto fn = store_->GetFunction(ex.tenant, ex.function);
-    if (!fn.ok() || !fn->spec.retryable) return;
-    auto image = images_->Get(ex.image);
-    if (!image.ok()) {
-      spdlog::warn("reconcile: lost execution {} is not run again: its image {} is gone", ex.id, ex.image);
-      return;
-    }
-    Launch launch;
-    launch.tenant = ex.tenant;
-    launch.function = ex.function;
-    launch.function_version = ex.function_version;
-    launch.name = ex.name;
-    launch.kind = ex.kind;
-    launch.userdata = ex.userdata;
-    launch.image = *image;
-    launch.spec = ex.spec;
-    launch.ppid = CheckParent(ex.tenant, ex.ppid).ok() ? ex.ppid : kInitPid;
-    auto again = StartPlaced(std::move(launch), {});
-    if (again.ok()) {
-      spdlog::warn("reconcile: execution {} of retryable function {} was lost; running it again as {} (pid {}) on node {}",
-                   ex.id, ex.function, again->id, again->pid, again->node);
-    } else {
-      spdlog::warn("reconcile: lost execution {} of retryable function {} could not run again: {}", ex.id, ex.function,
-                   again.status().ToString());
-    }
-  };
+  // Runs lost with the old berthd (domain vanished, node unreachable, died
+  // while starting) run again where allowed (RunLostAgain).
+  auto on_lost = [this](const ExecutionRecord& ex) { RunLostAgain(ex, "reconcile: "); };
   BERTH_RETURN_IF_ERROR(ReconcileAfterRestart(env_, *store_, *cluster_, *executor_, on_lost).status());
   // Guest networks and filters no execution uses any more (an earlier
   // berthd's leftovers); those of adopted, still running domains stay.
@@ -261,6 +243,43 @@ Status Service::Reconcile() {
     }
   }
   return Status::Ok();
+}
+
+// A run of a retryable function that ended lost runs again on a node that
+// can take it, as a new process, in the background: nobody waits for it (a
+// synchronous Invoke retries its own runs). Event deliveries and async
+// invocations are left to the event dispatcher, which retries every delivery
+// a crash or a lost node interrupted.
+void Service::RunLostAgain(const ExecutionRecord& ex, const char* context) {
+  if (ex.state != ExecState::kLost || ex.kind != ProcKind::kRun || ex.function.empty() ||
+      ex.spec.env.count("BERTH_DELIVERY_ID")) {
+    return;
+  }
+  auto fn = store_->GetFunction(ex.tenant, ex.function);
+  if (!fn.ok() || !fn->spec.retryable) return;
+  auto image = images_->Get(ex.image);
+  if (!image.ok()) {
+    spdlog::warn("{}lost execution {} is not run again: its image {} is gone", context, ex.id, ex.image);
+    return;
+  }
+  Launch launch;
+  launch.tenant = ex.tenant;
+  launch.function = ex.function;
+  launch.function_version = ex.function_version;
+  launch.name = ex.name;
+  launch.kind = ex.kind;
+  launch.userdata = ex.userdata;
+  launch.image = *image;
+  launch.spec = ex.spec;
+  launch.ppid = CheckParent(ex.tenant, ex.ppid).ok() ? ex.ppid : kInitPid;
+  auto again = StartPlaced(std::move(launch), {});
+  if (again.ok()) {
+    spdlog::warn("{}execution {} of retryable function {} was lost; running it again as {} (pid {}) on node {}", context,
+                 ex.id, ex.function, again->id, again->pid, again->node);
+  } else {
+    spdlog::warn("{}lost execution {} of retryable function {} could not run again: {}", context, ex.id, ex.function,
+                 again.status().ToString());
+  }
 }
 
 // Sweeps one node for leftovers of this store's ended executions (a teardown
@@ -452,7 +471,7 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
       if (attempt == kMaxAttempts) return ex;
       InvokeRequest next = request;
       next.id = RandomHex(16);
-      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates);
+      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates, hints);
       if (!alt.ok()) return ex;  // the failed record says why
       spdlog::warn("execution {} could not start on node {} ({}); retrying on alternate node {}", ex->id,
                    node->name(), ex->error_code, (*alt)->name());
@@ -469,7 +488,7 @@ Result<ExecutionRecord> Service::Invoke(const Principal& caller, const std::stri
       // The lost node may still count as up for a few seconds: an alternate
       // elsewhere first, then a new placement.
       std::erase(placed.alternates, ex->node);
-      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates);
+      auto alt = cluster_->ClaimOnAlternate(next.id, fn.spec.vcpus, fn.spec.memory_mib, &placed.alternates, hints);
       Result<Cluster::Placed> again =
           alt.ok() ? Result<Cluster::Placed>(Cluster::Placed{*alt, placed.alternates})
                    : cluster_->PlaceWithAlternates(next.id, fn.spec.vcpus, fn.spec.memory_mib, {}, hints);
@@ -626,8 +645,37 @@ Result<ExecutionRecord> Service::Exec(const Principal& caller, const ExecRequest
 
 Result<ExecutionRecord> Service::StartPlaced(Launch launch, const std::map<std::string, std::string>& selector) {
   launch.id = RandomHex(16);
-  BERTH_ASSIGN_OR_RETURN(Node * node, cluster_->Place(launch.id, launch.spec.vcpus, launch.spec.memory_mib, selector,
-                                                      PlacementHints{launch.image.id, ""}));
+  BERTH_ASSIGN_OR_RETURN(auto placed, cluster_->PlaceWithAlternates(launch.id, launch.spec.vcpus, launch.spec.memory_mib,
+                                                                    selector, PlacementHints{launch.image.id, ""}));
+  Node* node = placed.node;
+  // The pid is the caller's already: a start that fails before the command
+  // ran moves, as the same record, to the next alternate node (no new
+  // scheduling round), as Invoke's attempts do.
+  struct Moves {
+    std::vector<std::string> alternates;
+    int attempts = 1;
+  };
+  auto moves = std::make_shared<Moves>(Moves{std::move(placed.alternates)});
+  launch.move_failed_start = [this, moves, vcpus = launch.spec.vcpus, memory_mib = launch.spec.memory_mib,
+                              hints = PlacementHints{launch.image.id, ""}](const ExecutionRecord& failed) -> Node* {
+    constexpr int kMaxAttempts = 3;
+    if (!IsStartFailure(failed.error_code) || moves->attempts >= kMaxAttempts) return nullptr;
+    std::erase(moves->alternates, failed.node);
+    if (moves->alternates.empty()) return nullptr;
+    // One claim per execution (its id): from the failed node to the alternate
+    // (the failed node's own reservation holds until its leftovers are gone).
+    cluster_->Release(failed.id);
+    auto alt = cluster_->ClaimOnAlternate(failed.id, vcpus, memory_mib, &moves->alternates, hints);
+    if (!alt.ok()) {
+      spdlog::warn("process {} (pid {}) could not start on node {} ({}) and no alternate node can take it: {}", failed.id,
+                   failed.pid, failed.node, failed.error_code, alt.status().message());
+      return nullptr;
+    }
+    ++moves->attempts;
+    spdlog::warn("process {} (pid {}) could not start on node {} ({}); moving it to alternate node {}", failed.id,
+                 failed.pid, failed.node, failed.error_code, (*alt)->name());
+    return *alt;
+  };
   const std::string id = launch.id;
   auto started = executor_->Start(*node, std::move(launch));
   if (!started.ok()) cluster_->Release(id);

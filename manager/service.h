@@ -240,6 +240,9 @@ class Service {
   Status ReconcileNode(Node& node);
   Result<ExecutionRecord> StartPlaced(Launch launch, const std::map<std::string, std::string>& selector);
   Status Reconcile();
+  // A lost run of a retryable function (not an event delivery) runs again
+  // elsewhere as a new process; `context` prefixes the log lines.
+  void RunLostAgain(const ExecutionRecord& ex, const char* context);
   Result<images::ImageRecord> ResolveImage(const std::string& tenant, const std::string& image, const char* field);
   Status CheckParent(const std::string& tenant, int64_t ppid);
   void MaybePrune();

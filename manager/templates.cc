@@ -241,6 +241,7 @@ Result<TemplateCache::Entry> TemplateCache::LoadFromPool(const std::string& key)
   if (!header.ok()) return Status::FailedPrecondition("template save image: " + header.status().message());
   if (header->format != 0) return Status::FailedPrecondition("template save image is compressed");
   entry.header = std::move(*header);
+  entry.header_bytes = std::make_shared<const std::string>(std::move(head));
   entry.info.save_path = vol->path;
   if (entry.info.disk_volume != TemplateDiskVolumeName(key)) {
     return Status::FailedPrecondition("template record " + TemplateRecordVolumeName(key) + " names another disk");
@@ -390,8 +391,14 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
       // The mount a first call would do, done once here (see the header).
       agent::ExecMsg prepare;
       prepare.prepare_only = true;
+      // Dropped caches and zero-filled free memory make the save image (and
+      // every clone's copy and restore of it) small: format 3.
+      prepare.release_memory = true;
       auto done = agent.Exec(prepare, "", 4096, options_.boot_timeout_ms);
       prepared = done.status();
+      if (done.ok() && !done->stdout_data.empty()) {
+        spdlog::info("template {}: {}", key.substr(0, 16), done->stdout_data.substr(0, done->stdout_data.find('\n')));
+      }
       if (done.ok() && !done->exit.error_code.empty()) {
         prepared = Status::FailedPrecondition("mounting the root filesystem: " + done->exit.error_code + ": " +
                                               done->exit.error);
@@ -588,7 +595,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   // Cleans up a failed start; `template_bad` invalidates the template too.
   auto fail = [&](Status s, bool template_bad) -> Status {
     if (restore_attempted) (void)hv.DestroyDomain(request.domain);
-    if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
+    if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok() && d.code() != Code::kNotFound) {
       spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
     }
     {
@@ -616,46 +623,115 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
                   false);
     }
   }
-  auto copy = hv.CloneVolume(pool, entry.info.save_volume, clone_volume);
-  if (!copy.ok()) return fail(copy.status(), copy.status().code() == Code::kNotFound);
-  if (copy->capacity_bytes != entry.info.save_bytes) {
-    return fail(Status::FailedPrecondition("template save image is damaged: " + std::to_string(copy->capacity_bytes) +
-                                           " bytes, recorded " + std::to_string(entry.info.save_bytes)),
-                true);
+  // The save image: while no other clone of this template restores, the
+  // template's own file with the clone's header (nothing is copied; the
+  // template's header goes back right after the restore, which has read it
+  // by then). Concurrent clones, and a header that does not fit, use a copy.
+  // libvirt refuses writes to a volume while it is the source of a copy
+  // ("still in use"), so a clone goes in place only while no copy runs.
+  bool in_place = false;
+  if (head.size() == entry.header.stream_offset() && entry.header_bytes) {
+    std::lock_guard lock(mu_);
+    in_place = copying_[key] == 0 && in_place_.insert(key).second;
   }
-  auto magic = hv.DownloadVolumeRange(pool, clone_volume, 0, hv::kSaveHeaderSize);
-  if (!magic.ok()) return fail(magic.status(), false);
-  if (magic->size() < hv::kSaveHeaderSize || magic->compare(0, 16, "LibvirtQemudSave") != 0 ||
-      LeU32(*magic, 20) != entry.header.data_len) {
-    return fail(Status::FailedPrecondition("template save image has a damaged header"), true);
-  }
-  if (head.size() == hv::kSaveHeaderSize + entry.header.data_len) {
-    // libvirt pads the XML area, so the new header usually fits in place.
-    if (Status s = hv.UploadVolumeRange(pool, clone_volume, 0, head); !s.ok()) return fail(s, false);
-  } else {
-    // A larger header moves the stream: rewrite the whole clone.
-    uint64_t stream_offset = entry.header.stream_offset();
-    auto stream = hv.DownloadVolumeRange(pool, clone_volume, stream_offset, copy->capacity_bytes - stream_offset);
-    if (!stream.ok()) return fail(stream.status(), false);
-    head += *stream;
-    stream->clear();
-    auto written = hv.WriteVolume(pool, clone_volume, head);
-    if (!written.ok()) return fail(written.status(), false);
+  bool header_restored = !in_place;
+  // Writes the template's header area; retries for a while, since a clone
+  // that started meanwhile may be copying the file.
+  auto write_template_header = [&](const std::string& bytes) -> Status {
+    Status s;
+    for (int attempt = 0; attempt < 120; ++attempt) {
+      s = hv.UploadVolumeRange(pool, entry.info.save_volume, 0, bytes);
+      if (s.ok() || s.code() == Code::kNotFound) break;
+      env_->SleepMs(250);
+    }
+    return s;
+  };
+  // Puts the template's header back and frees the slot; false if that failed.
+  auto restore_template_header = [&]() -> bool {
+    if (header_restored) return true;
+    header_restored = true;
+    Status s = write_template_header(*entry.header_bytes);
+    {
+      std::lock_guard lock(mu_);
+      in_place_.erase(key);
+    }
+    if (!s.ok()) spdlog::warn("restoring the header of template {}: {}", key.substr(0, 16), s.ToString());
+    return s.ok();
+  };
+  const std::string image_volume = in_place ? entry.info.save_volume : clone_volume;
+  std::string image_path;
+  {
+    auto copy_volume = [&]() -> Result<hv::VolumeInfo> {
+      {
+        std::lock_guard lock(mu_);
+        ++copying_[key];
+      }
+      auto copied = hv.CloneVolume(pool, entry.info.save_volume, clone_volume);
+      std::lock_guard lock(mu_);
+      if (--copying_[key] == 0) copying_.erase(key);
+      return copied;
+    };
+    Result<hv::VolumeInfo> image = in_place ? hv.LookupVolume(pool, image_volume) : copy_volume();
+    if (!image.ok()) {
+      const bool missing = image.status().code() == Code::kNotFound;
+      (void)restore_template_header();
+      return fail(image.status(), missing);
+    }
+    image_path = image->path;
+    if (image->capacity_bytes != entry.info.save_bytes) {
+      (void)restore_template_header();
+      return fail(Status::FailedPrecondition("template save image is damaged: " +
+                                             std::to_string(image->capacity_bytes) + " bytes, recorded " +
+                                             std::to_string(entry.info.save_bytes)),
+                  true);
+    }
+    auto magic = hv.DownloadVolumeRange(pool, image_volume, 0, hv::kSaveHeaderSize);
+    if (!magic.ok()) {
+      (void)restore_template_header();
+      return fail(magic.status(), false);
+    }
+    if (magic->size() < hv::kSaveHeaderSize || magic->compare(0, 16, "LibvirtQemudSave") != 0 ||
+        LeU32(*magic, 20) != entry.header.data_len) {
+      (void)restore_template_header();
+      return fail(Status::FailedPrecondition("template save image has a damaged header"), true);
+    }
+    Status rewritten;
+    if (head.size() == entry.header.stream_offset()) {
+      // libvirt pads the XML area, so the new header usually fits in place.
+      rewritten = in_place ? write_template_header(head) : hv.UploadVolumeRange(pool, image_volume, 0, head);
+    } else {
+      // A larger header moves the stream: rewrite the whole clone (a copy).
+      uint64_t stream_offset = entry.header.stream_offset();
+      auto stream = hv.DownloadVolumeRange(pool, clone_volume, stream_offset, image->capacity_bytes - stream_offset);
+      if (!stream.ok()) return fail(stream.status(), false);
+      head += *stream;
+      stream->clear();
+      rewritten = hv.WriteVolume(pool, clone_volume, head).status();
+    }
+    if (!rewritten.ok()) {
+      const bool template_ok = restore_template_header();
+      return fail(rewritten, !template_ok);
+    }
   }
   out.copy_ms = env_->MonotonicMs() - t0;
+  out.in_place = in_place;
 
   const int64_t t1 = env_->MonotonicMs();
   restore_attempted = true;
   hv::Hypervisor* hvp = &hv;
-  const std::string path = copy->path;
+  const std::string path = image_path;
   const std::string domain = request.domain;
   Status restored = RunBounded([hvp, path] { return hvp->RestoreDomain(path); }, options_.restore_timeout_ms,
                                [hvp, domain] { (void)hvp->DestroyDomain(domain); }, "restoring " + domain);
+  const bool header_back = restore_template_header();
   if (!restored.ok()) return fail(restored, true);
+  if (!header_back) (void)Invalidate(key);  // its file still names this clone
   out.restore_ms = env_->MonotonicMs() - t1;
   // The running domain no longer needs its save image.
-  if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
-    spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
+  if (!in_place) {
+    if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
+      spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
+    }
   }
 
   const int64_t t2 = env_->MonotonicMs();
@@ -673,6 +749,9 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     std::lock_guard lock(mu_);
     clones_in_flight_.erase(clone_volume);
   }
+  spdlog::info("clone {} of template {}: copy {} ms, restore {} ms, hello {} ms (save image {} KiB, {})", request.domain,
+               key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms, entry.info.save_bytes >> 10,
+               in_place ? "in place" : "copied");
   return out;
 }
 

@@ -6,9 +6,15 @@
 // Since the guest's memory then holds a mounted filesystem, the disk must be
 // the one of that instant: the template keeps a copy of its overlay as it
 // was at the save (tpl-<key>.disk), and every clone's overlay is replaced by
-// a copy of it before the restore. A clone is a copy of the save image whose
-// domain XML carries the clone's own name, UUID, title, metadata, overlay
-// disk and console log, restored as an independent running domain.
+// a copy of it before the restore. A clone is the save image with a header
+// whose domain XML carries the clone's own name, UUID, title, metadata,
+// overlay disk and console log, restored as an independent running domain.
+// One clone at a time per template restores from the template's own file,
+// its header rewritten for the restore and put back right after (libvirt has
+// read it by then): no copy of the image. Clones that start while one does,
+// or whose header does not fit, restore from a copy (tplclone-*.save).
+// Before the save the guest drops its caches and zero-fills its free memory
+// (ExecMsg::release_memory), so the image holds little more than used pages.
 //
 // Storage, all in the node's pool and all through libvirt, so templates work
 // on remote nodes and are found again after a berthd restart:
@@ -16,7 +22,7 @@
 //   tpl-<key>.disk           the template's qcow2 overlay (over the function's image) at the save
 //   tpl-<key>.json           the record (TemplateInfo as JSON); written last, so a template
 //                            counts only once both exist and the save image is complete
-//   tplclone-<domain>.save   a clone's save image, only while its restore runs
+//   tplclone-<domain>.save   a clone's copy of the save image, only while its restore runs
 // While a template builds: domain berth-tpl-<key16>, overlay tpl-<key16>.qcow2
 // (pool) and console log tpl-<key16>.console.log (pool); all removed
 // when the build ends, whatever its outcome.
@@ -50,7 +56,9 @@ namespace berth::manager {
 // templates then stop matching any key and Prune removes them.
 // 2: the root filesystem is mounted before the save, and the template keeps
 // its disk state (tpl-<key>.disk) for its clones.
-inline constexpr uint32_t kTemplateFormatVersion = 2;
+// 3: the guest drops its caches and zero-fills its free memory before the
+// save (ExecMsg::release_memory), so the save image holds only used pages.
+inline constexpr uint32_t kTemplateFormatVersion = 3;
 
 // Everything a saved guest depends on. Two guests with equal inputs are
 // interchangeable; any difference gives another key.
@@ -136,7 +144,8 @@ using BuildNicSource = std::function<Result<BuildNic>()>;
 struct CloneStart {
   std::unique_ptr<hv::AgentClient> agent;
   agent::HelloMsg hello;
-  int64_t copy_ms = 0;     // clone save volume copied and its header rewritten
+  int64_t copy_ms = 0;     // clone's overlay written, save image (copied or not) given the clone's header
+  bool in_place = false;   // restored from the template's own save image (no copy)
   int64_t restore_ms = 0;  // virDomainRestore
   int64_t hello_ms = 0;    // restore done -> agent hello
 };
@@ -206,6 +215,9 @@ class TemplateCache {
   struct Entry {
     TemplateInfo info;
     hv::SaveImageHeader header;  // of the save image, parsed once
+    // The save image's first header.stream_offset() bytes as built: put back
+    // after a clone restored from the template's own file (StartClone).
+    std::shared_ptr<const std::string> header_bytes;
     std::shared_ptr<const std::string> disk;  // tpl-<key>.disk, read once
   };
 
@@ -228,6 +240,8 @@ class TemplateCache {
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::shared_future<Result<TemplateInfo>>> building_;
   std::set<std::string> clones_in_flight_;  // clone save volume names
+  std::set<std::string> in_place_;          // keys whose own save image a clone is restoring from
+  std::map<std::string, int> copying_;      // key -> clones copying its save image now
 };
 
 // --- Live fork (issue 6, item 5): a running guest's current memory and disk

@@ -44,7 +44,8 @@ bool CanTransition(ExecState from, ExecState to) {
   switch (from) {
     case ExecState::kPending: return to == ExecState::kPlacing;
     case ExecState::kPlacing: return to == ExecState::kStarting;
-    case ExecState::kStarting: return to == ExecState::kRunning;
+    // Back to placing: a failed start moves to another node (same record).
+    case ExecState::kStarting: return to == ExecState::kRunning || to == ExecState::kPlacing;
     case ExecState::kRunning:
       return to == ExecState::kSucceeded || to == ExecState::kFailed || to == ExecState::kTimedOut;
     default: return false;

@@ -127,6 +127,10 @@ struct ImageMeta {
 
 // Execution lifecycle. Legal transitions are decided by CanTransition only.
 //   pending -> placing -> starting -> running -> succeeded | failed | timed_out
+//   starting -> placing  a start that failed before the command ran moves, as
+//                        the same record (id, pid), to another node (its node
+//                        and domain fields change with it); a failure while
+//                        still placing just names the new node
 //   any non-terminal -> killed (kill/cancel), lost (its node or domain vanished),
 //                       error (infrastructure or start failure; error_code says which)
 // Terminal states are final.

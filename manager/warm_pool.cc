@@ -469,6 +469,7 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   if (policy.mode != net::NetworkMode::kNone) {
     if (!options_.networks) return Status::FailedPrecondition("no guest networks for a networked function's pool");
     BERTH_ASSIGN_OR_RETURN(NetAttachment attached, options_.networks->Acquire(hv, node.name(), fn.tenant, policy));
+    attached.domain = vm.domain;  // Release checks this domain is gone before its MAC is reused
     teardown.OnDestroyed([this, &node, attached] { options_.networks->Release(node.hypervisor(), attached); });
     vm.network = attached;
     md.network = net::NetworkModeName(policy.mode);

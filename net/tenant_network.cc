@@ -20,6 +20,7 @@ Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, Network
   // The first addresses stay free for the gateway and static entries.
   spec.dhcp_start = FormatIpv4Address(subnet.first() + (subnet.size() >= 32 ? 10 : 2));
   spec.dhcp_end = FormatIpv4Address(subnet.last() - 1);
+  spec.dhcp_lease_minutes = kTenantLeaseMinutes;
   spec.dns = mode == NetworkMode::kEgress;  // why: see hv::NetworkSpec::dns
   spec.dhcp_ping_check = false;  // only berth's own guests lease here; see hv::NetworkSpec
   BERTH_RETURN_IF_ERROR(hv::ValidateNetworkSpec(spec));

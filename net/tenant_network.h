@@ -22,9 +22,19 @@
 
 namespace berth::net {
 
+// DHCP lease time on tenant networks. The manager recycles the MACs of
+// destroyed VMs (manager/networks.h), so the leases a network holds are
+// bounded by its peak number of VMs, not by how often VMs start: the lease
+// time need not be short to give addresses back. It must instead outlast the
+// time a guest keeps its address without asking again (the agent takes one
+// lease, udhcpc -q, and does not renew), e.g. an idle warm-pool VM, so that
+// dnsmasq never hands a live guest's address to another one.
+inline constexpr int kTenantLeaseMinutes = 24 * 60;
+
 // The tenant network for `mode` (kEgress: NAT + DNS; kIsolated: no forward,
 // DNS off) on `subnet`: gateway = first address, DHCP pool from the 10th
-// address (the 2nd in subnets smaller than /27) to the last but one.
+// address (the 2nd in subnets smaller than /27) to the last but one, leases
+// of kTenantLeaseMinutes.
 // InvalidArgument (field "network.mode") for kNone.
 Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, NetworkMode mode, const Cidr& subnet);
 

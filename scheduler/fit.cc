@@ -62,6 +62,13 @@ Resources FreeOf(const NodeLoad& node) {
           FreeOf(node.capacity.disk_bytes, node.allocated.disk_bytes)};
 }
 
+uint64_t DiskNeeded(const NodeLoad& node, const PlacementRequest& request) {
+  if (request.image_bytes == 0 || !request.image_digest || node.spec.cached_images.count(*request.image_digest)) {
+    return request.disk_bytes;
+  }
+  return request.disk_bytes + request.image_bytes;
+}
+
 Rejection CheckFit(const NodeLoad& node, const PlacementRequest& request) {
   const NodeResources& spec = node.spec;
   switch (spec.state) {
@@ -76,7 +83,8 @@ Rejection CheckFit(const NodeLoad& node, const PlacementRequest& request) {
   if (request.vcpus > FreeOf(node.capacity.vcpus, node.allocated.vcpus)) return Rejection::kVcpus;
   if (request.memory_mib > FreeOf(node.capacity.memory_mib, node.allocated.memory_mib)) return Rejection::kMemory;
   // total_disk_bytes 0 = the node's disk space is unknown: no disk limit.
-  if (spec.total_disk_bytes > 0 && request.disk_bytes > FreeOf(node.capacity.disk_bytes, node.allocated.disk_bytes)) {
+  if (spec.total_disk_bytes > 0 &&
+      DiskNeeded(node, request) > FreeOf(node.capacity.disk_bytes, node.allocated.disk_bytes)) {
     return Rejection::kDisk;
   }
   return Rejection::kFits;
@@ -88,8 +96,8 @@ double Score(const NodeLoad& node, const PlacementRequest& request, const Policy
   int parts = 2;
   // Disk weighs in only for claims that ask for disk: others would average in
   // a 0 and rank nodes whose pool space is known differently from the rest.
-  if (request.disk_bytes > 0 && node.capacity.disk_bytes > 0) {
-    used += UsedAfter(node.capacity.disk_bytes, node.allocated.disk_bytes, request.disk_bytes);
+  if (const uint64_t disk = DiskNeeded(node, request); disk > 0 && node.capacity.disk_bytes > 0) {
+    used += UsedAfter(node.capacity.disk_bytes, node.allocated.disk_bytes, disk);
     ++parts;
   }
   used /= parts;
@@ -119,6 +127,7 @@ Status RejectionTally::Error(const PlacementRequest& request, size_t nodes) cons
   std::string msg = "no node fits claim '" + request.claim_id + "' (" + std::to_string(request.vcpus) +
                     " vCPU, " + std::to_string(request.memory_mib) + " MiB";
   if (request.disk_bytes > 0) msg += ", " + std::to_string(request.disk_bytes) + " bytes disk";
+  if (request.image_bytes > 0) msg += ", " + std::to_string(request.image_bytes) + " bytes image where not cached";
   msg += ")";
   if (nodes == 0) return Status::ResourceExhausted(msg + ": no nodes registered");
   msg += " among " + std::to_string(nodes) + (nodes == 1 ? " node" : " nodes");

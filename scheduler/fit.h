@@ -43,6 +43,10 @@ void SubtractFrom(Resources& a, const Resources& b);
 // Capacity minus allocation, 0 where a claim re-installed by ClaimOn overshoots.
 Resources FreeOf(const NodeLoad& node);
 
+// The disk `request` needs on `node`: disk_bytes, plus image_bytes when the
+// node does not cache the request's image yet.
+uint64_t DiskNeeded(const NodeLoad& node, const PlacementRequest& request);
+
 Rejection CheckFit(const NodeLoad& node, const PlacementRequest& request);
 
 // Higher is better; only meaningful for nodes where CheckFit gave kFits.

@@ -75,6 +75,11 @@ struct PlacementRequest {
   // Locality hints: nodes that already have these score higher (not required).
   std::optional<std::string> image_digest;
   std::optional<std::string> template_key;
+  // Disk the image (image_digest) takes on a node that does not cache it yet:
+  // such a node needs disk_bytes + image_bytes free, one that caches it only
+  // disk_bytes. Not part of the claim: the caller counts the image in the
+  // chosen node's cache (NodeResources::reserved_disk_bytes) from then on.
+  uint64_t image_bytes = 0;
   uint32_t alternates = 2;  // how many fallback nodes to return besides the chosen one
 
   Resources resources() const { return {vcpus, memory_mib, disk_bytes}; }

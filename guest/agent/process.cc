@@ -1,6 +1,7 @@
 #include "guest/agent/process.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -13,7 +14,7 @@
 namespace berth::agent {
 namespace {
 
-// What a child that failed before execve writes to the error pipe.
+// Where a child failed before execve (ChildError::stage; 0: it did not).
 enum Stage : int32_t {
   kStageNotFound = 1,
   kStageNotExecutable = 2,
@@ -29,15 +30,14 @@ struct ChildError {
   char path[480] = {};  // the resolved path, when there is one
 };
 
-[[noreturn]] void ChildFail(int fd, Stage stage, int err, const char* path) {
-  ChildError e;
-  e.stage = stage;
-  e.err = err;
+[[noreturn]] void ChildFail(ChildError* e, Stage stage, int err, const char* path) {
+  // The child shares the agent's memory (CLONE_VM): the record is read by the
+  // agent once it resumes after our _exit.
+  e->stage = stage;
+  e->err = err;
   if (path) {
-    std::strncpy(e.path, path, sizeof(e.path) - 1);
+    std::strncpy(e->path, path, sizeof(e->path) - 1);
   }
-  ssize_t n = write(fd, &e, sizeof(e));
-  (void)n;
   _exit(127);
 }
 
@@ -92,6 +92,90 @@ void CloseIf(int& fd) {
   fd = -1;
 }
 
+// /dev/null of the initramfs, opened once (close-on-exec) for every Exec
+// without stdin.
+int DevNull() {
+  static int fd = -1;
+  if (fd < 0) fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return fd;
+}
+
+// The signals the agent ignores (SIG_IGN survives execve; handlers do not),
+// terminated by 0. Read once: the agent sets its dispositions at boot, before
+// the first Exec, and never changes them.
+const int* IgnoredSignals() {
+  static int list[NSIG] = {};
+  static bool done = false;
+  if (!done) {
+    int n = 0;
+    for (int s = 1; s < NSIG; ++s) {
+      struct sigaction sa{};
+      if (s != SIGKILL && s != SIGSTOP && sigaction(s, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) list[n++] = s;
+    }
+    done = true;
+  }
+  return list;
+}
+
+// The child's own stack. One Exec at a time, and the agent sleeps while the
+// child uses it (CLONE_VFORK), so one static stack is enough.
+constexpr size_t kChildStackSize = 64 * 1024;
+alignas(64) char child_stack[kChildStackSize];
+void* ChildStackTop() { return child_stack + kChildStackSize; }
+
+struct ChildArgs {
+  const char* root = nullptr;
+  const char* cwd = nullptr;
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  const char* const* candidates = nullptr;  // null-terminated
+  const int* ignored = nullptr;             // 0-terminated
+  ChildError* error = nullptr;
+};
+
+// Runs in the clone()d child, in the agent's memory: no allocation, no
+// writes to agent state but *error.
+int ChildMain(void* p) {
+  const ChildArgs& a = *static_cast<const ChildArgs*>(p);
+  ChildError* e = a.error;
+  for (const int* s = a.ignored; *s != 0; ++s) signal(*s, SIG_DFL);
+  sched_param normal{};
+  sched_setscheduler(0, SCHED_OTHER, &normal);  // the agent itself is SCHED_BATCH
+  setsid();
+  if (dup2(a.stdin_fd, 0) < 0 || dup2(a.stdout_fd, 1) < 0 || dup2(a.stderr_fd, 2) < 0) {
+    ChildFail(e, kStageSetup, errno, nullptr);
+  }
+  if (chroot(a.root) != 0) ChildFail(e, kStageChroot, errno, nullptr);
+  if (chdir("/") != 0) ChildFail(e, kStageChroot, errno, nullptr);
+  if (chdir(a.cwd) != 0) ChildFail(e, kStageCwd, errno, nullptr);
+  const char* chosen = nullptr;
+  const char* not_exec = nullptr;
+  int not_exec_err = 0;
+  for (const char* const* c = a.candidates; *c != nullptr; ++c) {
+    int r = CheckExecutable(*c);
+    if (r == 0) {
+      chosen = *c;
+      break;
+    }
+    if (r != ENOENT && !not_exec) {
+      not_exec = *c;
+      not_exec_err = r;
+    }
+  }
+  if (!chosen) {
+    if (not_exec) ChildFail(e, kStageNotExecutable, not_exec_err, not_exec);
+    ChildFail(e, kStageNotFound, ENOENT, nullptr);
+  }
+  // Signals blocked in the agent (SIGCHLD, SIGIO for its signalfd) are
+  // unblocked last: nothing of ours may run a default action before execve.
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  execve(chosen, a.argv, a.envp);
+  ChildFail(e, kStageExec, errno, chosen);
+}
+
 }  // namespace
 
 Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root) {
@@ -102,7 +186,8 @@ Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root) {
     return out;
   }
 
-  // Everything the child needs is prepared before fork.
+  // Everything the child needs is prepared before the clone: the child shares
+  // the agent's memory and must not allocate.
   std::vector<std::string> env_strings;
   std::string path_var = kDefaultPath;
   bool has_path = false, has_home = false;
@@ -126,108 +211,78 @@ Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root) {
   argv.push_back(nullptr);
 
   const std::string argv0 = exec.argv[0];
-  std::vector<std::string> candidates;  // paths to try, in order
+  std::vector<std::string> candidate_strings;  // paths to try, in order
   if (argv0.find('/') != std::string::npos) {
-    candidates.push_back(argv0);
+    candidate_strings.push_back(argv0);
   } else {
     size_t start = 0;
     for (;;) {
       size_t end = path_var.find(':', start);
       std::string dir = path_var.substr(start, end == std::string::npos ? std::string::npos : end - start);
       if (dir.empty()) dir = ".";
-      candidates.push_back(dir + "/" + argv0);
+      candidate_strings.push_back(dir + "/" + argv0);
       if (end == std::string::npos) break;
       start = end + 1;
     }
   }
+  std::vector<const char*> candidates;
+  for (const auto& c : candidate_strings) candidates.push_back(c.c_str());
+  candidates.push_back(nullptr);
   const std::string cwd = exec.cwd.empty() ? "/" : exec.cwd;
 
-  int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, status_pipe[2] = {-1, -1};
-  int devnull = -1;
+  int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
   auto fail = [&](const char* what) {
     int err = errno;
-    for (int* p : {in_pipe, out_pipe, err_pipe, status_pipe}) {
+    for (int* p : {in_pipe, out_pipe, err_pipe}) {
       CloseIf(p[0]);
       CloseIf(p[1]);
     }
-    CloseIf(devnull);
     out.error_code = kErrSpawn;
     out.error = std::string(what) + ": " + strerror(err);
     return out;
   };
+  int stdin_source = -1;
   if (exec.has_stdin) {
     if (pipe2(in_pipe, O_CLOEXEC) != 0) return fail("pipe");
+    stdin_source = in_pipe[0];
   } else {
-    devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull < 0) return fail("open /dev/null");
+    stdin_source = DevNull();
+    if (stdin_source < 0) return fail("open /dev/null");
   }
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0 || pipe2(status_pipe, O_CLOEXEC) != 0) {
-    return fail("pipe");
-  }
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) return fail("pipe");
 
-  pid_t pid = fork();
-  if (pid < 0) return fail("fork");
-  if (pid == 0) {
-    // Child. The agent is single-threaded, so this is safe; still keep it lean.
-    const int st = status_pipe[1];
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, nullptr);
-    for (int s = 1; s < NSIG; ++s) {
-      if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-    }
-    setsid();
-    const int in_fd = exec.has_stdin ? in_pipe[0] : devnull;
-    if (dup2(in_fd, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) {
-      ChildFail(st, kStageSetup, errno, nullptr);
-    }
-    if (chroot(root.c_str()) != 0) ChildFail(st, kStageChroot, errno, nullptr);
-    if (chdir("/") != 0) ChildFail(st, kStageChroot, errno, nullptr);
-    if (chdir(cwd.c_str()) != 0) ChildFail(st, kStageCwd, errno, nullptr);
-    const char* chosen = nullptr;
-    const char* not_exec = nullptr;
-    int not_exec_err = 0;
-    for (const auto& c : candidates) {
-      int r = CheckExecutable(c.c_str());
-      if (r == 0) {
-        chosen = c.c_str();
-        break;
-      }
-      if (r != ENOENT && !not_exec) {
-        not_exec = c.c_str();
-        not_exec_err = r;
-      }
-    }
-    if (!chosen) {
-      if (not_exec) ChildFail(st, kStageNotExecutable, not_exec_err, not_exec);
-      ChildFail(st, kStageNotFound, ENOENT, nullptr);
-    }
-    execve(chosen, argv.data(), envp.data());
-    ChildFail(st, kStageExec, errno, chosen);
-  }
+  ChildError error;  // written by the child only when it fails before execve
+  ChildArgs args;
+  args.root = root.c_str();
+  args.cwd = cwd.c_str();
+  args.stdin_fd = stdin_source;
+  args.stdout_fd = out_pipe[1];
+  args.stderr_fd = err_pipe[1];
+  args.argv = argv.data();
+  args.envp = envp.data();
+  args.candidates = candidates.data();
+  args.ignored = IgnoredSignals();
+  args.error = &error;
 
-  // Parent.
+  // CLONE_VM | CLONE_VFORK (what posix_spawn does): the child runs on its own
+  // stack in the agent's memory and the agent sleeps until it has exec'd or
+  // exited. Unlike fork(), nothing of the agent is copied or write-protected,
+  // which under TCG costs a page-table copy and a fault per touched page.
+  const pid_t pid = clone(ChildMain, ChildStackTop(), CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+  if (pid < 0) return fail("clone");
+
+  // Parent, resumed once the child has exec'd or exited.
   CloseIf(in_pipe[0]);
-  CloseIf(devnull);
   CloseIf(out_pipe[1]);
   CloseIf(err_pipe[1]);
-  CloseIf(status_pipe[1]);
-  ChildError e;
-  size_t got = 0;
-  while (got < sizeof(e)) {
-    ssize_t n = read(status_pipe[0], reinterpret_cast<char*>(&e) + got, sizeof(e) - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<size_t>(n);
-  }
-  CloseIf(status_pipe[0]);
-  if (got == 0) {  // EOF: execve succeeded
+  if (error.stage == 0) {  // execve succeeded
     out.pid = pid;
     out.stdin_fd = in_pipe[1];
     out.stdout_fd = out_pipe[0];
     out.stderr_fd = err_pipe[0];
+    // Only the agent's ends are nonblocking (the child's are its stdio).
     for (int fd : {out.stdin_fd, out.stdout_fd, out.stderr_fd}) {
-      if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+      if (fd >= 0) fcntl(fd, F_SETFL, O_NONBLOCK);
     }
     return out;
   }
@@ -236,13 +291,8 @@ Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root) {
   CloseIf(err_pipe[0]);
   while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
   }
-  if (got < sizeof(e)) {
-    out.error_code = kErrSpawn;
-    out.error = "the child process failed before execve (short status record)";
-    return out;
-  }
-  e.path[sizeof(e.path) - 1] = '\0';
-  out.error = Describe(e, exec, path_var, &out.error_code);
+  error.path[sizeof(error.path) - 1] = '\0';
+  out.error = Describe(error, exec, path_var, &out.error_code);
   return out;
 }
 

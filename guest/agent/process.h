@@ -21,12 +21,19 @@ struct Spawned {
   std::string error;
 };
 
-// Forks; the child becomes a session leader, chroots into `root`, changes to
-// exec.cwd, resolves exec.argv[0] there (a name with '/' is a path, otherwise
-// it is searched in the PATH of exec.env, default kDefaultPath) and execs it
-// with exactly exec.env plus PATH/HOME defaults. A failure before execve is
-// reported through a close-on-exec pipe and mapped to kErrEntrypointNotFound,
-// kErrEntrypointNotExecutable or kErrSpawn; the failed child is reaped here.
+// Starts a child with clone(CLONE_VM | CLONE_VFORK) (no copy of the agent's
+// memory; the agent waits until the child has exec'd or failed). The child
+// becomes a session leader (so pid == its process group), gets the signals
+// the agent ignores back at their defaults, an empty signal mask and
+// SCHED_OTHER (the agent runs as SCHED_BATCH), chroots
+// into `root`, changes to exec.cwd, resolves exec.argv[0] there (a name with
+// '/' is a path, otherwise it is searched in the PATH of exec.env, default
+// kDefaultPath) and execs it with exactly exec.env plus PATH/HOME defaults;
+// stdin is a pipe when exec.has_stdin, else /dev/null. A failure before
+// execve is mapped to kErrEntrypointNotFound, kErrEntrypointNotExecutable or
+// kErrSpawn; the failed child is reaped here. One call at a time (the child
+// runs on a static stack); the agent must not change signal dispositions
+// after its first call.
 Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root);
 
 }  // namespace berth::agent

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <net/if.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -120,6 +121,12 @@ void EarlySetup() {
     }
   }
   mkdir(kRootMount, 0755);
+}
+
+void PreferRunningChildren() {
+  sched_param param{};
+  param.sched_priority = 0;
+  if (sched_setscheduler(0, SCHED_BATCH, &param) != 0) LogErrno("sched_setscheduler", errno);
 }
 
 void LoopbackUp() {

@@ -32,6 +32,16 @@ void SetClockMs(int64_t unix_ms);
 // are open. Errors are logged; nothing here is fatal.
 void EarlySetup();
 
+// Makes the agent SCHED_BATCH. A woken batch task does not preempt the
+// running one, so a child that writes its output line by line runs on until
+// it blocks or its slice ends, and the agent reads the lines in one go: fewer
+// context switches (each one flushes QEMU's whole soft TLB under TCG) and
+// fewer frames to the host. The agent still gets its fair share of the CPU
+// (same nice level) within a scheduler tick or so. SCHED_RESET_ON_FORK does
+// not undo SCHED_BATCH, so SpawnInRoot sets its children back to SCHED_OTHER.
+// Errors are logged.
+void PreferRunningChildren();
+
 // Brings the loopback interface up (programs expect 127.0.0.1 to work).
 void LoopbackUp();
 

@@ -89,7 +89,7 @@ net::Cidr SubnetFromJson(const json& j) { return OrThrow(net::ParseCidr("subnet"
 hv::NetworkSpec NetworkFromJson(const json& j) {
   RejectUnknownKeys(j,
                     {"plan", "name", "bridge", "forward", "gateway_ip", "prefix_length", "dhcp_start",
-                     "dhcp_end", "dhcp_hosts", "dns"},
+                     "dhcp_end", "dhcp_hosts", "dhcp_lease_minutes", "dns"},
                     "network spec");
   hv::NetworkSpec s;
   if (j.contains("plan")) {
@@ -109,6 +109,7 @@ hv::NetworkSpec NetworkFromJson(const json& j) {
   Get(j, "prefix_length", &s.prefix_length);
   Get(j, "dhcp_start", &s.dhcp_start);
   Get(j, "dhcp_end", &s.dhcp_end);
+  Get(j, "dhcp_lease_minutes", &s.dhcp_lease_minutes);
   if (j.contains("dhcp_hosts")) {
     for (const json& h : j.at("dhcp_hosts")) {
       RejectUnknownKeys(h, {"mac", "ip", "name"}, "dhcp host");
@@ -340,6 +341,7 @@ std::string Generate(const Case& c, const json& j) {
     EXPECT_EQ(back.forward, spec.forward);
     EXPECT_EQ(back.dns, spec.dns);
     EXPECT_EQ(back.dhcp_start, spec.dhcp_start);
+    EXPECT_EQ(back.dhcp_lease_minutes, spec.dhcp_lease_minutes);
     EXPECT_EQ(back.dhcp_hosts.size(), spec.dhcp_hosts.size());
     return xml;
   }

@@ -3,6 +3,10 @@
 // guest agent and tears everything down again (checked with virsh).
 #include <gtest/gtest.h>
 
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include "tests/integration/support/harness.h"
 
 namespace berth::testing {
@@ -115,6 +119,38 @@ TEST_F(InvokeTest, MissingEntrypointIsAClearError) {
   EXPECT_NE(j["error"]["message"].get<std::string>().find("no-such-program"), std::string::npos);
   EXPECT_EQ(j["execution"]["status"], "error");
   EXPECT_EQ(j["execution"]["error_code"], "entrypoint_not_found");
+}
+
+// The agent starts commands with clone(CLONE_VM | CLONE_VFORK) and runs
+// itself as SCHED_BATCH: the command must still start as a session leader
+// (its own process group), as a child of PID 1, with an empty signal mask, no
+// ignored signals and the normal scheduling policy; a failure before execve
+// still names its cause. The entrypoint is a single busybox cat, not a shell
+// (ash ignores SIGQUIT itself).
+TEST_F(InvokeTest, CommandStartsCleanInItsOwnSession) {
+  auto r = RegisterAndInvoke("clean-start", {{"entrypoint", {"cat", "/proc/self/stat", "/proc/self/status"}}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string out = r.json()["stdout"];
+  // /proc/self/stat: "pid (comm) state ppid pgrp session ...", policy is field 41.
+  std::istringstream head(out.substr(0, out.find('\n')));
+  std::string pid;
+  head >> pid;
+  std::istringstream rest(out.substr(out.find(") ") + 2, out.find('\n') - out.find(") ") - 2));
+  std::vector<std::string> fields;  // fields[0] is field 3 (state)
+  for (std::string f; rest >> f;) fields.push_back(f);
+  ASSERT_GE(fields.size(), 39u) << out;
+  EXPECT_EQ(fields[4 - 3], "1") << "parent is PID 1\n" << out;
+  EXPECT_EQ(fields[5 - 3], pid) << "process group\n" << out;
+  EXPECT_EQ(fields[6 - 3], pid) << "session\n" << out;
+  EXPECT_EQ(fields[41 - 3], "0") << "scheduling policy SCHED_OTHER\n" << out;
+  EXPECT_NE(out.find("\nSigBlk:\t0000000000000000\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("\nSigIgn:\t0000000000000000\n"), std::string::npos) << out;
+
+  auto bad_cwd = RegisterAndInvoke("bad-cwd", {{"entrypoint", {"true"}}, {"cwd", "/no/such/dir"}});
+  json j = bad_cwd.json();
+  json ex = j.contains("execution") ? j["execution"] : j;
+  EXPECT_EQ(ex["error_code"], "spawn_failed") << bad_cwd.body;
+  EXPECT_NE(bad_cwd.body.find("/no/such/dir"), std::string::npos) << bad_cwd.body;
 }
 
 TEST_F(InvokeTest, ExecutionsAreListedNewestFirst) {

@@ -10,7 +10,9 @@
 //   - the tenant networks and filters are gone once their last user is;
 //   - two template clones of a networked function, restored at once, and a
 //     live-forked child of a networked instance each get their own MAC
-//     (domain XML, nwfilter MAC parameter, inside the guest) and lease.
+//     (domain XML, nwfilter MAC parameter, inside the guest) and lease;
+//   - a networked warm pool serves calls that reach the server, and its
+//     network recycles MACs (a few MACs and leases, not one per call).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -481,6 +483,101 @@ TEST_F(NetworkTest, LiveForkedChildGetsItsOwnMacAndLease) {
 
 // What a crashed berthd left (a tenant network and a filter nobody uses) is
 // gone after the next start; another berthd's (another owner) is untouched.
+// A networked function's warm pool (issue 8): pooled VMs get their NIC and
+// lease when they are made; every call is served by a pooled VM and reaches
+// the test server. Since every pooled VM (and every call) is a new VM, the
+// tenant network recycles the MACs of destroyed VMs: sequential calls use
+// the MACs of the peak number of VMs at once (the running one and its
+// refill), and dnsmasq holds that many leases, not one per call.
+TEST_F(NetworkTest, WarmPoolServesNetworkedCallsWithRecycledMacs) {
+  TestNetns netns;
+  ASSERT_TRUE(netns.ok()) << "could not set up the test network namespace";
+  const std::string tenant = "netp" + RandomHex(6);  // a network of its own
+  const std::string token = daemon_->CreateToken(tenant);
+  const std::string image = UploadRawBusybox(token);
+  const std::string network = manager::OwnedNetworkName(daemon_->data_dir(), tenant, net::NetworkMode::kEgress);
+  const std::string script =
+      "mac=$(cat /sys/class/net/eth0/address); ip=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)\n"
+      "r=blocked; n=0; while [ $n -lt 3 ] && [ \"$r\" = blocked ]; do n=$((n+1)); "
+      "if timeout 6 wget -q -O - http://$SERVER:8080/index.html > /tmp/out 2>/dev/null; then r=ok:$(cat /tmp/out); "
+      "fi; done\n"
+      "echo \"mac=$mac ip=$ip egress=$r\"\n";
+  auto fn = daemon_->CreateFunctionAs(
+      token, "poolnet", image,
+      {{"entrypoint", {"/bin/sh", "-c", script}},
+       {"timeout_ms", 60000},
+       {"snapshot", false},
+       {"min_warm", 1},
+       {"max_warm", 1},
+       {"idle_timeout_ms", 300000},
+       {"network",
+        {{"mode", "egress"}, {"allow", {{{"cidr", netns.server_ip()}, {"protocol", "tcp"}, {"ports", "8080"}}}}}}});
+  ASSERT_EQ(fn.status, 201) << fn.body;
+  auto pool_size = [&] {
+    const std::string body = daemon_->CallAs(token, "GET", "/metrics").body;
+    const std::string key = "berth_pool_vms{tenant=\"" + tenant + "\",function=\"poolnet\"} ";
+    const size_t at = body.find(key);
+    return at == std::string::npos ? -1 : std::atoi(body.c_str() + at + key.size());
+  };
+  auto wait_pooled = [&] {
+    for (int i = 0; i < 900; ++i) {
+      if (pool_size() >= 1) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return false;
+  };
+  auto leased_macs = [&] {
+    std::set<std::string> out;
+    std::istringstream lines(Shell("virsh -q -c qemu:///system net-dhcp-leases " + network + " 2>&1"));
+    for (std::string line; std::getline(lines, line);) {
+      std::istringstream in(line);
+      std::string date, time, mac;
+      if (in >> date >> time >> mac && mac.rfind("52:54:00:", 0) == 0) out.insert(mac);
+    }
+    return out;
+  };
+
+  constexpr int kCalls = 3;
+  std::set<std::string> macs;
+  std::map<std::string, std::string> ip_of_mac;
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(wait_pooled()) << "the pool did not fill (call " << i << "):\n" << daemon_->log();
+    json ex = Invoke(token, "poolnet", {{"env", {{"SERVER", netns.server_ip()}}}});
+    ASSERT_EQ(ex.value("status", ""), "succeeded") << ex.dump() << "\n" << daemon_->log();
+    EXPECT_EQ(ex["timings"].value("start", ""), "warm") << ex.dump();
+    const std::string mac = ex.value("mac", "");
+    ASSERT_EQ(ex["addresses"].size(), 1u) << ex.dump();
+    const std::string ip = ex["addresses"][0];
+    const std::string out = ex.value("stdout", "");
+    std::cout << "call " << i << " on " << ex.value("domain", "") << ": " << out;
+    EXPECT_NE(out.find("mac=" + mac + " ip=" + ip + " egress=ok:" + netns.greeting()), std::string::npos)
+        << out << " (record: mac " << mac << ", ip " << ip << ")";
+    // dnsmasq gives a recycled MAC its address back.
+    if (auto seen = ip_of_mac.find(mac); seen != ip_of_mac.end()) {
+      EXPECT_EQ(seen->second, ip) << mac;
+    }
+    ip_of_mac[mac] = ip;
+    macs.insert(mac);
+  }
+  const std::set<std::string> leases = leased_macs();
+  // The explicit lease time (net::kTenantLeaseMinutes) reached libvirt.
+  EXPECT_NE(Shell("virsh -c qemu:///system net-dumpxml " + network + " 2>&1")
+                .find("<lease expiry='" + std::to_string(net::kTenantLeaseMinutes) + "' unit='minutes'/>"),
+            std::string::npos);
+  std::cout << kCalls << " warm calls used " << macs.size() << " MACs; the network holds " << leases.size()
+            << " leases\n";
+  // Without recycling: kCalls MACs, kCalls + 1 leases (the refill after the last call).
+  EXPECT_LE(macs.size(), 2u) << "sequential calls each took a new MAC";
+  EXPECT_LE(leases.size(), 3u) << "leases grow with the calls";
+  EXPECT_GE(leases.size(), 1u) << "no leases read from virsh net-dhcp-leases " << network;
+  for (const std::string& mac : macs) EXPECT_EQ(leases.count(mac), 1u) << mac << " has no lease";
+
+  // Deleting the function empties its pool; the network goes with the last VM.
+  EXPECT_EQ(daemon_->CallAs(token, "DELETE", "/v1/functions/poolnet").status, 200);
+  for (int i = 0; i < 120 && NetworkExists(network); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  EXPECT_FALSE(NetworkExists(network)) << "the pool's network is left after the function is gone";
+}
+
 TEST_F(NetworkTest, UnusedNetworksAreSweptAtStart) {
   auto hv = hv::ConnectLibvirt("qemu:///system");
   ASSERT_TRUE(hv.ok()) << hv.status().ToString();

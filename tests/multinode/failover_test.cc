@@ -4,6 +4,8 @@
 //  - a host's libvirtd is killed while function runs execute there: the node
 //    is down within 15 s, the retryable run is run again on the other node and
 //    finishes there, the non-retryable synchronous caller gets a clear 503,
+//    a retryable run started through /v1/procs (nobody waits on it) runs
+//    again on the other node while berthd keeps running,
 //    no record stays running; the libvirtd is started again: the node is
 //    reconciled (orphan domains destroyed, overlays deleted, claims released)
 //    before it takes new work, then takes work again;
@@ -11,7 +13,9 @@
 //    meanwhile: the restarted berthd ends the record lost and runs it again
 //    (a non-retryable one is not run again);
 //  - a start that fails on one node (its runtime kernel is gone) moves to the
-//    scheduler's alternate node without a new scheduling round.
+//    scheduler's alternate node without a new scheduling round; so does a
+//    /v1/procs instance, whose pid the caller already has: the same process
+//    (pid, execution id) runs on the alternate node.
 // One set of hosts and one berthd serve the whole suite; tests run in order.
 #include <gtest/gtest.h>
 
@@ -42,14 +46,15 @@ class FailoverTest : public ::testing::Test {
     ASSERT_TRUE(daemon_->running()) << daemon_->log();
     image_ = daemon_->UploadBusybox();
 
-    // Only the two hosts take work; each offers 400 MiB to guests (two 192 MiB runs).
+    // Only the two hosts take work; each offers 520 MiB to guests (two 192 MiB
+    // runs and a 128 MiB one).
     json nodes = daemon_->Get("/v1/nodes").json()["nodes"];
     ASSERT_EQ(nodes.size(), 1u) << nodes.dump();
     const std::string local = nodes[0]["name"];
     ASSERT_EQ(daemon_->Post("/v1/nodes/" + local + "/cordon", "").status, 200);
     const uint64_t total = Node(local)["memory_mib"];
     for (size_t i = 0; i < 2; ++i) {
-      json spec = {{"name", kNames[i]}, {"uri", uris_[i]}, {"accel", "tcg"}, {"reserved_memory_mib", total - 400}};
+      json spec = {{"name", kNames[i]}, {"uri", uris_[i]}, {"accel", "tcg"}, {"reserved_memory_mib", total - 520}};
       auto r = daemon_->Post("/v1/nodes", spec.dump());
       ASSERT_EQ(r.status, 201) << r.body;
     }
@@ -59,6 +64,8 @@ class FailoverTest : public ::testing::Test {
     retryable["retryable"] = true;
     ASSERT_EQ(daemon_->CreateFunction("slow-retryable", image_, retryable).status, 201);
     ASSERT_EQ(daemon_->CreateFunction("slow-once", image_, slow).status, 201);
+    retryable["memory_mib"] = 128;  // started through /v1/procs beside the two above
+    ASSERT_EQ(daemon_->CreateFunction("bg-retryable", image_, retryable).status, 201);
     ASSERT_EQ(daemon_->CreateFunction("quick", image_, {{"entrypoint", {"/bin/echo", "hi"}}, {"snapshot", false}}).status, 201);
   }
   static void TearDownTestSuite() {
@@ -132,12 +139,18 @@ TEST_F(FailoverTest, HostDiesMidRunRetryableRunsElsewhereThenHostIsReconciledBef
   ASSERT_EQ(daemon_->Post("/v1/nodes/n2/cordon", "").status, 200);
   auto retryable = InvokeAsyncCall("slow-retryable");
   auto once = InvokeAsyncCall("slow-once");
-  json r1 = WaitRunning("slow-retryable", 1), r2 = WaitRunning("slow-once", 1);
+  // And one that nobody waits on.
+  auto bg = daemon_->Post("/v1/procs", json{{"function", "bg-retryable"}}.dump());
+  ASSERT_EQ(bg.status, 201) << bg.body;
+  const std::string bg_id = bg.json()["execution_id"];
+  json r1 = WaitRunning("slow-retryable", 1), r2 = WaitRunning("slow-once", 1), r3 = WaitRunning("bg-retryable", 1);
   ASSERT_EQ(r1.size(), 1u) << daemon_->log();
   ASSERT_EQ(r2.size(), 1u) << daemon_->log();
+  ASSERT_EQ(r3.size(), 1u) << daemon_->log();
   ASSERT_EQ(r1[0]["node"], "n1");
   ASSERT_EQ(r2[0]["node"], "n1");
-  const std::string lost_domains[] = {r1[0]["domain"], r2[0]["domain"]};
+  ASSERT_EQ(r3[0]["node"], "n1");
+  const std::string lost_domains[] = {r1[0]["domain"], r2[0]["domain"], r3[0]["domain"]};
   ASSERT_EQ(daemon_->Post("/v1/nodes/n2/uncordon", "").status, 200);
 
   // n1's libvirtd dies (its QEMUs live on, as they do on a real host).
@@ -157,6 +170,29 @@ TEST_F(FailoverTest, HostDiesMidRunRetryableRunsElsewhereThenHostIsReconciledBef
   EXPECT_EQ(refused.status, 503) << refused.body;
   EXPECT_NE(refused.body.find("not retryable"), std::string::npos) << refused.body;
   EXPECT_NE(refused.body.find("n1"), std::string::npos) << refused.body;
+  // The /v1/procs run was lost with n1 and runs again on n2 (a new process),
+  // while berthd keeps running.
+  json lost_bg = daemon_->Get("/v1/executions/" + bg_id).json();
+  EXPECT_EQ(lost_bg["status"], "lost") << lost_bg.dump();
+  EXPECT_EQ(lost_bg.value("error_code", ""), "node_lost") << lost_bg.dump();
+  json bg_again;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        for (const auto& e : Executions("bg-retryable")) {
+          if (e["execution_id"] != bg_id && (e["status"] == "succeeded" || e["status"] == "failed" || e["status"] == "error")) {
+            bg_again = e;
+            return true;
+          }
+        }
+        return false;
+      },
+      120))
+      << Executions("bg-retryable").dump() << daemon_->log();
+  EXPECT_EQ(bg_again["status"], "succeeded") << bg_again.dump();
+  EXPECT_EQ(bg_again["node"], "n2") << bg_again.dump();
+  EXPECT_EQ(bg_again["stdout"], "done\n") << bg_again.dump();
+  EXPECT_NE(daemon_->log().find("execution " + bg_id + " of retryable function bg-retryable was lost; running it again"),
+            std::string::npos);
 
   // No record stays running: the two on n1 ended lost, the retry succeeded.
   std::map<std::string, int> states;
@@ -254,7 +290,9 @@ TEST_F(FailoverTest, RestartEndsVanishedRunsLostAndRunsRetryableOnesAgain) {
       180))
       << Executions("slow-retryable").dump() << daemon_->log();
   EXPECT_EQ(again["stdout"], "done\n");
-  EXPECT_NE(daemon_->log().find("running it again"), std::string::npos);
+  const std::string lost_id = procs["slow-retryable"]["execution_id"];
+  EXPECT_NE(daemon_->log().find("reconcile: execution " + lost_id + " of retryable function slow-retryable was lost; running it again"),
+            std::string::npos);
   for (const char* fn : {"slow-retryable", "slow-once"}) {
     for (const auto& e : Executions(fn)) EXPECT_NE(e["status"], "running") << e.dump();
   }
@@ -308,6 +346,39 @@ TEST_F(FailoverTest, FailedStartMovesToAlternateNodeWithoutNewSchedulingRound) {
   const std::string log = daemon_->log();
   EXPECT_NE(log.find("retrying on alternate node n1"), std::string::npos) << log;
   EXPECT_TRUE(WaitFor([] { return Node("n2")["allocated"]["memory_mib"] == 0; }, 30)) << "the failed start's claim";
+
+  // A /v1/procs instance: its pid is the caller's before it starts. It fails
+  // on n2 and the same process (pid, execution id) moves to n1.
+  EXPECT_TRUE(WaitFor([] { return Node("n1")["allocated"]["memory_mib"] == 192; }, 30)) << Node("n1").dump();
+  auto inst = daemon_->Post("/v1/procs", json{{"image", image_}, {"memory_mib", 128}, {"command", {"sleep", "600"}}}.dump());
+  ASSERT_EQ(inst.status, 201) << inst.body;
+  const int64_t pid = inst.json()["pid"];
+  const std::string id = inst.json()["execution_id"];
+  EXPECT_EQ(inst.json()["node"], "n2") << "spread placement: the emptier node first; " << inst.body;
+  json moved;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        moved = daemon_->Get("/v1/procs/" + std::to_string(pid)).json();
+        const std::string status = moved.value("status", "");
+        return status != "pending" && status != "placing" && status != "starting";  // running, or ended
+      },
+      180))
+      << moved.dump() << daemon_->log();
+  EXPECT_EQ(moved["status"], "running") << moved.dump();
+  EXPECT_EQ(moved["node"], "n1") << moved.dump();
+  EXPECT_EQ(moved["execution_id"], id);
+  const std::string domain = moved["domain"];
+  EXPECT_NE(Virsh(uris_[0], "list --name").find(domain), std::string::npos) << "virsh on n1 shows the moved process";
+  EXPECT_EQ(Virsh(uris_[1], "list --all --name").find(domain), std::string::npos) << "nothing of it left on n2";
+  EXPECT_EQ(Virsh(uris_[1], "vol-list " + daemon_->pool()).find("ovl-" + id), std::string::npos);
+  EXPECT_NE(daemon_->log().find("process " + id + " (pid " + std::to_string(pid) +
+                                ") could not start on node n2 (start_failed); moving it to alternate node n1"),
+            std::string::npos)
+      << daemon_->log();
+  EXPECT_EQ(Node("n2")["allocated"]["memory_mib"], 0) << "its claim moved with it";
+  EXPECT_EQ(Node("n1")["allocated"]["memory_mib"], 192 + 128) << Node("n1").dump();
+  auto killed_inst = daemon_->Post("/v1/procs/" + std::to_string(pid) + "/kill", R"({"signal":"KILL"})");
+  EXPECT_EQ(killed_inst.status, 202) << killed_inst.body;
 
   auto killed = daemon_->Post("/v1/procs/" + std::to_string(hold_pid) + "/kill", R"({"signal":"KILL"})");
   EXPECT_EQ(killed.status, 202) << killed.body;

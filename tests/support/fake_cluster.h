@@ -3,6 +3,7 @@
 // pools under `dir`).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -14,11 +15,14 @@ namespace berth::testing {
 
 inline std::unique_ptr<manager::Cluster> MakeClusterWithLocalNode(manager::Store* store, const std::string& dir,
                                                                   decltype(manager::ClusterOptions::connect) connect,
-                                                                  int64_t monitor_interval_ms = 60'000) {
+                                                                  int64_t monitor_interval_ms = 60'000,
+                                                                  const std::function<void(manager::ClusterOptions&)>&
+                                                                      configure = {}) {
   manager::ClusterOptions options;
   options.state_dir = dir + "/nodes";
   options.monitor_interval_ms = monitor_interval_ms;
   options.connect = std::move(connect);
+  if (configure) configure(options);
   manager::RuntimeArtifacts runtime;
   runtime.kernel_path = "/fake/vmlinuz";
   runtime.initrd_path = "/fake/initramfs.cpio.gz";

@@ -19,11 +19,13 @@ const std::vector<S> kAll = {S::kPending, S::kPlacing,  S::kStarting, S::kRunnin
 
 // The legal transitions, as documented in manager/types.h:
 //   pending -> placing -> starting -> running -> succeeded | failed | timed_out
+//   starting -> placing (a failed start moves to another node)
 //   any non-terminal -> killed | lost | error
 const std::set<std::pair<S, S>> kLegal = {
     {S::kPending, S::kPlacing},   {S::kPending, S::kKilled},  {S::kPending, S::kLost},   {S::kPending, S::kError},
     {S::kPlacing, S::kStarting},  {S::kPlacing, S::kKilled},  {S::kPlacing, S::kLost},   {S::kPlacing, S::kError},
     {S::kStarting, S::kRunning},  {S::kStarting, S::kKilled}, {S::kStarting, S::kLost},  {S::kStarting, S::kError},
+    {S::kStarting, S::kPlacing},
     {S::kRunning, S::kSucceeded}, {S::kRunning, S::kFailed},  {S::kRunning, S::kTimedOut},
     {S::kRunning, S::kKilled},    {S::kRunning, S::kLost},    {S::kRunning, S::kError},
 };
@@ -38,7 +40,7 @@ TEST(ExecStateTest, TransitionTableIsExactlyTheDocumentedOne) {
       legal += CanTransition(from, to) ? 1 : 0;
     }
   }
-  EXPECT_EQ(legal, 18);
+  EXPECT_EQ(legal, 19);
 }
 
 TEST(ExecStateTest, NoSelfTransitionsAndNothingLeavesATerminalState) {
@@ -55,6 +57,26 @@ TEST(ExecStateTest, NoSelfTransitionsAndNothingLeavesATerminalState) {
   EXPECT_FALSE(CanTransition(S::kStarting, S::kTimedOut));
   EXPECT_FALSE(CanTransition(S::kPending, S::kStarting));
   EXPECT_FALSE(CanTransition(S::kPlacing, S::kRunning));
+}
+
+// A start that failed before its command ran goes back to placing, as the
+// same record, on another node; the moved start may fail, move again, or run.
+// Once running (the command ran), it never goes back.
+TEST(ExecStateTest, FailedStartGoesBackToPlacingButARunningCommandNever) {
+  EXPECT_TRUE(CanTransition(S::kStarting, S::kPlacing));
+  const std::vector<S> moved_twice = {S::kPending, S::kPlacing, S::kStarting, S::kPlacing,
+                                      S::kStarting, S::kPlacing, S::kStarting, S::kRunning, S::kSucceeded};
+  for (size_t i = 1; i < moved_twice.size(); ++i) {
+    EXPECT_TRUE(CanTransition(moved_twice[i - 1], moved_twice[i]))
+        << ExecStateName(moved_twice[i - 1]) << " -> " << ExecStateName(moved_twice[i]);
+  }
+  EXPECT_FALSE(CanTransition(S::kRunning, S::kPlacing));
+  EXPECT_FALSE(CanTransition(S::kRunning, S::kStarting));
+  for (S from : kAll) {
+    if (IsTerminal(from)) {
+      EXPECT_FALSE(CanTransition(from, S::kPlacing)) << ExecStateName(from);
+    }
+  }
 }
 
 TEST(ExecStateTest, EveryNonTerminalStateCanBeKilledLostOrFail) {

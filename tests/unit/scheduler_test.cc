@@ -449,6 +449,41 @@ TYPED_TEST(SchedulerContract, DiskTakenByCacheFiltersUnknownDiskDoesNot) {
   EXPECT_EQ(again->node, "full");
 }
 
+// A request's image bytes count only on nodes that do not cache the image
+// yet, and never become part of the claim.
+TYPED_TEST(SchedulerContract, ImageBytesCountOnlyWhereTheImageIsNotCached) {
+  TypeParam s{Policy{}};
+  const std::string digest(64, 'a');
+  NodeResources cached = MakeNode("cached", 16, 64 * kGiB, 1000);
+  cached.cached_images = {digest};
+  ASSERT_TRUE(s.UpsertNode(cached).ok());
+  ASSERT_TRUE(s.UpsertNode(MakeNode("empty", 16, 64 * kGiB, 1000)).ok());
+  PlacementRequest r = Req("c1", 1, kGiB);
+  r.disk_bytes = 100;
+  r.image_digest = digest;
+  r.image_bytes = 950;  // fits beside the overlay nowhere; needed only where not cached
+  auto placed = s.Place(r);
+  ASSERT_TRUE(placed.ok()) << placed.status().ToString();
+  EXPECT_EQ(placed->node, "cached");
+  EXPECT_TRUE(placed->alternates.empty()) << "'empty' has no room for the image";
+  EXPECT_EQ(s.FindClaim("c1")->resources.disk_bytes, 100u) << "the image is not part of the claim";
+
+  // Another image, cached nowhere: no node has room for it.
+  r.claim_id = "c2";
+  r.image_digest = std::string(64, 'b');
+  auto none = s.Place(r);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(none.status().message().find("950 bytes image where not cached"), std::string::npos)
+      << none.status().message();
+  EXPECT_NE(none.status().message().find("2 lack disk"), std::string::npos) << none.status().message();
+  // A smaller one fits on either; spread/binpack ties break by name.
+  r.image_bytes = 500;
+  auto small = s.Place(r);
+  ASSERT_TRUE(small.ok()) << small.status().ToString();
+  EXPECT_EQ(small->alternates.size(), 1u);
+}
+
 TYPED_TEST(SchedulerContract, InvalidRequests) {
   TypeParam s{Policy{}};
   ASSERT_TRUE(s.UpsertNode(MakeNode("a")).ok());
