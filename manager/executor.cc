@@ -109,6 +109,14 @@ void Executor::DetachAll() {
     live->cv.notify_all();
   }
   if (!all.empty()) spdlog::info("berthd stopping: {} live execution(s) go on without it", all.size());
+  // Give their threads a moment to let go, so that a caller waiting on one
+  // hears why (Invoke's 503) before the HTTP server stops. Bounded: one that
+  // is still booting ends when its boot does.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (auto& live : all) {
+    std::unique_lock lock(live->mu);
+    live->cv.wait_until(lock, deadline, [&] { return live->done; });
+  }
 }
 
 void Executor::FunctionChanged(Node& node, const FunctionRecord& fn, const images::ImageRecord& image,
@@ -395,20 +403,8 @@ ExecutionRecord Executor::Execute(Node& node, const Launch& launch, ExecutionRec
     std::lock_guard lock(live->mu);
     return live->kill_signal;
   };
-  auto release_live = [&] {
-    {
-      std::lock_guard lock(live->mu);
-      live->done = true;
-      live->agent = nullptr;
-    }
-    live->cv.notify_all();
-    std::lock_guard lock(live_mu_);
-    live_.erase(ex.id);
-  };
-  auto detached = [&] {
-    std::lock_guard lock(live->mu);
-    return live->detached;
-  };
+  auto release_live = [&] { EndLive(ex.id, *live); };
+  auto detached = [&] { return IsDetached(*live); };
   // berthd is stopping while the command runs: the record stays running and
   // the VM goes on; the next berthd adopts it (Reconcile). Nothing is torn down.
   auto detach = [&]() -> ExecutionRecord {
@@ -924,6 +920,22 @@ Result<LiveOutput> Executor::Output(const std::string& execution_id) {
   return live->output;
 }
 
+void Executor::EndLive(const std::string& execution_id, Live& live) {
+  {
+    std::lock_guard lock(live.mu);
+    live.done = true;
+    live.agent = nullptr;
+  }
+  live.cv.notify_all();
+  std::lock_guard lock(live_mu_);
+  live_.erase(execution_id);
+}
+
+bool Executor::IsDetached(Live& live) {
+  std::lock_guard lock(live.mu);
+  return live.detached;
+}
+
 void Executor::MarkNodeLost(const std::string& node_name) {
   std::vector<std::shared_ptr<Live>> on_node;
   {
@@ -1017,22 +1029,12 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
   const int64_t ran_ms = std::max<int64_t>(0, env_->NowUnixMs() - started_unix);
   const int64_t r0 = env_->MonotonicMs();
 
-  auto detached = [&] {
-    std::lock_guard lock(live->mu);
-    return live->detached;
-  };
+  auto detached = [&] { return IsDetached(*live); };
   // berthd is stopping: the record stays running for the next berthd.
   auto detach = [&] {
     spdlog::info("adopted execution {} (pid {}) goes on in domain {}", ex.id, ex.pid, ex.domain);
     cleanup->Disarm();
-    {
-      std::lock_guard lock(live->mu);
-      live->done = true;
-      live->agent = nullptr;
-    }
-    live->cv.notify_all();
-    std::lock_guard lock(live_mu_);
-    live_.erase(ex.id);
+    EndLive(ex.id, *live);
   };
   auto finish = [&](ExecState to, std::string error_code, std::string error) {
     bool lost = false;
@@ -1069,16 +1071,7 @@ void Executor::FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Liv
     // Its end is news like any other (lifecycle events): the berthd that
     // started it is gone.
     if (started_end_hook_) started_end_hook_(ex);
-    {
-      std::lock_guard lock(live->mu);
-      live->done = true;
-      live->agent = nullptr;
-    }
-    live->cv.notify_all();
-    {
-      std::lock_guard lock(live_mu_);
-      live_.erase(ex.id);
-    }
+    EndLive(ex.id, *live);
     Teardown(std::move(cleanup), ex);
   };
 

@@ -229,6 +229,9 @@ class Executor {
   void Teardown(std::shared_ptr<ExecutionTeardown> teardown, ExecutionRecord ex);
   // Runs fn on a detached thread that the destructor waits for.
   void Background(std::function<void()> fn);
+  // The execution ended or was detached: waiters wake, its live-table entry goes.
+  void EndLive(const std::string& execution_id, Live& live);
+  static bool IsDetached(Live& live);
   // The body of an adopted execution (see Adopt), in the calling thread.
   void FollowAdopted(Node& node, ExecutionRecord ex, std::shared_ptr<Live> live);
 
