@@ -278,6 +278,10 @@ int main(int argc, char** argv) {
   auto cleanup = [&] {
     StopProcess(httpd, 5);
     StopProcess(berthd, 120);
+    // A stopped berthd leaves what still ran to the next one (there is none
+    // here): end the VMs whose disks live in this run's pool.
+    Sh("for d in $(virsh -q -c qemu:///system list --name); do virsh -q -c qemu:///system dumpxml \"$d\" 2>/dev/null | "
+       "grep -q '" + work + "/' && virsh -q -c qemu:///system destroy \"$d\" >/dev/null 2>&1; done");
     for (const auto& p : {pool, log_pool}) {
       Sh("virsh -q -c qemu:///system pool-destroy " + p + " >/dev/null 2>&1; virsh -q -c qemu:///system pool-undefine " +
          p + " >/dev/null 2>&1");

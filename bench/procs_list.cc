@@ -77,6 +77,10 @@ int Run(int records, int rounds, const std::string& berthd, const std::string& r
   pid_t pid = -1;
   auto cleanup = [&] {
     StopBerthd(&pid);
+    // A stopped berthd leaves running VMs to the next one (none here).
+    TryRun({"sh", "-c",
+            "for d in $(virsh -q -c qemu:///system list --name); do virsh -q -c qemu:///system dumpxml \"$d\" "
+            "2>/dev/null | grep -q '" + work + "/' && virsh -q -c qemu:///system destroy \"$d\" >/dev/null 2>&1; done"});
     for (const auto& p : {pool, log_pool}) {
       TryRun({"virsh", "-q", "-c", "qemu:///system", "pool-destroy", p});
       TryRun({"virsh", "-q", "-c", "qemu:///system", "pool-undefine", p});
