@@ -292,10 +292,19 @@ Result<TemplateInfo> TemplateCache::Ensure(const FunctionRecord& fn, const image
   }
   Result<Entry> entry = loaded.ok() ? std::move(loaded) : Build(inputs, key, fn, image, nic);
   Result<TemplateInfo> result = entry.ok() ? Result<TemplateInfo>(entry->info) : Result<TemplateInfo>(entry.status());
+  bool stale = false;
   {
     std::lock_guard lock(mu_);
-    if (entry.ok()) entries_[key] = std::move(*entry);
+    // Invalidated while it was built (the function changed or went): the
+    // result is kept by nobody, and its volumes go.
+    stale = invalidated_while_building_.erase(key) > 0;
+    if (entry.ok() && !stale) entries_[key] = std::move(*entry);
     building_.erase(key);
+  }
+  if (stale) {
+    spdlog::info("template {} was invalidated while it was built; removing it", key.substr(0, 16));
+    if (Status s = RemoveVolumes(key); !s.ok()) spdlog::warn("removing template {}: {}", key.substr(0, 16), s.ToString());
+    result = Status::FailedPrecondition("template " + key.substr(0, 16) + " was invalidated while it was built");
   }
   promise.set_value(result);
   return result;
@@ -458,7 +467,10 @@ Status TemplateCache::Invalidate(const std::string& key) {
   {
     std::lock_guard lock(mu_);
     entries_.erase(key);
-    if (building_.count(key)) return Status::Ok();
+    if (building_.count(key)) {
+      invalidated_while_building_.insert(key);  // Ensure removes it when the build ends
+      return Status::Ok();
+    }
   }
   spdlog::info("invalidating template {} on node {}", key.substr(0, 16), node_.name());
   return RemoveVolumes(key);

@@ -239,6 +239,7 @@ class TemplateCache {
   std::mutex mu_;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::shared_future<Result<TemplateInfo>>> building_;
+  std::set<std::string> invalidated_while_building_;  // keys Invalidate named during their build
   std::set<std::string> clones_in_flight_;  // clone save volume names
   std::set<std::string> in_place_;          // keys whose own save image a clone is restoring from
   std::map<std::string, int> copying_;      // key -> clones copying its save image now

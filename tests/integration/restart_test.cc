@@ -41,6 +41,26 @@ json WaitRunning(const BerthdProcess& daemon, const std::function<bool(const jso
   return json();
 }
 
+// Registers function "slow" (sleeps run_s, prints "done", exits 3) and starts
+// instance "inst" (sleeps inst_s, prints "bye", exits 7); returns the
+// instance's execution id ("" on failure).
+std::string StartSlowWork(const BerthdProcess& daemon, const std::string& image, int run_s, int inst_s) {
+  auto fn = daemon.CreateFunction(
+      "slow", image,
+      {{"entrypoint", {"sh", "-c", "sleep " + std::to_string(run_s) + "; echo done; exit 3"}},
+       {"timeout_ms", 120000},
+       {"snapshot", false}});
+  EXPECT_EQ(fn.status, 201) << fn.body;
+  auto inst = daemon.Post("/v1/procs", json({{"image", image},
+                                             {"name", "inst"},
+                                             {"command", {"sh", "-c", "sleep " + std::to_string(inst_s) +
+                                                                          "; echo bye; exit 7"}}})
+                                           .dump());
+  EXPECT_EQ(inst.status, 201) << inst.body;
+  if (fn.status != 201 || inst.status != 201) return "";
+  return inst.json()["execution_id"];
+}
+
 int64_t NodeClaims(const BerthdProcess& daemon) {
   int64_t claims = 0;
   const json nodes = daemon.Get("/v1/nodes").json().value("nodes", json::array());
@@ -56,22 +76,10 @@ TEST(RestartTest, CrashDuringExecutionAdoptsWhatRuns) {
   BerthdProcess daemon;
   ASSERT_TRUE(daemon.running()) << daemon.log();
   std::string image = daemon.UploadBusybox();
-  ASSERT_EQ(daemon
-                .CreateFunction("slow", image,
-                                {{"entrypoint", {"sh", "-c", "sleep 10; echo done; exit 3"}},
-                                 {"timeout_ms", 120000},
-                                 {"snapshot", false}})
-                .status,
-            201);
-
   // The instance first (it runs longer), then the run; both must still be
   // running when berthd dies.
-  auto inst = daemon.Post("/v1/procs", json({{"image", image},
-                                             {"name", "inst"},
-                                             {"command", {"sh", "-c", "sleep 30; echo bye; exit 7"}}})
-                                           .dump());
-  ASSERT_EQ(inst.status, 201) << inst.body;
-  const std::string inst_id = inst.json()["execution_id"];
+  const std::string inst_id = StartSlowWork(daemon, image, 10, 30);
+  ASSERT_FALSE(inst_id.empty());
   auto wait_running = [&](const std::function<bool(const json&)>& match) { return WaitRunning(daemon, match); };
   json inst_rec = wait_running([&](const json& e) { return e["execution_id"] == inst_id; });
   ASSERT_TRUE(inst_rec.is_object()) << daemon.Get("/v1/executions").body << "\n" << daemon.log();
@@ -150,19 +158,8 @@ TEST(RestartTest, GracefulStopLeavesRunningWorkForTheNextStart) {
   BerthdProcess daemon;
   ASSERT_TRUE(daemon.running()) << daemon.log();
   std::string image = daemon.UploadBusybox();
-  ASSERT_EQ(daemon
-                .CreateFunction("slow", image,
-                                {{"entrypoint", {"sh", "-c", "sleep 25; echo done; exit 3"}},
-                                 {"timeout_ms", 120000},
-                                 {"snapshot", false}})
-                .status,
-            201);
-  auto inst = daemon.Post("/v1/procs", json({{"image", image},
-                                             {"name", "inst"},
-                                             {"command", {"sh", "-c", "sleep 45; echo bye; exit 7"}}})
-                                           .dump());
-  ASSERT_EQ(inst.status, 201) << inst.body;
-  const std::string inst_id = inst.json()["execution_id"];
+  const std::string inst_id = StartSlowWork(daemon, image, 25, 45);
+  ASSERT_FALSE(inst_id.empty());
   HttpResult answer;
   std::thread caller([&answer, url = daemon.base_url(), token = daemon.admin_token()] {
     answer = HttpCall("POST", url + "/v1/functions/slow/invoke", "{}", "application/json", token);
