@@ -10,12 +10,15 @@
 // of the machine hit every mode alike; figures are medians of the client's
 // wall-clock time of POST /v1/functions/NAME/invoke.
 //
-// Two phases:
+// Three phases:
 //   1. "first user": no other networked execution of the tenant runs, so each
 //      networked start also creates the tenant network and filter (and its
 //      end removes them again) - the cost a tenant pays for its first guest.
 //   2. "network up": one long-lived instance per networked mode holds the
 //      tenant networks, so a start pays only for NIC, filter binding and DHCP.
+//   3. "warm": functions warm-<mode> (same entrypoint, min_warm = max_warm = 1)
+//      start from their warm pool, whose VM already has its NIC and lease;
+//      every pool is full again (untimed) before each measured call.
 //
 // Lines per figure, as the project's benchmarks do:
 //   RESULT <name> value=<v> unit=<u> baseline=<b> ratio=<v/b> goal=<g>
@@ -31,6 +34,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -59,6 +63,7 @@ struct Options {
   std::string work_root = "/var/lib/berth/bench";
   double goal_first = 1.5;  // allowed ratio (mode / none) when the start also creates the network
   double goal_up = 1.3;     // allowed ratio when the tenant network is already up
+  double goal_warm = 1.3;   // allowed ratio of warm-pool starts
 };
 
 const char* kModes[] = {"none", "egress", "isolated"};
@@ -66,6 +71,7 @@ const char* kModes[] = {"none", "egress", "isolated"};
 struct Sample {
   double invoke_ms = 0;
   double boot_ms = 0;
+  std::string start;  // the record's timings.start: cold | template | warm
 };
 
 class NetworkModesBench {
@@ -74,7 +80,12 @@ class NetworkModesBench {
   ~NetworkModesBench() { Cleanup(); }
 
   void Setup();
-  Sample Invoke(const std::string& mode);
+  // Invokes <prefix><mode> ("net-" cold boots, "warm-" warm-pool starts).
+  Sample Invoke(const std::string& mode, const std::string& prefix = "net-");
+  // Creates warm-<mode> for every mode (min_warm 1) and waits for the pools.
+  void CreateWarmFunctions();
+  // Waits (untimed) until every warm-<mode> pool holds a VM.
+  void WaitWarmPoolsFull();
   // A long-lived instance on `mode`'s network; returns its pid.
   int64_t HoldNetwork(const std::string& mode);
   void Cleanup();
@@ -142,21 +153,23 @@ void NetworkModesBench::Setup() {
   for (const char* mode : kModes) Invoke(mode);
 }
 
-Sample NetworkModesBench::Invoke(const std::string& mode) {
+Sample NetworkModesBench::Invoke(const std::string& mode, const std::string& prefix) {
   CheckStop();
+  const std::string fn = prefix + mode;
   auto t0 = Clock::now();
-  auto r = Call("POST", base_url_ + "/v1/functions/net-" + mode + "/invoke", "{}");
+  auto r = Call("POST", base_url_ + "/v1/functions/" + fn + "/invoke", "{}");
   auto t1 = Clock::now();
   if (r.status != 200) {
-    Fail("invoke net-" + mode + ": HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body +
+    Fail("invoke " + fn + ": HTTP " + std::to_string(r.status) + " " + r.error + " " + r.body +
          "\n--- berthd log (tail) ---\n" + BerthdLogTail(tmp_dir_));
   }
   json j = json::parse(r.body);
-  if (j.value("status", "") != "succeeded") Fail("net-" + mode + " did not succeed: " + r.body);
-  if ((mode != "none") != !j["addresses"].empty()) Fail("net-" + mode + ": unexpected addresses: " + r.body);
+  if (j.value("status", "") != "succeeded") Fail(fn + " did not succeed: " + r.body);
+  if ((mode != "none") != !j["addresses"].empty()) Fail(fn + ": unexpected addresses: " + r.body);
   Sample s;
   s.invoke_ms = MsBetween(t0, t1);
   s.boot_ms = j.at("timings").at("boot_ms").get<double>();
+  s.start = j.at("timings").value("start", "");
   // Let the teardown (and network removal) finish, untimed, before the next start.
   const std::string domain = j.value("domain", "");
   for (int i = 0; i < 200; ++i) {
@@ -166,6 +179,39 @@ Sample NetworkModesBench::Invoke(const std::string& mode) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   return s;
+}
+
+void NetworkModesBench::CreateWarmFunctions() {
+  for (const char* mode : kModes) {
+    json fn = {{"name", std::string("warm-") + mode}, {"image", image_id_}, {"entrypoint", {"/bin/true"}},
+               {"memory_mib", 192},  {"timeout_ms", 60000}, {"snapshot", false}, {"network", mode},
+               {"min_warm", 1},      {"max_warm", 1},       {"idle_timeout_ms", 3'600'000}};
+    auto created = Call("POST", base_url_ + "/v1/functions", fn.dump());
+    if (created.status != 201) Fail("creating warm-" + std::string(mode) + ": HTTP " + created.body);
+  }
+  WaitWarmPoolsFull();
+  std::printf("first warm invocation of each mode (not measured)\n");
+  for (const char* mode : kModes) {
+    Invoke(mode, "warm-");
+    WaitWarmPoolsFull();
+  }
+}
+
+void NetworkModesBench::WaitWarmPoolsFull() {
+  const std::string tenant = "bench" + id_;
+  for (int i = 0; i < 1500; ++i) {
+    CheckStop();
+    const std::string body = Call("GET", base_url_ + "/metrics").body;
+    int full = 0;
+    for (const char* mode : kModes) {
+      const std::string key = "berth_pool_vms{tenant=\"" + tenant + "\",function=\"warm-" + mode + "\"} ";
+      const size_t at = body.find(key);
+      if (at != std::string::npos && std::atoi(body.c_str() + at + key.size()) >= 1) ++full;
+    }
+    if (full == 3) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  Fail("the warm pools did not fill within 5 minutes\n--- berthd log (tail) ---\n" + BerthdLogTail(tmp_dir_));
 }
 
 int64_t NetworkModesBench::HoldNetwork(const std::string& mode) {
@@ -194,6 +240,8 @@ void NetworkModesBench::Cleanup() {
   // berthd removes a tenant network with its last execution: end the
   // holders first and wait for them (instances do not end on a berthd stop).
   if (berthd_pid_ > 0) {
+    // Deleting a function empties its warm pool (a stop would leave the VMs).
+    for (const char* mode : kModes) (void)Call("DELETE", base_url_ + "/v1/functions/warm-" + std::string(mode));
     for (int64_t pid : holders_) {
       (void)Call("POST", base_url_ + "/v1/procs/" + std::to_string(pid) + "/kill", json{{"signal", "KILL"}}.dump());
     }
@@ -215,15 +263,17 @@ void NetworkModesBench::Cleanup() {
 
 using Phase = std::map<std::string, std::vector<Sample>>;
 
-Phase Measure(NetworkModesBench& bench, int rounds, const char* label) {
+Phase Measure(NetworkModesBench& bench, int rounds, const char* label, bool warm = false) {
   Phase samples;
   for (int r = 0; r < rounds; ++r) {
     std::printf("%s round %d/%d:", label, r + 1, rounds);
     for (int k = 0; k < 3; ++k) {
       const std::string mode = kModes[(r + k) % 3];  // rotating order
-      Sample s = bench.Invoke(mode);
+      if (warm) bench.WaitWarmPoolsFull();  // no refill boots next to the measured start
+      Sample s = bench.Invoke(mode, warm ? "warm-" : "net-");
       samples[mode].push_back(s);
       std::printf("  %s %.0f ms (boot %.0f)", mode.c_str(), s.invoke_ms, s.boot_ms);
+      if (warm && s.start != "warm") std::printf(" [start %s, not warm]", s.start.c_str());
     }
     std::printf("\n");
     std::fflush(stdout);
@@ -254,6 +304,9 @@ int Run(const Options& opts) {
     bench.HoldNetwork("egress");
     bench.HoldNetwork("isolated");
     Phase up = Measure(bench, opts.rounds, "network-up");
+    std::printf("creating warm-<mode> functions (min_warm 1) and filling their pools\n");
+    bench.CreateWarmFunctions();
+    Phase warm = Measure(bench, opts.rounds, "warm", true);
     CheckStop();
     bench.Cleanup();
     std::printf("\nmedians over %d rounds, first user of the tenant network (it is created and removed each time):\n",
@@ -261,6 +314,14 @@ int Run(const Options& opts) {
     Report(first, "_first_user", opts.goal_first);
     std::printf("medians over %d rounds, tenant network already up:\n", opts.rounds);
     Report(up, "_network_up", opts.goal_up);
+    std::printf("medians over %d rounds, warm-pool starts (the pooled VM has its NIC and lease already):\n",
+                opts.rounds);
+    for (const auto& [mode, samples] : warm) {
+      int not_warm = 0;
+      for (const Sample& s : samples) not_warm += s.start != "warm";
+      if (not_warm > 0) std::printf("  note: %d of %zu %s starts were not warm\n", not_warm, samples.size(), mode.c_str());
+    }
+    Report(warm, "_warm", opts.goal_warm);
     return 0;
   } catch (const std::exception& e) {
     return ExitAfterError("berth-bench-network-modes", e, [&] { bench.Cleanup(); });
@@ -284,6 +345,7 @@ int main(int argc, char** argv) {
   app.add_option("--goal-first-user", opts.goal_first, "Allowed ratio when the start creates the network")
       ->capture_default_str();
   app.add_option("--goal-network-up", opts.goal_up, "Allowed ratio when the network is up")->capture_default_str();
+  app.add_option("--goal-warm", opts.goal_warm, "Allowed ratio of warm-pool starts")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   curl_global_init(CURL_GLOBAL_DEFAULT);
   int rc = Run(opts);

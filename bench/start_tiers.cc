@@ -270,7 +270,8 @@ std::vector<std::string> StartTiersBench::TemplateBuildLines() const {
   std::istringstream log(ReadAll(tmp_dir_ + "/berthd.log"));
   std::string line;
   while (std::getline(log, line)) {
-    if (line.find("release_memory:") != std::string::npos || line.find("built template") != std::string::npos) {
+    if (line.find("release_memory:") != std::string::npos || line.find("built template") != std::string::npos ||
+        line.find("warm:") != std::string::npos) {
       out.push_back(line);
     }
   }

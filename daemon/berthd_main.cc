@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--subnet-prefix", cfg.executor.networks.pool.prefix_length, "Guest networks: size of a tenant subnet")
       ->capture_default_str();
+  app.add_option("--dhcp-lease-minutes", cfg.executor.networks.dhcp_lease_minutes,
+                 "Guest networks: DHCP lease time of new tenant networks (>= 2; guests renew at half)")
+      ->capture_default_str();
   app.add_option("--dhcp-timeout-ms", cfg.executor.dhcp_timeout_ms,
                  "Guest networks: agent hello to the guest's DHCP lease")
       ->capture_default_str();

@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, topic TEXT NOT NULL,
   content_type TEXT NOT NULL, payload BLOB NOT NULL, idempotency_key TEXT, created_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_topic ON events(tenant, topic, id);
+-- Keyed events, for the window-free dedupe of PublishSystemOnceDetached.
+CREATE INDEX IF NOT EXISTS events_by_key ON events(tenant, topic, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (
   tenant TEXT NOT NULL, topic TEXT NOT NULL, key TEXT NOT NULL, event_id INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, topic, key)) WITHOUT ROWID;
@@ -290,6 +292,7 @@ struct EventLog::WriteItem {
   bool fired = false;
   bool done = false;
   bool detached = false;  // nobody waits: the writer deletes it when done
+  bool once = false;      // kPublish: dedupe against every stored event, not only the window
 };
 
 EventLog::EventLog(Env* env, EventLogOptions options)
@@ -462,6 +465,16 @@ void EventLog::WriterLoop() {
 Status EventLog::ApplyWrite(WriteItem* item, int64_t now, int* created) {
   switch (item->kind) {
     case WriteItem::Kind::kPublish: {
+      if (item->once) {
+        const Event& ev = item->event;
+        Stmt st(this, "SELECT id FROM events WHERE tenant = ? AND topic = ? AND idempotency_key = ? LIMIT 1");
+        int rc = st.Bind(ev.tenant).Bind(ev.topic).Bind(*ev.idempotency_key).Step();
+        if (rc == SQLITE_ROW) {
+          item->publish = PublishResult{st.Int(0), true};
+          return Status::Ok();
+        }
+        if (rc != SQLITE_DONE) return st.Error("stored event lookup");
+      }
       BERTH_ASSIGN_OR_RETURN(item->publish, InsertEvent(item->event, now, created));
       return Status::Ok();
     }
@@ -633,6 +646,34 @@ Status EventLog::PublishSystemDetached(const Event& event) {
   queue_.push_back(item.release());  // the writer deletes it once committed
   queue_cv_.notify_one();
   return Status::Ok();
+}
+
+Status EventLog::PublishSystemOnceDetached(const Event& event) {
+  if (!event.idempotency_key) return Status::InvalidArgument("idempotency_key", "is required");
+  BERTH_RETURN_IF_ERROR(ValidateSystemEvent(event));
+  auto item = std::make_unique<WriteItem>();
+  item->event = event;
+  item->detached = true;
+  item->once = true;
+  std::lock_guard<std::mutex> lk(queue_mu_);
+  if (stopping_) return Status::Unavailable("event log is shut down");
+  queue_.push_back(item.release());  // the writer deletes it once committed
+  queue_cv_.notify_one();
+  return Status::Ok();
+}
+
+Result<std::optional<Event>> EventLog::NewestEvent(const std::vector<std::string>& topics) {
+  if (topics.empty()) return std::optional<Event>();
+  std::string sql = "SELECT " EVENT_COLS " FROM events WHERE topic IN (";
+  for (size_t i = 0; i < topics.size(); ++i) sql += i ? ",?" : "?";
+  sql += ") ORDER BY id DESC LIMIT 1";
+  std::lock_guard<std::mutex> lk(db_mu_);
+  Stmt st(this, sql.c_str());
+  for (const auto& t : topics) st.Bind(t);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return std::optional<Event>();
+  if (rc != SQLITE_ROW) return st.Error("newest event");
+  return std::optional<Event>(st.ToEvent());
 }
 
 Result<Event> EventLog::GetEvent(const std::string& tenant, int64_t event_id) {

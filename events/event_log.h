@@ -102,6 +102,16 @@ class EventLog {
   // PublishSystem's validation, Unavailable after shutdown; a commit failure
   // later is counted in stats().detached_failed.
   Status PublishSystemDetached(const Event& event);
+  // PublishSystemDetached for an event that may be published more than once
+  // (berth re-publishes lifecycle events after a restart, see
+  // manager/event_service.h): the idempotency key is required, and an event
+  // of the same (tenant, topic, key) already stored, however old, makes this
+  // one a no-op (the idempotency window does not apply). The check runs in
+  // the committing writer, so two such publishes racing store one event.
+  Status PublishSystemOnceDetached(const Event& event);
+  // The newest committed event (highest id) on any of `topics`, of any
+  // tenant; nullopt when there is none. Its created_ms is its batch's time.
+  Result<std::optional<Event>> NewestEvent(const std::vector<std::string>& topics);
   Result<Event> GetEvent(const std::string& tenant, int64_t event_id);
   // Events of a tenant (optionally one topic) with id > after_id, oldest first; limit 1..1000.
   Result<std::vector<Event>> ListEvents(const std::string& tenant, const std::string& topic, int64_t after_id,

@@ -443,6 +443,11 @@ void Agent::HandleExec(const std::string& payload) {
       Log(report.substr(0, report.size() - 1));
       Enqueue(EncodeFrame(MsgType::kStdout, report), true);
     }
+    if (!exec->argv.empty()) {  // after the drop of the caches, so what it reads stays
+      std::string report = WarmEntrypointFiles(*exec, kRootMount);
+      Log(report.substr(0, report.size() - 1));
+      Enqueue(EncodeFrame(MsgType::kStdout, report), true);
+    }
     ExitMsg m;
     m.exit_code = 0;
     Enqueue(EncodeFrame(MsgType::kExit, Dump(nlohmann::json(m))), true);

@@ -125,6 +125,10 @@ struct ExecMsg {
   // Only mount the function's root filesystem (as the first Exec would) and
   // run nothing: Exit {exit_code 0}, or Exit {rootfs_unavailable}. Warm
   // pools prepare their VMs so that a call does not pay for the mount.
+  // With argv given, the agent then reads the files starting argv would
+  // read (entrypoint, interpreter, libraries) into the page cache, after
+  // release_memory's drop of the caches, and still runs nothing; one Stdout
+  // line says what it read. Older agents ignore argv here.
   bool prepare_only = false;
   // With prepare_only, before the Exit (templates, before their save): the
   // agent syncs, drops the guest's clean caches and zero-fills its free

@@ -61,6 +61,15 @@ struct InterfaceAddress {
   int prefix_length = 0;  // 24
 };
 
+// One lease dnsmasq holds on a libvirt network, from GetNetworkDhcpLeases.
+struct DhcpLease {
+  std::string mac;             // lowercase
+  std::string ip;              // "10.240.0.17"
+  int prefix_length = 0;
+  int64_t expiry_unix_s = 0;   // when it runs out unless renewed; 0 = never
+  std::string hostname;        // as the client sent it, may be ""
+};
+
 enum class DomainRunState { kRunning, kPaused, kShutoff, kCrashed, kOther };
 
 struct DomainState {
@@ -191,6 +200,13 @@ class Hypervisor {
   // (virDomainInterfaceAddresses, lease source): one entry per address. Empty
   // until the guest got a lease; kNotFound when the domain does not exist.
   virtual Result<std::vector<InterfaceAddress>> GetDomainInterfaceAddresses(const std::string& domain) = 0;
+  // The IPv4 leases dnsmasq holds on `network` now (virNetworkGetDHCPLeases),
+  // of live guests and of gone ones whose lease has not expired. kNotFound
+  // when there is no such network. The default (for fakes and drivers
+  // without leases) is Unimplemented.
+  virtual Result<std::vector<DhcpLease>> GetNetworkDhcpLeases(const std::string& network) {
+    return Status::Unimplemented("DHCP leases of network '" + network + "' are not available");
+  }
 };
 
 // Connects to a libvirt URI. A daemon that cannot be reached yields

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -820,6 +821,27 @@ class LibvirtHypervisor final : public Hypervisor {
       virDomainInterfaceFree(iface);
     }
     std::free(ifaces);
+    return out;
+  }
+
+  Result<std::vector<DhcpLease>> GetNetworkDhcpLeases(const std::string& network) override {
+    BERTH_ASSIGN_OR_RETURN(SharedConn conn, Conn());
+    NetworkHandle net(virNetworkLookupByName(conn.get(), network.c_str()), virNetworkFree);
+    if (!net) return LastLibvirtError("network '" + network + "'");
+    virNetworkDHCPLeasePtr* leases = nullptr;
+    const int n = virNetworkGetDHCPLeases(net.get(), nullptr, &leases, 0);
+    if (n < 0) return LastLibvirtError("DHCP leases of network '" + network + "'");
+    std::vector<DhcpLease> out;
+    for (int i = 0; i < n; ++i) {
+      const virNetworkDHCPLeasePtr l = leases[i];
+      if (l->type == VIR_IP_ADDR_TYPE_IPV4 && l->mac && l->ipaddr) {
+        DhcpLease lease{l->mac, l->ipaddr, static_cast<int>(l->prefix), l->expirytime, l->hostname ? l->hostname : ""};
+        for (char& c : lease.mac) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        out.push_back(std::move(lease));
+      }
+      virNetworkDHCPLeaseFree(l);
+    }
+    std::free(leases);
     return out;
   }
 

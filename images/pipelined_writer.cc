@@ -1,8 +1,10 @@
 #include "images/pipelined_writer.h"
 
 #include <fcntl.h>
+#include <sys/uio.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <new>
 
@@ -17,10 +19,23 @@ PipelinedWriter::PipelinedWriter(int fd, uint64_t file_offset, Sha256* hash, std
       hash_(hash),
       what_(std::move(what)),
       buffer_bytes_(buffer_bytes == 0 ? kDefaultBufferBytes : buffer_bytes),
-      ring_(buffers < 2 ? 2 : buffers) {
+      ring_(buffers < 2 ? 2 : buffers),
+      claim_at_(file_offset),
+      slot_written_(ring_.size(), 0) {
   original_flags_ = ::fcntl(fd_, F_GETFL);
-  if (original_flags_ >= 0 && start_offset_ % kDirectAlignment == 0 && buffer_bytes_ % kDirectAlignment == 0) {
-    direct_ = (original_flags_ & O_DIRECT) != 0 || ::fcntl(fd_, F_SETFL, original_flags_ | O_DIRECT) == 0;
+  base_flags_ = original_flags_;
+  if (original_flags_ >= 0 && (original_flags_ & O_APPEND) != 0) {
+    // Every pwrite of an O_APPEND fd lands at the end, so parallel writers
+    // would append in completion order: writes go to their offsets instead
+    // (the first is the end anyway), or, if the flag stays, one at a time.
+    if (::fcntl(fd_, F_SETFL, original_flags_ & ~O_APPEND) == 0) {
+      base_flags_ = original_flags_ & ~O_APPEND;
+    } else {
+      writer_threads_ = 1;
+    }
+  }
+  if (base_flags_ >= 0 && start_offset_ % kDirectAlignment == 0 && buffer_bytes_ % kDirectAlignment == 0) {
+    direct_ = (base_flags_ & O_DIRECT) != 0 || ::fcntl(fd_, F_SETFL, base_flags_ | O_DIRECT) == 0;
   }
 }
 
@@ -31,15 +46,14 @@ PipelinedWriter::~PipelinedWriter() {
     failed_ = true;  // nothing more reaches the file
   }
   cv_.notify_all();
-  if (writer_.joinable()) writer_.join();
+  for (auto& w : writers_) w.join();
   if (hasher_.joinable()) hasher_.join();
   if (original_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, original_flags_);
 }
 
 void PipelinedWriter::StopDirect() {
-  if (!direct_) return;
-  direct_ = false;
-  if (original_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, original_flags_ & ~O_DIRECT);
+  if (!direct_.exchange(false)) return;
+  if (base_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, base_flags_ & ~O_DIRECT);
 }
 
 Status PipelinedWriter::Append(std::string_view chunk) {
@@ -60,7 +74,7 @@ Status PipelinedWriter::Append(std::string_view chunk) {
 }
 
 Status PipelinedWriter::Flush() {
-  if (!writer_.joinable()) {
+  if (writers_.empty()) {
     // Never handed anything off: the caller writes the short stream itself.
     if (filling_ && filling_->size > 0) {
       Status st = WriteAt(filling_->data.get(), filling_->size, start_offset_ + handed_bytes_);
@@ -105,12 +119,12 @@ void PipelinedWriter::HandOff() {
     std::lock_guard lock(mu_);
     ++produced_;
   }
-  if (!writer_.joinable()) StartThreads();
+  if (writers_.empty()) StartThreads();
   cv_.notify_all();
 }
 
 void PipelinedWriter::StartThreads() {
-  writer_ = std::thread([this] { WriterLoop(); });
+  for (int i = 0; i < writer_threads_; ++i) writers_.emplace_back([this] { WriterLoop(); });
   if (hash_) hasher_ = std::thread([this] { HasherLoop(); });
 }
 
@@ -128,7 +142,7 @@ Status PipelinedWriter::WriteAt(const char* data, size_t size, uint64_t at) {
       }
     }
     const bool direct = direct_;
-    ssize_t n = ::write(fd_, data + off, want);
+    ssize_t n = ::pwrite(fd_, data + off, want, static_cast<off_t>(at + off));
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EINVAL && direct) {  // the file system refuses direct I/O: buffered from now on
@@ -146,24 +160,83 @@ Status PipelinedWriter::WriteAt(const char* data, size_t size, uint64_t at) {
   return Status::Ok();
 }
 
+Status PipelinedWriter::WriteBuffers(uint64_t first, uint64_t count, uint64_t at) {
+  std::vector<iovec> iov;
+  iov.reserve(count);
+  size_t total = 0;
+  bool whole_blocks = direct_ && at % kDirectAlignment == 0;
+  for (uint64_t i = first; i < first + count; ++i) {
+    const Buffer& buf = ring_[i % ring_.size()];
+    iov.push_back(iovec{buf.data.get(), buf.size});
+    total += buf.size;
+    whole_blocks = whole_blocks && buf.size % kDirectAlignment == 0;
+  }
+  if (!whole_blocks || count == 1) {
+    for (const iovec& v : iov) {
+      BERTH_RETURN_IF_ERROR(WriteAt(static_cast<const char*>(v.iov_base), v.iov_len, at));
+      at += v.iov_len;
+    }
+    return Status::Ok();
+  }
+  // Direct pwritev; a short write (rare) resumes at the first unwritten byte,
+  // which stays block-aligned because every buffer is.
+  size_t done = 0;
+  size_t k = 0;  // first iovec not fully written
+  while (done < total) {
+    ssize_t n = ::pwritev(fd_, iov.data() + k, static_cast<int>(std::min<size_t>(iov.size() - k, IOV_MAX)),
+                          static_cast<off_t>(at + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL) {  // the file system refuses direct I/O: the rest one by one, buffered
+        StopDirect();
+        for (; k < iov.size(); ++k) {
+          BERTH_RETURN_IF_ERROR(WriteAt(static_cast<const char*>(iov[k].iov_base), iov[k].iov_len, at + done));
+          done += iov[k].iov_len;
+        }
+        return Status::Ok();
+      }
+      return StoreWriteError(what_, errno);
+    }
+    done += static_cast<size_t>(n);
+    for (size_t left = static_cast<size_t>(n); left > 0 && k < iov.size();) {
+      if (left >= iov[k].iov_len) {
+        left -= iov[k].iov_len;
+        ++k;
+      } else {
+        iov[k].iov_base = static_cast<char*>(iov[k].iov_base) + left;
+        iov[k].iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 void PipelinedWriter::WriterLoop() {
-  uint64_t next = 0;
-  uint64_t at = start_offset_;
+  const uint64_t max_batch = std::max<size_t>(1, std::min(kMaxBatchBuffers, ring_.size() / 4));
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return next < produced_ || stop_; });
-    if (next >= produced_) return;  // stopped and nothing left
-    const Buffer& buf = ring_[next % ring_.size()];
+    cv_.wait(lock, [&] { return claim_next_ < produced_ || stop_; });
+    if (claim_next_ >= produced_) return;  // stopped and nothing left
+    const uint64_t first = claim_next_;
+    const uint64_t count = std::min(produced_ - first, max_batch);
+    const uint64_t at = claim_at_;
+    for (uint64_t i = first; i < first + count; ++i) claim_at_ += ring_[i % ring_.size()].size;
+    claim_next_ += count;
     const bool skip = failed_;
     lock.unlock();
-    Status st = skip ? Status::Ok() : WriteAt(buf.data.get(), buf.size, at);
-    at += buf.size;
+    Status st = skip ? Status::Ok() : WriteBuffers(first, count, at);
     lock.lock();
     if (!st.ok()) {
       failed_ = true;
       if (error_.ok()) error_ = st;
     }
-    written_ = ++next;
+    for (uint64_t i = first; i < first + count; ++i) slot_written_[i % ring_.size()] = 1;
+    // A buffer counts as written (and its slot reusable) once every earlier one is.
+    while (written_ < claim_next_ && slot_written_[written_ % ring_.size()]) {
+      slot_written_[written_ % ring_.size()] = 0;
+      ++written_;
+    }
     cv_.notify_all();
   }
 }

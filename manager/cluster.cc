@@ -359,7 +359,8 @@ Result<Node*> Cluster::ClaimOnAlternate(const std::string& claim_id, uint32_t vc
     if (report->capacity.disk_bytes > 0 && report->free.disk_bytes < disk) continue;
     BERTH_RETURN_IF_ERROR(
         scheduler_.ClaimOn(name, claim_id, sched::Resources{vcpus, memory_mib, options_.overlay_disk_bytes}));
-    ClaimRow row{claim_id, name, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
+    ClaimRow row{claim_id, name, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs(),
+                 static_cast<int64_t>(options_.overlay_disk_bytes)};
     if (Status s = store_->InsertClaim(row); !s.ok()) {
       (void)scheduler_.Release(claim_id);
       return s;
@@ -394,7 +395,8 @@ Result<Cluster::Placed> Cluster::PlaceWithAlternates(const std::string& claim_id
     (void)scheduler_.Release(claim_id);
     return Status::Internal("scheduler chose unknown node " + placement.node);
   }
-  ClaimRow row{claim_id, placement.node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
+  ClaimRow row{claim_id, placement.node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs(),
+               static_cast<int64_t>(req.disk_bytes)};
   if (Status s = store_->InsertClaim(row); !s.ok()) {
     (void)scheduler_.Release(claim_id);
     return s;
@@ -488,10 +490,17 @@ Status Cluster::ClaimOn(const std::string& claim_id, const std::string& node, ui
     if (held->node == node) return Status::Ok();
     (void)scheduler_.Release(claim_id);
   }
-  BERTH_RETURN_IF_ERROR(
-      scheduler_.ClaimOn(node, claim_id, sched::Resources{vcpus, memory_mib, options_.overlay_disk_bytes}));
+  // A claim re-installed after a restart keeps the disk it held (the
+  // allowance may have changed since); one written before disks were
+  // recorded, or a new one, gets today's allowance.
+  uint64_t disk_bytes = options_.overlay_disk_bytes;
+  if (auto stored = store_->GetClaim(claim_id); stored.ok() && stored->disk_bytes && *stored->disk_bytes >= 0) {
+    disk_bytes = static_cast<uint64_t>(*stored->disk_bytes);
+  }
+  BERTH_RETURN_IF_ERROR(scheduler_.ClaimOn(node, claim_id, sched::Resources{vcpus, memory_mib, disk_bytes}));
   (void)store_->DeleteClaim(claim_id);  // the row may name another node or other amounts
-  ClaimRow row{claim_id, node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs()};
+  ClaimRow row{claim_id, node, vcpus, static_cast<int64_t>(memory_mib), env_->NowUnixMs(),
+               static_cast<int64_t>(disk_bytes)};
   if (Status s = store_->InsertClaim(row); !s.ok()) {
     (void)scheduler_.Release(claim_id);
     return s;

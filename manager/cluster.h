@@ -146,13 +146,15 @@ class Cluster {
   void Release(const std::string& claim_id);
   // Drops claims of executions that are not live (after a restart).
   void ReleaseAllClaims();
-  // Releases the claims held on `node` whose id `keep` rejects (a node that
-  // comes back: claims of executions that ended while it was down); returns
-  // how many went.
+  // Releases the claims held on `node` whose id `keep` rejects; returns how
+  // many went. (A node that comes back: see ReleaseEndedClaimsOn in
+  // manager/reconcile.h for which claims may go.)
   int ReleaseClaimsOn(const std::string& node, const std::function<bool(const std::string& claim_id)>& keep);
   // Reconciliation: re-installs the claim of an adopted execution on `node`
   // (no filter: its VM exists, so it counts even over capacity or on a node
-  // that is not up) and keeps its row in the store. NotFound for an unknown node.
+  // that is not up) and keeps its row in the store. It holds the disk its
+  // stored row says (the overlay allowance when there is no row, or the row
+  // predates recorded disks). NotFound for an unknown node.
   Status ClaimOn(const std::string& claim_id, const std::string& node, uint32_t vcpus, uint64_t memory_mib);
   // Reconciliation: releases every claim (store and scheduler) whose id is
   // not in `keep`; returns how many went.

@@ -61,6 +61,23 @@ void EventService::Start() {
   if (started_) return;
   started_ = true;
   service_->SetExecutionListener([this](const ExecutionRecord& ex) { OnExecutionEnded(ex); });
+  // After subscribing, so an end between the two is published by one or the
+  // other (or both: the log keeps one).
+  if (config_.lifecycle_events) {
+    Service* svc = service_;
+    auto queued = RepublishLifecycleEvents(
+        *log_,
+        [svc](int64_t after_ms, const std::string& after_id, size_t limit) {
+          return svc->ListEndedExecutionsAfter(after_ms, after_id, limit);
+        },
+        log_->env()->NowUnixMs());
+    if (!queued.ok()) {
+      spdlog::warn("re-publishing lifecycle events: {}", queued.status().ToString());
+    } else if (*queued > 0) {
+      spdlog::info("re-published the lifecycle events of {} recently ended executions (those already stored are "
+                   "kept once)", *queued);
+    }
+  }
   if (dispatcher_) dispatcher_->Start();
   ticker_->Start();
 }
@@ -262,10 +279,22 @@ Result<events::RunOutcome> EventService::Run(const events::Delivery& d, const ev
 
 void EventService::OnExecutionEnded(const ExecutionRecord& ex) {
   if (!config_.lifecycle_events) return;
+  std::optional<events::Event> ev = LifecycleEventOf(ex);
+  if (!ev) return;
+  // Not waiting for the commit keeps an fsync off every answer (a gateway
+  // request, an invoke); the event is still committed before anything the
+  // caller writes afterwards (e.g. the delivery's result), and a crash before
+  // the commit is made good by the next Start().
+  if (Status s = log_->PublishSystemOnceDetached(*ev); !s.ok()) {
+    spdlog::warn("lifecycle event for execution {}: {}", ex.id, s.ToString());
+  }
+}
+
+std::optional<events::Event> LifecycleEventOf(const ExecutionRecord& ex) {
   // A run for a system event reports nothing: a trigger on a system topic
   // must not feed itself.
   auto topic = ex.spec.env.find("BERTH_EVENT_TOPIC");
-  if (topic != ex.spec.env.end() && topic->second.rfind("_system.", 0) == 0) return;
+  if (topic != ex.spec.env.end() && topic->second.rfind("_system.", 0) == 0) return std::nullopt;
   bool ok = ex.state == ExecState::kSucceeded;
   json payload = {{"execution_id", ex.id},
                   {"function", ex.function},
@@ -281,12 +310,37 @@ void EventService::OnExecutionEnded(const ExecutionRecord& ex) {
   ev.topic = ok ? kExecutionFinishedTopic : kExecutionFailedTopic;
   ev.content_type = "application/json";
   ev.payload = payload.dump(-1, ' ', false, json::error_handler_t::replace);
-  // Not waiting for the commit keeps an fsync off every answer (a gateway
-  // request, an invoke); the event is still committed before anything the
-  // caller writes afterwards (e.g. the delivery's result).
-  if (Status s = log_->PublishSystemDetached(ev); !s.ok()) {
-    spdlog::warn("lifecycle event for execution {}: {}", ex.id, s.ToString());
+  ev.idempotency_key = ex.id;
+  return ev;
+}
+
+Result<size_t> RepublishLifecycleEvents(events::EventLog& log, const EndedExecutionsFn& ended, int64_t now_ms) {
+  BERTH_ASSIGN_OR_RETURN(std::optional<events::Event> newest,
+                         log.NewestEvent({kExecutionFinishedTopic, kExecutionFailedTopic}));
+  int64_t since = now_ms - kLifecycleReplayMarginMs;
+  if (newest) {
+    // Without a key (published before keys) it cannot dedupe what ended
+    // before it: start after it.
+    since = newest->idempotency_key ? newest->created_ms - kLifecycleReplayMarginMs : newest->created_ms + 1;
   }
+  constexpr size_t kPage = 256;
+  size_t queued = 0;
+  int64_t after_ms = since;
+  std::string after_id;  // "": every id ending at `since` too
+  while (true) {
+    BERTH_ASSIGN_OR_RETURN(std::vector<ExecutionRecord> page, ended(after_ms, after_id, kPage));
+    for (const ExecutionRecord& ex : page) {
+      if (!IsTerminal(ex.state)) continue;
+      std::optional<events::Event> ev = LifecycleEventOf(ex);
+      if (!ev) continue;
+      BERTH_RETURN_IF_ERROR(log.PublishSystemOnceDetached(*ev));
+      ++queued;
+    }
+    if (page.size() < kPage) break;
+    after_ms = page.back().finished_ms;
+    after_id = page.back().id;
+  }
+  return queued;
 }
 
 }  // namespace berth::manager

@@ -21,14 +21,29 @@
 // {"execution_id","function","status","exit_code","signal","error_code",
 //  "error","duration_ms","pid"}. Executions started for an event of a
 // "_system." topic publish none, so a trigger on them cannot loop. The
-// event is queued for the event log's next group commit without waiting for
-// it (EventLog::PublishSystemDetached): an answer never waits for its fsync,
-// and it is still committed before any write the caller makes afterwards.
+// event's idempotency key is the execution id.
+//
+// Lifecycle events are at-least-once delivered to the log and stored once:
+// - An end publishes its event without waiting for the commit
+//   (EventLog::PublishSystemOnceDetached): an answer never waits for an
+//   fsync, and the event is still committed before any write the caller
+//   makes afterwards. A crash in that window (about one fsync) loses it
+//   while the end is already durable in the store.
+// - So Start() re-publishes, from the store, the event of every execution
+//   that ended since kLifecycleReplayMarginMs before the newest lifecycle
+//   event the log holds (RepublishLifecycleEvents). The event log commits
+//   in submission order, so everything submitted before that event was
+//   committed; the margin covers the time between an end being recorded and
+//   its event being submitted. Ends that reconciliation recorded at startup
+//   (executions left running, ended lost) are published this way too.
+// - The event log keeps one event per (tenant, topic, execution id), however
+//   old: a re-published event that did commit is dropped by the writer.
 //
 // Every per-tenant method acts within caller.tenant only; another tenant's
 // objects are NotFound. All methods are thread-safe.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,6 +63,27 @@ namespace berth::manager {
 inline constexpr const char* kInvokeContentType = "application/vnd.berth.invoke+json";
 inline constexpr const char* kExecutionFinishedTopic = "_system.execution.finished";
 inline constexpr const char* kExecutionFailedTopic = "_system.execution.failed";
+// How long before the newest stored lifecycle event a restart looks for ends
+// whose event may be missing (see the header comment).
+inline constexpr int64_t kLifecycleReplayMarginMs = 5 * 60'000;
+
+// The lifecycle event of an ended execution (topic, tenant, JSON payload,
+// idempotency key = execution id); nullopt for a run of a "_system." event.
+std::optional<events::Event> LifecycleEventOf(const ExecutionRecord& ex);
+
+// Ended executions strictly after a (finished_ms, id) cursor, in end order
+// (Store::ListEndedExecutionsAfter / Service::ListEndedExecutionsAfter).
+using EndedExecutionsFn = std::function<Result<std::vector<ExecutionRecord>>(
+    int64_t after_finished_ms, const std::string& after_id, size_t limit)>;
+
+// Queues (EventLog::PublishSystemOnceDetached) the lifecycle event of every
+// execution `ended` lists from `since` on, where since is the newest
+// lifecycle event's created_ms - kLifecycleReplayMarginMs, or now_ms -
+// kLifecycleReplayMarginMs when the log holds none. (An event stored before
+// lifecycle events had keys cannot dedupe a re-publish; then since is just
+// after it.) Returns how many events were queued; those already stored are
+// dropped by the writer.
+Result<size_t> RepublishLifecycleEvents(events::EventLog& log, const EndedExecutionsFn& ended, int64_t now_ms);
 
 struct EventServiceConfig {
   events::EventLogOptions log;  // log.db_path: e.g. <data dir>/events.db
@@ -71,9 +107,11 @@ class EventService final : public events::FunctionRunner {
   static Result<std::unique_ptr<EventService>> Open(Env* env, Service* service, EventServiceConfig config);
   ~EventService() override;  // Stop()s
 
-  // Starts the dispatcher workers and the cron ticker, and subscribes to the
-  // Service's execution ends. Stop() undoes all three, waiting for attempts
-  // in flight (call it before the Service goes away).
+  // Subscribes to the Service's execution ends, re-publishes the lifecycle
+  // events a crash may have lost (RepublishLifecycleEvents; a failure there
+  // is logged), and starts the dispatcher workers and the cron ticker.
+  // Stop() undoes all three, waiting for attempts in flight (call it before
+  // the Service goes away).
   void Start();
   void Stop();
   // Takes no new deliveries; attempts that the stop interrupts stay for the

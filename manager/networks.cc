@@ -77,6 +77,11 @@ Result<net::NetworkPolicy> FunctionNetworkPolicy(const FunctionSpec& spec) {
 std::string OwnerTag(const std::string& owner) { return Sha256::HexOf(owner).substr(0, 8); }
 
 namespace {
+std::string LowerMac(std::string mac) {
+  for (char& c : mac) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return mac;
+}
+
 std::string OwnerKey(const std::string& owner, const std::string& tenant) {
   std::string key = owner;
   key += '\0';  // ("a", "bc") and ("ab", "c") must differ
@@ -109,7 +114,10 @@ Result<Networks::InUse> Networks::ScanDomains(hv::Hypervisor& hv) {
     auto nics = hv::ParseDomainNics(*xml);
     if (!nics.ok()) continue;
     for (const hv::NicSpec& nic : *nics) {
-      if (nic.network.rfind(net::kNetworkNamePrefix, 0) == 0) ++in_use.networks[nic.network];
+      if (nic.network.rfind(net::kNetworkNamePrefix, 0) == 0) {
+        ++in_use.networks[nic.network];
+        if (!nic.mac.empty()) in_use.macs[nic.network].insert(LowerMac(nic.mac));
+      }
       if (nic.filter.rfind(net::kNwFilterNamePrefix, 0) == 0) ++in_use.filters[nic.filter];
     }
   }
@@ -155,7 +163,8 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
   Status last = Status::Ok();
   for (int attempt = 0; attempt < 3; ++attempt) {
     BERTH_ASSIGN_OR_RETURN(subnet, SubnetFor(hv, name));
-    BERTH_ASSIGN_OR_RETURN(network, net::MakeTenantNetworkSpec(tenant, policy.mode, subnet));
+    BERTH_ASSIGN_OR_RETURN(network,
+                           net::MakeTenantNetworkSpec(tenant, policy.mode, subnet, config_.dhcp_lease_minutes));
     network.name = name;
     network.bridge = net::TenantBridgeName(OwnerKey(config_.owner, tenant), policy.mode);
     last = hv.EnsureNetwork(network);
@@ -185,6 +194,9 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
   }
   ++network_refs_[node][name];
   ++filter_refs_[node][filter.name];
+  // A network an earlier berthd left (kept for its running domains): its
+  // leases name the MACs to hand out first.
+  if (seeded_[node].count(name) == 0) SeedFreeMacs(hv, node, name, nullptr);
 
   NetAttachment a;
   a.node = node;
@@ -195,13 +207,6 @@ Result<NetAttachment> Networks::Acquire(hv::Hypervisor& hv, const std::string& n
   a.nic = net::MakeNic(network, TakeMac(node, name), filter.name);
   return a;
 }
-
-namespace {
-std::string LowerMac(std::string mac) {
-  for (char& c : mac) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return mac;
-}
-}  // namespace
 
 std::string Networks::TakeMac(const std::string& node, const std::string& network) {
   MacPool& pool = macs_[node][network];
@@ -224,8 +229,58 @@ void Networks::ForgetMacs(const std::string& node, const std::string& network) {
   if (it == n->second.end()) return;
   // Held MACs stay known (their VMs may still be around); released ones lose
   // their meaning with the network's leases.
+  seeded_[node].erase(network);
   it->second.free.clear();
   if (it->second.in_use.empty()) n->second.erase(it);
+}
+
+void Networks::SeedFreeMacs(hv::Hypervisor& hv, const std::string& node, const std::string& network,
+                            const InUse* in_use) {
+  auto leases = hv.GetNetworkDhcpLeases(network);
+  if (!leases.ok()) {
+    const Code code = leases.status().code();
+    // No leases to read here (a driver without them, e.g. libvirt's test
+    // driver, or an inactive network): nothing to seed, nor to ask again.
+    if (code == Code::kUnimplemented || code == Code::kFailedPrecondition || code == Code::kNotFound) {
+      seeded_[node].insert(network);
+    } else {
+      spdlog::warn("node {}: DHCP leases of {}: {} (tried again later)", node, network, leases.status().ToString());
+    }
+    return;
+  }
+  seeded_[node].insert(network);
+  if (leases->empty()) return;  // a new network: nothing to scan for
+  InUse scanned;
+  if (!in_use) {
+    auto got = ScanDomains(hv);
+    if (!got.ok()) {
+      seeded_[node].erase(network);  // next time
+      spdlog::warn("node {}: seeding the free MACs of {}: {}", node, network, got.status().ToString());
+      return;
+    }
+    scanned = std::move(*got);
+    in_use = &scanned;
+  }
+  std::stable_sort(leases->begin(), leases->end(),
+                   [](const hv::DhcpLease& a, const hv::DhcpLease& b) { return a.expiry_unix_s < b.expiry_unix_s; });
+  static const std::set<std::string> kNone;
+  auto live = in_use->macs.find(network);
+  const std::set<std::string>& live_macs = live == in_use->macs.end() ? kNone : live->second;
+  MacPool& pool = macs_[node][network];
+  std::vector<std::string> seeded;
+  for (const hv::DhcpLease& lease : *leases) {
+    const std::string mac = LowerMac(lease.mac);
+    if (mac.empty() || live_macs.count(mac) || pool.in_use.count(mac) ||
+        std::find(pool.free.begin(), pool.free.end(), mac) != pool.free.end() ||
+        std::find(seeded.begin(), seeded.end(), mac) != seeded.end()) {
+      continue;
+    }
+    seeded.push_back(mac);
+  }
+  if (seeded.empty()) return;
+  // Below the MACs released since the start: those go first.
+  pool.free.insert(pool.free.begin(), seeded.begin(), seeded.end());
+  spdlog::info("node {}: {} MAC(s) of earlier VMs on {} will be handed out again", node, seeded.size(), network);
 }
 
 bool Networks::MacMayBeHeld(hv::Hypervisor& hv, const NetAttachment& a) {
@@ -329,7 +384,10 @@ Status Networks::Sweep(hv::Hypervisor& hv, const std::string& node) {
   }
   BERTH_ASSIGN_OR_RETURN(auto networks, hv.ListNetworks(OwnedNetworkPrefix(config_.owner)));
   for (const std::string& n : networks) {
-    if (net_refs.count(n) || in_use.networks.count(n)) continue;
+    if (net_refs.count(n) || in_use.networks.count(n)) {
+      SeedFreeMacs(hv, node, n, &in_use);  // kept: its leases' MACs are free again
+      continue;
+    }
     Status s = hv.DestroyNetwork(n);
     if (!s.ok() && first.ok()) first = s;
     if (s.ok()) {

@@ -18,16 +18,22 @@
 // network uses stay bounded by its peak number of concurrent VMs, not by the
 // starts per lease time. A MAC is recycled only after Release, and only when
 // no berth domain on the node still shows it (a failed destroy keeps it out
-// of the free list for good). Adopt marks the MAC of an adopted domain in
-// use. The free list of a network goes with the network; after a berthd
-// restart it starts empty. The nwfilter pins each NIC to its own MAC
-// (clean-traffic MAC=) and learns its IP from that NIC's DHCP exchange, so a
-// recycled MAC on a new VM passes exactly like a fresh one, and a restored
-// template or fork child cannot send with an old MAC it still holds in memory.
+// of the free list until a later Sweep sees it gone). Adopt marks the MAC
+// of an adopted domain in use. The free list of a network goes with the
+// network. After a berthd restart, the free list of a network that is kept
+// is seeded from the network's DHCP leases (the MACs of earlier VMs whose
+// leases dnsmasq still holds) minus the MACs of live domains and of NICs
+// handed out: by Sweep, and by the first Acquire on a network this process
+// has not seen yet, so a restart does not leak a new set of leases. The
+// nwfilter pins each NIC to its own MAC (clean-traffic MAC=) and learns its
+// IP from that NIC's DHCP exchange, so a recycled MAC on a new VM passes
+// exactly like a fresh one, and a restored template or fork child cannot
+// send with an old MAC it still holds in memory.
 //   Sweep     (berthd start, node reconcile) removes this owner's networks
 //             (berth-net-<tag>-*) and filters (berth-fw-<tag>-*) that no
 //             reference and no running domain uses, so nothing leaks across restarts;
-//             networks of running (adopted) domains are counted instead.
+//             networks of running (adopted) domains are kept, and their free
+//             MAC lists seeded from their leases (above).
 //
 // Subnets come from the configured pool (net::SubnetAllocator): the lowest
 // block no berth network on the node uses yet; an existing network keeps its
@@ -52,6 +58,7 @@
 #include "manager/types.h"
 #include "net/network_policy.h"
 #include "net/subnet_allocator.h"
+#include "net/tenant_network.h"
 
 namespace berth::manager {
 
@@ -87,6 +94,9 @@ struct NetworksConfig {
   // with this berthd's tag, so several berthds on one libvirt host never
   // remove each other's networks.
   std::string owner;
+  // Lease time of the tenant networks it creates (an existing network keeps
+  // its own): at least net::kMinLeaseMinutes; the guest renews at half.
+  int dhcp_lease_minutes = net::kTenantLeaseMinutes;
 };
 
 // Names of one owner's objects: "berth-net-<tag8>-{e|i}-<10 hex of
@@ -128,6 +138,7 @@ class Networks {
  private:
   struct InUse {
     std::map<std::string, int> networks, filters;  // name -> running domains using it
+    std::map<std::string, std::set<std::string>> macs;  // network -> MACs (lowercase) of running domains on it
   };
   // Networks and filters of running berth domains on the node.
   Result<InUse> ScanDomains(hv::Hypervisor& hv);
@@ -137,6 +148,11 @@ class Networks {
   // The MAC for a new NIC on `network` (mu_ held): a released one, else a fresh one.
   std::string TakeMac(const std::string& node, const std::string& network);
   void ForgetMacs(const std::string& node, const std::string& network);  // the network is gone
+  // Puts the MACs of `network`'s DHCP leases that no running domain (in
+  // `in_use`, or scanned now when null) and no handed-out NIC holds on its
+  // free list, oldest lease first (mu_ held). Errors are logged: the list
+  // then just stays as it was.
+  void SeedFreeMacs(hv::Hypervisor& hv, const std::string& node, const std::string& network, const InUse* in_use);
   Result<net::Cidr> SubnetFor(hv::Hypervisor& hv, const std::string& network);
 
   NetworksConfig config_;
@@ -149,6 +165,8 @@ class Networks {
   };
   // node -> network name -> its MACs.
   std::map<std::string, std::map<std::string, MacPool>> macs_;
+  // node -> networks whose free list was seeded from their leases.
+  std::map<std::string, std::set<std::string>> seeded_;
 };
 
 }  // namespace berth::manager

@@ -72,6 +72,16 @@ std::string VolumeExecutionId(const std::string& name) {
 
 }  // namespace
 
+int ReleaseEndedClaimsOn(Store& store, Cluster& cluster, const std::string& node,
+                         const std::function<bool(const std::string&)>& is_live) {
+  return cluster.ReleaseClaimsOn(node, [&](const std::string& id) {
+    if (is_live(id)) return true;
+    // Read after is_live: a start registered meanwhile has an unfinished record by now.
+    auto rec = store.GetExecution(id);
+    return !(rec.ok() && IsTerminal(rec->state));
+  });
+}
+
 Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& cluster, Executor& executor,
                                               const std::function<void(const ExecutionRecord&)>& on_lost) {
   ReconcileReport report;

@@ -41,6 +41,17 @@ struct ReconcileReport {
   int volumes_deleted = 0;
 };
 
+// A node that answers again (Cluster::SetReconcileHook), once its leftovers
+// are gone: releases the claims held on `node` by executions that ended,
+// i.e. that are not live (`is_live`) and whose record is final. A claim with
+// no record yet, or an unfinished one, is a placement in flight (claimed,
+// not yet registered live; the executor registers live before it writes the
+// record, and `is_live` is asked first): it stays, however the release and
+// the start interleave, and the start releases it itself if it fails.
+// Returns how many claims went.
+int ReleaseEndedClaimsOn(Store& store, Cluster& cluster, const std::string& node,
+                         const std::function<bool(const std::string& execution_id)>& is_live);
+
 // `on_lost` (may be empty) sees each record ended lost, after the whole
 // routine ran (step 7), so that retryable work can be re-run elsewhere.
 Result<ReconcileReport> ReconcileAfterRestart(Env* env, Store& store, Cluster& cluster, Executor& executor,

@@ -189,7 +189,9 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
   svc->cluster_->SetReconcileHook([raw](Node& n) -> Status {
     BERTH_RETURN_IF_ERROR(raw->ReconcileNode(n));
     Executor* executor = raw->executor_.get();
-    raw->cluster_->ReleaseClaimsOn(n.name(), [executor](const std::string& id) { return executor->IsLive(id); });
+    // Only claims of ended executions: one placed there just before is in flight.
+    ReleaseEndedClaimsOn(*raw->store_, *raw->cluster_, n.name(),
+                         [executor](const std::string& id) { return executor->IsLive(id); });
     return Status::Ok();
   });
   svc->cluster_->StartMonitor();
@@ -809,6 +811,11 @@ Result<ExecutionRecord> Service::Wait(const Principal& caller, int64_t pid, int6
 
 Result<std::vector<ExecutionRecord>> Service::ListExecutions(const Principal& caller, const ExecutionFilter& filter) {
   return store_->ListExecutions(caller.tenant, filter);
+}
+
+Result<std::vector<ExecutionRecord>> Service::ListEndedExecutionsAfter(int64_t after_finished_ms,
+                                                                       const std::string& after_id, size_t limit) {
+  return store_->ListEndedExecutionsAfter(after_finished_ms, after_id, limit);
 }
 
 Result<ExecutionRecord> Service::CancelExecution(const Principal& caller, const std::string& id) {

@@ -198,6 +198,10 @@ class Service {
                                                       size_t limit);
 
   Result<std::vector<ExecutionRecord>> ListExecutions(const Principal& caller, const ExecutionFilter& filter);
+  // Every tenant's ended executions after a (finished_ms, id) cursor, in end
+  // order (Store::ListEndedExecutionsAfter); for the event engine's restart.
+  Result<std::vector<ExecutionRecord>> ListEndedExecutionsAfter(int64_t after_finished_ms,
+                                                                const std::string& after_id, size_t limit);
   // Stops a live execution (SIGKILL).
   Result<ExecutionRecord> CancelExecution(const Principal& caller, const std::string& id);
   // stdout, stderr and console of an execution: live ones as they are now.

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS nodes (
   created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (
   id TEXT PRIMARY KEY, node TEXT NOT NULL, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
-  created_ms INTEGER NOT NULL);
+  created_ms INTEGER NOT NULL, disk_bytes INTEGER);
 CREATE INDEX IF NOT EXISTS claims_by_node ON claims(node);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters(name, value) VALUES ('pid', 1);
@@ -97,6 +97,12 @@ UPDATE executions SET name = function WHERE name = '';
 // Version < 5 -> 5 (guest networking): the execution's NIC (MAC, addresses).
 constexpr const char* kMigrateV4Executions = R"sql(
 ALTER TABLE executions ADD COLUMN network TEXT NOT NULL DEFAULT '{}';
+)sql";
+
+// Version < 6 -> 6: the disk a claim holds (NULL in rows written before:
+// unknown). Only for a claims table that exists without the column.
+constexpr const char* kMigrateV5Claims = R"sql(
+ALTER TABLE claims ADD COLUMN disk_bytes INTEGER;
 )sql";
 
 // A prepared statement bound positionally; finalized on scope exit.
@@ -360,10 +366,20 @@ Status Store::Migrate() {
                                       " is newer than this berthd understands (" + std::to_string(kSchemaVersion) +
                                       ")");
   }
+  // (claims came with nodes, so old databases may have no claims table at all)
+  bool claims_lack_disk = false;
+  {
+    Stmt st(db_,
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'claims'), "
+            "(SELECT count(*) FROM pragma_table_info('claims') WHERE name = 'disk_bytes')");
+    if (st.Step() != SQLITE_ROW) return st.Error("inspecting schema");
+    claims_lack_disk = st.Int(0) > 0 && st.Int(1) == 0;
+  }
   std::string sql = "BEGIN IMMEDIATE;\n";
   if (version == 1) sql += kMigrateV1Before;
   if (version == 1 || version == 2) sql += kMigrateV2Executions;
   if (version < 5) sql += kMigrateV4Executions;
+  if (claims_lack_disk) sql += kMigrateV5Claims;
   sql += kSchema;
   if (version == 1) sql += kMigrateV1After;
   sql += "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";\nCOMMIT;";
@@ -752,10 +768,21 @@ Result<int64_t> Store::PruneFinishedExecutions(size_t keep, int64_t finished_bef
   Stmt st(db_,
           "DELETE FROM executions WHERE finished_ms > 0 AND finished_ms < ? AND state NOT IN "
           "('pending','placing','starting','running') AND id NOT IN (SELECT id FROM executions WHERE finished_ms > 0 "
-          "ORDER BY finished_ms DESC LIMIT ?)");
+          "ORDER BY finished_ms DESC LIMIT ?) AND id NOT IN (SELECT id FROM claims)");
   st.Bind(finished_before_ms > 0 ? finished_before_ms : int64_t{1} << 62).Bind(static_cast<int64_t>(keep));
   if (st.Step() != SQLITE_DONE) return st.Error("pruning executions");
   return static_cast<int64_t>(sqlite3_changes(db_));
+}
+
+Result<std::vector<ExecutionRecord>> Store::ListEndedExecutionsAfter(int64_t after_finished_ms,
+                                                                    const std::string& after_id, size_t limit) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kExecCols +
+                " FROM executions WHERE finished_ms > 0 AND state NOT IN ('pending','placing','starting','running') "
+                "AND (finished_ms > ? OR (finished_ms = ? AND id > ?)) ORDER BY finished_ms, id LIMIT ?")
+                   .c_str());
+  st.Bind(after_finished_ms).Bind(after_finished_ms).Bind(after_id).Bind(static_cast<int64_t>(limit));
+  return st.Collect(ExecutionFromRow, "listing ended executions");
 }
 
 Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
@@ -794,8 +821,13 @@ Status Store::DeleteNode(const std::string& name) {
 
 Status Store::InsertClaim(const ClaimRow& c) {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "INSERT INTO claims(id, node, vcpus, memory_mib, created_ms) VALUES (?,?,?,?,?)");
+  Stmt st(db_, "INSERT INTO claims(id, node, vcpus, memory_mib, created_ms, disk_bytes) VALUES (?,?,?,?,?,?)");
   st.Bind(c.id).Bind(c.node).Bind(c.vcpus).Bind(c.memory_mib).Bind(c.created_ms);
+  if (c.disk_bytes) {
+    st.Bind(*c.disk_bytes);
+  } else {
+    st.BindNull();
+  }
   int rc = st.Step();
   if (rc == SQLITE_CONSTRAINT) return Status::AlreadyExists("claim '" + c.id + "' exists");
   if (rc != SQLITE_DONE) return st.Error("storing claim");
@@ -810,11 +842,29 @@ Status Store::DeleteClaim(const std::string& id) {
   return Status::Ok();
 }
 
+namespace {
+constexpr const char* kClaimCols = "id, node, vcpus, memory_mib, created_ms, disk_bytes";
+ClaimRow ClaimFromRow(const Stmt& r) {
+  ClaimRow c{r.Text(0), r.Text(1), r.Int(2), r.Int(3), r.Int(4)};
+  if (!r.IsNull(5)) c.disk_bytes = r.Int(5);
+  return c;
+}
+}  // namespace
+
 Result<std::vector<ClaimRow>> Store::ListClaims() {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "SELECT id, node, vcpus, memory_mib, created_ms FROM claims ORDER BY created_ms");
-  return st.Collect([](const Stmt& r) { return ClaimRow{r.Text(0), r.Text(1), r.Int(2), r.Int(3), r.Int(4)}; },
-                    "listing claims");
+  Stmt st(db_, (std::string("SELECT ") + kClaimCols + " FROM claims ORDER BY created_ms").c_str());
+  return st.Collect(ClaimFromRow, "listing claims");
+}
+
+Result<ClaimRow> Store::GetClaim(const std::string& id) {
+  std::lock_guard lock(mu_);
+  Stmt st(db_, (std::string("SELECT ") + kClaimCols + " FROM claims WHERE id = ?").c_str());
+  st.Bind(id);
+  int rc = st.Step();
+  if (rc == SQLITE_ROW) return ClaimFromRow(st);
+  if (rc == SQLITE_DONE) return Status::NotFound("claim '" + id + "' does not exist");
+  return st.Error("reading claim");
 }
 
 }  // namespace berth::manager

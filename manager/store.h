@@ -30,6 +30,9 @@ struct NodeRow {
 struct ClaimRow {
   std::string id, node;
   int64_t vcpus = 0, memory_mib = 0, created_ms = 0;
+  // Disk bytes the claim holds on the node (schema 6); unset for a row an
+  // older berthd wrote, whose disk was not recorded.
+  std::optional<int64_t> disk_bytes;
 };
 
 struct ImageTag {
@@ -57,7 +60,7 @@ class Store {
   // The schema version this code writes (PRAGMA user_version). Version 1 is
   // the pre-tenancy schema (user_version 0 with tables present); Open
   // migrates older databases in place, in one transaction.
-  static constexpr int kSchemaVersion = 5;  // 4: image_tags; 5: executions.network
+  static constexpr int kSchemaVersion = 6;  // 4: image_tags; 5: executions.network; 6: claims.disk_bytes
   Result<int> SchemaVersion();
 
   // Images: one record per (tenant, id); the file behind them is shared
@@ -120,8 +123,14 @@ class Store {
   // The tenant's process `pid`; NotFound (field "pid") for others' pids too.
   Result<ExecutionRecord> GetExecutionByPid(const std::string& tenant, int64_t pid);
   // Retention: deletes finished records beyond the newest `keep` that
-  // finished before `finished_before_ms` (0: any time). Returns how many.
+  // finished before `finished_before_ms` (0: any time), except those whose
+  // claim is still held (its release needs the record). Returns how many.
   Result<int64_t> PruneFinishedExecutions(size_t keep, int64_t finished_before_ms);
+  // Ended executions of every tenant, in end order: finished_ms, then id,
+  // strictly after the cursor (after_finished_ms, after_id); at most `limit`.
+  // Start with (since_ms, "") to get those that ended at since_ms or later.
+  Result<std::vector<ExecutionRecord>> ListEndedExecutionsAfter(int64_t after_finished_ms, const std::string& after_id,
+                                                                size_t limit);
   // Nodes. PutNode inserts or updates by name; AlreadyExists if another node has the uri.
   Status PutNode(const NodeRow& node);
   Result<std::vector<NodeRow>> ListNodes();
@@ -130,6 +139,8 @@ class Store {
   Status InsertClaim(const ClaimRow& claim);
   Status DeleteClaim(const std::string& id);  // a missing claim is fine
   Result<std::vector<ClaimRow>> ListClaims();
+  // NotFound for an unknown claim id.
+  Result<ClaimRow> GetClaim(const std::string& id);
 
   // Executions that were not terminal when berthd stopped (for reconciliation).
   Result<std::vector<ExecutionRecord>> ListUnfinishedExecutions();

@@ -14,7 +14,9 @@
 // read it by then): no copy of the image. Clones that start while one does,
 // or whose header does not fit, restore from a copy (tplclone-*.save).
 // Before the save the guest drops its caches and zero-fills its free memory
-// (ExecMsg::release_memory), so the image holds little more than used pages.
+// (ExecMsg::release_memory), so the image holds little more than used pages;
+// then it reads the entrypoint's files back into the page cache (ExecMsg::argv
+// with prepare_only), so a clone's first call does not read them from disk.
 //
 // Storage, all in the node's pool and all through libvirt, so templates work
 // on remote nodes and are found again after a berthd restart:
@@ -58,7 +60,9 @@ namespace berth::manager {
 // its disk state (tpl-<key>.disk) for its clones.
 // 3: the guest drops its caches and zero-fills its free memory before the
 // save (ExecMsg::release_memory), so the save image holds only used pages.
-inline constexpr uint32_t kTemplateFormatVersion = 3;
+// 4: then the entrypoint's files (executable, interpreter, libraries) are
+// read back into the page cache (ExecMsg::argv with prepare_only).
+inline constexpr uint32_t kTemplateFormatVersion = 4;
 
 // Everything a saved guest depends on. Two guests with equal inputs are
 // interchangeable; any difference gives another key.

@@ -359,7 +359,7 @@ void WarmPools::EnsureTemplate(Node& node, const FunctionRecord& fn, const image
   {
     std::lock_guard lock(mu_);
     if (stopping_ || !building_.insert(key).second) return;
-    Spawn([this, cache, key, fn, image, nic = BuildNicFor(node, fn)] {
+    Spawn([this, cache, key, fn, image, nic = BuildNicFor(node, fn, TemplateDomainName(key))] {
       auto built = cache->Ensure(fn, image, nic);
       if (!built.ok()) {
         spdlog::warn("template of function {} v{} ({}): {}", fn.spec.name, fn.version, key.substr(0, 16),
@@ -483,7 +483,8 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   };
   const int64_t b0 = env_->MonotonicMs();
   if (TemplateCache* cache = fn.spec.snapshot ? node.templates() : nullptr) {
-    auto tpl = cache->Ensure(fn, image, BuildNicFor(node, fn));
+    const std::string build_domain = TemplateDomainName(cache->KeyFor(fn, image));
+    auto tpl = cache->Ensure(fn, image, BuildNicFor(node, fn, build_domain));
     Status why = tpl.status();
     if (tpl.ok()) {
       CloneRequest req{vm.domain, "", title, md, ovl.path, console_path};
@@ -494,7 +495,7 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
         vm.agent = std::move(clone->agent);
         vm.made_by = "template";
         BERTH_RETURN_IF_ERROR(lease());
-        PrepareRootfs(vm);
+        PrepareRootfs(vm, fn);
         WarmUp(vm);
         vm.boot_ms = env_->MonotonicMs() - b0;
         teardown.reserved(0, 0);  // the pool owns the reservation now
@@ -528,7 +529,7 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   BERTH_RETURN_IF_ERROR(vm.agent->Hello(options_.boot_timeout_ms).status());
   BERTH_RETURN_IF_ERROR(lease());
   vm.made_by = "cold";
-  PrepareRootfs(vm);
+  PrepareRootfs(vm, fn);
   WarmUp(vm);
   vm.boot_ms = env_->MonotonicMs() - b0;
   teardown.reserved(0, 0);
@@ -536,11 +537,16 @@ Result<PooledVm> WarmPools::MakeVm(Node& node, const FunctionRecord& fn, const i
   return vm;
 }
 
-void WarmPools::PrepareRootfs(PooledVm& vm) {
+void WarmPools::PrepareRootfs(PooledVm& vm, const FunctionRecord& fn) {
   // The agent mounts the root filesystem at the first Exec; under TCG that
-  // mount is most of a warm call's run phase, so a pooled VM does it now.
+  // mount is most of a warm call's run phase, so a pooled VM does it now,
+  // and reads the entrypoint's files (a clone of a template has them cached
+  // already; a cold-booted VM reads them from its disk here, not in a call).
   agent::ExecMsg prepare;
   prepare.prepare_only = true;
+  prepare.argv = fn.spec.entrypoint;
+  prepare.env = fn.spec.env;
+  prepare.cwd = fn.spec.cwd;
   auto done = vm.agent->Exec(prepare, "", 4096, options_.boot_timeout_ms);
   if (!done.ok() || !done->exit.error_code.empty()) {
     spdlog::warn("warm pool VM {}: preparing its root filesystem: {}", vm.domain,
@@ -578,12 +584,13 @@ void WarmPools::Destroy(Node& node, PooledVm& vm) {
   vm.domain.clear();
 }
 
-BuildNicSource WarmPools::BuildNicFor(Node& node, const FunctionRecord& fn) {
+BuildNicSource WarmPools::BuildNicFor(Node& node, const FunctionRecord& fn, const std::string& build_domain) {
   auto policy = FunctionNetworkPolicy(fn.spec);
   if (!options_.networks || !policy.ok() || policy->mode == net::NetworkMode::kNone) return {};
   Networks* networks = options_.networks;
-  return [networks, &node, tenant = fn.tenant, policy = *policy]() -> Result<BuildNic> {
+  return [networks, &node, tenant = fn.tenant, policy = *policy, build_domain]() -> Result<BuildNic> {
     BERTH_ASSIGN_OR_RETURN(NetAttachment a, networks->Acquire(node.hypervisor(), node.name(), tenant, policy));
+    a.domain = build_domain;  // Release then looks that one domain up, not every berth domain
     BuildNic nic;
     nic.nic = a.nic;
     nic.release = [networks, &node, a] { networks->Release(node.hypervisor(), a); };

@@ -249,9 +249,12 @@ class WarmPools {
   // the paths every call takes warm without running anything of the image.
   void WarmUp(PooledVm& vm);
   void Destroy(Node& node, PooledVm& vm);
-  void PrepareRootfs(PooledVm& vm);
-  // The NIC of fn's template build guest (empty for functions without a network).
-  BuildNicSource BuildNicFor(Node& node, const FunctionRecord& fn);
+  // Mounts the root filesystem and reads fn's entrypoint files into the page cache.
+  void PrepareRootfs(PooledVm& vm, const FunctionRecord& fn);
+  // The NIC of fn's template build guest (empty for functions without a
+  // network); `build_domain` (TemplateDomainName of the template's key) is
+  // the domain that holds it, so its release checks that one domain only.
+  BuildNicSource BuildNicFor(Node& node, const FunctionRecord& fn, const std::string& build_domain);
   void Spawn(std::function<void()> fn);
   void PublishLocked(const Pool& pool);
 

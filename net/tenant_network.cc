@@ -4,12 +4,18 @@
 
 namespace berth::net {
 
-Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, NetworkMode mode, const Cidr& subnet) {
+Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, NetworkMode mode, const Cidr& subnet,
+                                              int lease_minutes) {
   if (mode == NetworkMode::kNone) {
     return Status::InvalidArgument("network.mode", "mode 'none' has no network");
   }
   if (subnet.prefix < 8 || subnet.prefix > 29) {
     return Status::InvalidArgument("subnet", "a tenant subnet must be a /8 to /29, got " + subnet.ToString());
+  }
+  if (lease_minutes < kMinLeaseMinutes) {
+    return Status::InvalidArgument("dhcp_lease_minutes", "a DHCP lease must last at least " +
+                                                             std::to_string(kMinLeaseMinutes) + " minutes, got " +
+                                                             std::to_string(lease_minutes));
   }
   hv::NetworkSpec spec;
   spec.name = TenantNetworkName(tenant, mode);
@@ -20,7 +26,7 @@ Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, Network
   // The first addresses stay free for the gateway and static entries.
   spec.dhcp_start = FormatIpv4Address(subnet.first() + (subnet.size() >= 32 ? 10 : 2));
   spec.dhcp_end = FormatIpv4Address(subnet.last() - 1);
-  spec.dhcp_lease_minutes = kTenantLeaseMinutes;
+  spec.dhcp_lease_minutes = lease_minutes;
   spec.dns = mode == NetworkMode::kEgress;  // why: see hv::NetworkSpec::dns
   spec.dhcp_ping_check = false;  // only berth's own guests lease here; see hv::NetworkSpec
   BERTH_RETURN_IF_ERROR(hv::ValidateNetworkSpec(spec));

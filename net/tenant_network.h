@@ -22,21 +22,27 @@
 
 namespace berth::net {
 
-// DHCP lease time on tenant networks. The manager recycles the MACs of
-// destroyed VMs (manager/networks.h), so the leases a network holds are
-// bounded by its peak number of VMs, not by how often VMs start: the lease
-// time need not be short to give addresses back. It must instead outlast the
-// time a guest keeps its address without asking again (the agent takes one
-// lease, udhcpc -q, and does not renew), e.g. an idle warm-pool VM, so that
-// dnsmasq never hands a live guest's address to another one.
+// DHCP lease time on tenant networks (the default; NetworksConfig and
+// berthd's --dhcp-lease-minutes may lower it, e.g. for tests). The manager
+// recycles the MACs of destroyed VMs (manager/networks.h), so the leases a
+// network holds are bounded by its peak number of VMs, not by how often VMs
+// start: the lease time need not be short to give addresses back. The guest
+// agent keeps a udhcpc running that renews at half the lease time
+// (guest/agent/network.h), so a long-lived VM keeps its address however
+// long the lease; a long lease still rides out a guest that is paused or
+// too busy to renew for a while.
 inline constexpr int kTenantLeaseMinutes = 24 * 60;
+// dnsmasq's shortest lease: it raises anything shorter to 2 minutes.
+inline constexpr int kMinLeaseMinutes = 2;
 
 // The tenant network for `mode` (kEgress: NAT + DNS; kIsolated: no forward,
 // DNS off) on `subnet`: gateway = first address, DHCP pool from the 10th
 // address (the 2nd in subnets smaller than /27) to the last but one, leases
-// of kTenantLeaseMinutes.
-// InvalidArgument (field "network.mode") for kNone.
-Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, NetworkMode mode, const Cidr& subnet);
+// of `lease_minutes`.
+// InvalidArgument (field "network.mode") for kNone; (field
+// "dhcp_lease_minutes") for a lease shorter than kMinLeaseMinutes.
+Result<hv::NetworkSpec> MakeTenantNetworkSpec(const std::string& tenant, NetworkMode mode, const Cidr& subnet,
+                                              int lease_minutes = kTenantLeaseMinutes);
 
 // The function's filter: policy.allow in order, DeniedRanges() dropped
 // unless allowed, the rest accepted in egress mode. Validates the policy

@@ -28,27 +28,41 @@ constexpr const char* kNetModules[] = {"failover", "net_failover", "virtio_net",
 constexpr const char* kScriptPath = "/tmp/berth-udhcpc.sh";
 constexpr const char* kLeasePath = "/tmp/berth-lease";
 
-// udhcpc calls this with $1 = deconfig | bound | renew | leasefail and the
-// lease in the environment ($ip $subnet $router $dns $interface).
+// udhcpc calls this with $1 = deconfig | bound | renew | leasefail | nak and
+// the lease in the environment ($ip $subnet $router $dns $interface).
+// udhcpc keeps running after the first lease (see StartDhcpClient) and calls
+// `renew` at every renewal (T1 = half the lease): with the address and
+// router unchanged that only refreshes the lease file, so the guest's
+// address and default route never blink. udhcpc calls `deconfig` when it
+// starts and when the lease is really lost (no answer until it expired, or a
+// NAK); a failed renewal attempt before that calls nothing.
 constexpr const char* kScript = R"sh(#!/bin/sh
 B=/bin/busybox
+L=/tmp/berth-lease
 case "$1" in
   deconfig)
     $B ip addr flush dev "$interface"
     $B ip link set "$interface" up
+    $B rm -f $L
     ;;
   bound|renew)
-    $B ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
     gw="${router%% *}"
-    if [ -n "$gw" ]; then
-      while $B route del default 2>/dev/null; do :; done
-      $B route add default gw "$gw" dev "$interface"
+    if [ "$1" = bound ] || ! $B grep -qx "ip=$ip" $L 2>/dev/null || ! $B grep -qx "router=$gw" $L; then
+      $B ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+      if [ -n "$gw" ]; then
+        while $B route del default 2>/dev/null; do :; done
+        $B route add default gw "$gw" dev "$interface"
+      fi
     fi
-    echo "ip=$ip" > /tmp/berth-lease.new
-    echo "subnet=$subnet" >> /tmp/berth-lease.new
-    echo "router=$gw" >> /tmp/berth-lease.new
-    echo "dns=${dns%% *}" >> /tmp/berth-lease.new
-    $B mv /tmp/berth-lease.new /tmp/berth-lease
+    n=$($B sed -n 's/^renewals=//p' $L 2>/dev/null)
+    [ "$1" = renew ] && n=$((${n:-0} + 1))
+    echo "ip=$ip" > $L.new
+    echo "subnet=$subnet" >> $L.new
+    echo "router=$gw" >> $L.new
+    echo "dns=${dns%% *}" >> $L.new
+    echo "lease=$lease" >> $L.new
+    echo "renewals=${n:-0}" >> $L.new
+    $B mv $L.new $L
     ;;
 esac
 exit 0
@@ -155,26 +169,67 @@ std::string LeaseField(const std::string& lease, const std::string& key) {
   return "";
 }
 
-// Runs udhcpc in the foreground until it got a lease and quit (-q), gave up
-// (-n) or the deadline passed (then it is killed). Returns its exit status.
-int RunUdhcpc(const std::string& iface, int64_t deadline_ms) {
+// The udhcpc that holds this guest's lease (-1: none). Kept after
+// BringUpNetwork returns so the lease is renewed for as long as the guest
+// lives; a restored clone or live-forked child inherits the parent's one
+// (with the parent's MAC) in memory, and BringUpNetwork replaces it.
+pid_t dhcp_client = -1;
+
+// Whether `pid` is our udhcpc child (not a recycled pid of something else).
+// (Its comm is "busybox", the executable's name; argv[0] says "udhcpc".)
+bool IsOurDhcpClient(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  const std::string cmdline = ReadFile(proc + "/cmdline");
+  if (cmdline.compare(0, 7, std::string("udhcpc\0", 7)) != 0) return false;
+  // "<pid> (<comm>) <state> <ppid> ...", read from the last ')'.
+  const std::string stat = ReadFile(proc + "/stat");
+  const size_t close = stat.rfind(')');
+  char state = 0;
+  int ppid = 0;
+  return close != std::string::npos && sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) == 2 &&
+         ppid == getpid();
+}
+
+void StopDhcpClient() {
+  if (dhcp_client <= 0) return;
+  if (IsOurDhcpClient(dhcp_client)) {
+    kill(dhcp_client, SIGKILL);
+    while (waitpid(dhcp_client, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  dhcp_client = -1;
+}
+
+// Starts udhcpc on `iface` in the foreground of its own process, without -q:
+// once bound it stays and renews the lease at T1 (busybox: half the lease
+// time), rebinds at T2, and only deconfigures the address if the lease runs
+// out unanswered. Waits until the first lease is in kLeasePath (returns 0;
+// udhcpc keeps running as dhcp_client), udhcpc ended (its exit status) or
+// the deadline passed (it is killed; -2).
+int StartDhcpClient(const std::string& iface, int64_t deadline_ms) {
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    setsid();  // not in the process group of anything the host may signal
     int null_fd = open("/dev/null", O_RDWR);
     if (null_fd >= 0) {
       dup2(null_fd, 0);
       dup2(null_fd, 1);
     }
-    // Retries: 3 discovers, 1 s apart; -q quits once bound, -n fails then.
-    execl("/bin/busybox", "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "1", "-i", iface.c_str(), "-s", kScriptPath,
+    // Discovers 1 s apart, 5 at a time; no -n: a guest whose lease is lost
+    // much later keeps asking instead of ending up without a client.
+    execl("/bin/busybox", "udhcpc", "-f", "-t", "5", "-T", "1", "-i", iface.c_str(), "-s", kScriptPath,
           static_cast<char*>(nullptr));
     _exit(127);
   }
   for (;;) {
+    if (!ReadFile(kLeasePath).empty()) {
+      dhcp_client = pid;
+      return 0;
+    }
     int status = 0;
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -223,13 +278,15 @@ NetReadyMsg BringUpNetwork(const NetUpMsg& req) {
     out.previous_mac = had;
     Log("network: " + iface + " had MAC " + had + ", now " + req.mac);
   }
+  // A clone's or fork child's inherited client (the parent's MAC and lease) goes first.
+  StopDhcpClient();
   unlink(kLeasePath);
   if (!WriteFile(kScriptPath, kScript, 0755)) {
     out.error_code = "dhcp_failed";
     out.error = std::string("cannot write ") + kScriptPath + ": " + strerror(errno);
     return out;
   }
-  const int rc = RunUdhcpc(iface, deadline);
+  const int rc = StartDhcpClient(iface, deadline);
   const std::string lease = ReadFile(kLeasePath);
   out.took_ms = MonotonicMs() - t0;
   if (lease.empty()) {

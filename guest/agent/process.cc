@@ -1,15 +1,24 @@
 #include "guest/agent/process.h"
 
+#include <elf.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <set>
+#include <string_view>
 #include <vector>
+
+#include "guest/agent/system.h"
 
 namespace berth::agent {
 namespace {
@@ -294,6 +303,162 @@ Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root) {
   error.path[sizeof(error.path) - 1] = '\0';
   out.error = Describe(error, exec, path_var, &out.error_code);
   return out;
+}
+
+}  // namespace berth::agent
+
+namespace berth::agent {
+namespace {
+
+constexpr int kWarmMaxFiles = 64;
+constexpr uint64_t kWarmMaxBytes = 256ull << 20;
+
+// `path` opened read-only with every component (symlinks and ".." too)
+// resolved inside the directory `root_fd`, as a chroot would; -1 if not.
+int OpenInRoot(int root_fd, const std::string& path) {
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT;
+  return static_cast<int>(syscall(SYS_openat2, root_fd, path.c_str(), &how, sizeof(how)));
+}
+
+// The paths an ELF64 file or a "#!" script needs at exec: its interpreter
+// and its DT_NEEDED libraries (names without '/', searched by the caller).
+void NeededBy(std::string_view f, std::vector<std::string>* paths, std::vector<std::string>* libs) {
+  if (f.size() > 2 && f[0] == '#' && f[1] == '!') {
+    size_t b = f.find_first_not_of(" \t", 2);
+    if (b == std::string_view::npos) return;
+    size_t e = f.find_first_of(" \t\n", b);
+    if (e == std::string_view::npos) return;
+    paths->emplace_back(f.substr(b, e - b));
+    return;
+  }
+  if (f.size() < sizeof(Elf64_Ehdr) || f.compare(0, 4, ELFMAG) != 0 || f[EI_CLASS] != ELFCLASS64) return;
+  Elf64_Ehdr eh;
+  std::memcpy(&eh, f.data(), sizeof(eh));
+  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phoff > f.size() ||
+      uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > f.size() - eh.e_phoff) {
+    return;
+  }
+  std::vector<Elf64_Phdr> ph(eh.e_phnum);
+  std::memcpy(ph.data(), f.data() + eh.e_phoff, ph.size() * sizeof(Elf64_Phdr));
+  auto in_file = [&](uint64_t off, uint64_t len) { return off <= f.size() && len <= f.size() - off; };
+  // File offset of a virtual address, through the PT_LOAD segments.
+  auto offset_of = [&](uint64_t vaddr, uint64_t* off) {
+    for (const auto& p : ph) {
+      if (p.p_type == PT_LOAD && vaddr >= p.p_vaddr && vaddr - p.p_vaddr < p.p_filesz) {
+        *off = p.p_offset + (vaddr - p.p_vaddr);
+        return true;
+      }
+    }
+    return false;
+  };
+  const Elf64_Phdr* dynamic = nullptr;
+  for (const auto& p : ph) {
+    if (p.p_type == PT_INTERP && in_file(p.p_offset, p.p_filesz) && p.p_filesz > 1) {
+      std::string_view interp = f.substr(p.p_offset, p.p_filesz);
+      paths->emplace_back(interp.substr(0, interp.find('\0')));
+    }
+    if (p.p_type == PT_DYNAMIC && in_file(p.p_offset, p.p_filesz)) dynamic = &p;
+  }
+  if (!dynamic) return;
+  std::vector<uint64_t> needed;
+  uint64_t strtab = 0, strsz = 0;
+  for (uint64_t at = dynamic->p_offset; at + sizeof(Elf64_Dyn) <= dynamic->p_offset + dynamic->p_filesz;
+       at += sizeof(Elf64_Dyn)) {
+    Elf64_Dyn d;
+    std::memcpy(&d, f.data() + at, sizeof(d));
+    if (d.d_tag == DT_NULL) break;
+    if (d.d_tag == DT_NEEDED) needed.push_back(d.d_un.d_val);
+    if (d.d_tag == DT_STRTAB) strtab = d.d_un.d_ptr;
+    if (d.d_tag == DT_STRSZ) strsz = d.d_un.d_val;
+  }
+  uint64_t str_off = 0;
+  if (needed.empty() || !offset_of(strtab, &str_off) || !in_file(str_off, strsz)) return;
+  std::string_view strings = f.substr(str_off, strsz);
+  for (uint64_t n : needed) {
+    if (n >= strings.size()) continue;
+    std::string_view name = strings.substr(n);
+    name = name.substr(0, name.find('\0'));
+    if (!name.empty()) libs->emplace_back(name);
+  }
+}
+
+}  // namespace
+
+std::string WarmEntrypointFiles(const ExecMsg& exec, const std::string& root) {
+  const int64_t t0 = MonotonicMs();
+  if (exec.argv.empty() || exec.argv[0].empty()) return "warm: no entrypoint\n";
+  int root_fd = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root_fd < 0) return std::string("warm: opening ") + root + ": " + strerror(errno) + "\n";
+  std::string path_var = kDefaultPath;
+  if (auto it = exec.env.find("PATH"); it != exec.env.end()) path_var = it->second;
+  const std::string cwd = exec.cwd.empty() ? "/" : exec.cwd;
+
+  // Candidates of one wanted file, tried in order; the first that opens counts.
+  std::deque<std::vector<std::string>> wanted;
+  const std::string& argv0 = exec.argv[0];
+  if (argv0.find('/') != std::string::npos) {
+    wanted.push_back({argv0[0] == '/' ? argv0 : cwd + "/" + argv0});
+  } else {
+    std::vector<std::string> in_path;
+    size_t start = 0;
+    for (;;) {
+      size_t end = path_var.find(':', start);
+      std::string dir = path_var.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      in_path.push_back((dir.empty() ? cwd : dir) + "/" + argv0);
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+    wanted.push_back(std::move(in_path));
+  }
+  static const char* const kLibDirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+                                         "/lib", "/usr/lib", "/usr/local/lib"};
+  std::set<std::pair<dev_t, ino_t>> seen;
+  std::set<std::string> asked;
+  int files = 0;
+  uint64_t bytes = 0;
+  volatile unsigned char sink = 0;
+  while (!wanted.empty() && files < kWarmMaxFiles && bytes < kWarmMaxBytes) {
+    std::vector<std::string> candidates = std::move(wanted.front());
+    wanted.pop_front();
+    for (const auto& candidate : candidates) {
+      int fd = OpenInRoot(root_fd, candidate);
+      if (fd < 0) continue;
+      struct stat st{};
+      if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !seen.insert({st.st_dev, st.st_ino}).second) {
+        close(fd);
+        break;
+      }
+      const uint64_t size = static_cast<uint64_t>(st.st_size);
+      void* map = size > 0 && size <= kWarmMaxBytes - bytes ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0)
+                                                            : MAP_FAILED;
+      close(fd);
+      if (map == MAP_FAILED) break;
+      // One touch per page reads the whole file (MAP_POPULATE would too, but
+      // also maps it, which costs the same here).
+      const auto* p = static_cast<const unsigned char*>(map);
+      for (uint64_t off = 0; off < size; off += 4096) sink = sink + p[off];
+      ++files;
+      bytes += size;
+      std::vector<std::string> paths, libs;
+      NeededBy(std::string_view(static_cast<const char*>(map), size), &paths, &libs);
+      munmap(map, size);
+      for (auto& path : paths) {
+        if (asked.insert(path).second) wanted.push_back({path});
+      }
+      for (auto& lib : libs) {
+        if (!asked.insert(lib).second) continue;
+        std::vector<std::string> in_dirs;
+        for (const char* dir : kLibDirs) in_dirs.push_back(std::string(dir) + "/" + lib);
+        wanted.push_back(std::move(in_dirs));
+      }
+      break;
+    }
+  }
+  close(root_fd);
+  return "warm: " + std::to_string(files) + " file(s), " + std::to_string(bytes >> 10) + " KiB in " +
+         std::to_string(MonotonicMs() - t0) + " ms\n";
 }
 
 }  // namespace berth::agent

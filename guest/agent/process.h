@@ -36,4 +36,14 @@ struct Spawned {
 // after its first call.
 Spawned SpawnInRoot(const ExecMsg& exec, const std::string& root);
 
+// Reads into the page cache what starting exec.argv would read from the
+// function's root filesystem at `root`, and runs nothing: the entrypoint
+// (resolved as SpawnInRoot does, every path resolved inside `root`), the
+// interpreter of a "#!" script, an ELF file's program interpreter and the
+// shared libraries it names (DT_NEEDED, searched in the usual library
+// folders), recursively, bounded in files and bytes. A template does this
+// after dropping the guest's caches, so its clones' first call does not wait
+// for the virtual disk. Returns a one-line report ("warm: ...\n").
+std::string WarmEntrypointFiles(const ExecMsg& exec, const std::string& root);
+
 }  // namespace berth::agent

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -95,6 +96,7 @@ class GatewayTest : public ::testing::Test {
     auto up = daemon_->Call("POST", "/v1/images?name=cgi", bytes.str(), "application/octet-stream");
     ASSERT_EQ(up.status, 201) << up.body;
     image_ = up.json()["id"];
+    image_bytes_ = bytes.str();
     std::system(("rm -rf " + dir).c_str());
   }
   static void TearDownTestSuite() {
@@ -113,10 +115,12 @@ class GatewayTest : public ::testing::Test {
 
   static BerthdProcess* daemon_;
   static std::string image_;
+  static std::string image_bytes_;  // the qcow2 behind image_, for other tenants
 };
 
 BerthdProcess* GatewayTest::daemon_ = nullptr;
 std::string GatewayTest::image_;
+std::string GatewayTest::image_bytes_;
 
 TEST_F(GatewayTest, PublicGetWithQueryStringAndHeaders) {
   Create("pub", {{"auth", "public"}});
@@ -275,6 +279,46 @@ TEST_F(GatewayTest, ClientThatDisconnectsMidRequestLeaksNothing) {
   // The slot is free: max_concurrency 1 with no queue would answer 429 otherwise.
   auto next = Request("GET", Url("hangup/after"));
   EXPECT_EQ(next.status, 200) << next.body;
+}
+
+// The gateway's runs are ordinary execution records of the route's tenant
+// and function: GET /v1/executions?function=<name> lists them for that
+// tenant, whether a fresh VM or a warm one (as in bench/gateway.cc) answered.
+TEST_F(GatewayTest, GatewayRunsAreListedByFunctionForTheRoutesTenant) {
+  std::string token = daemon_->CreateToken("gwlist");
+  auto up = daemon_->CallAs(token, "POST", "/v1/images?name=cgi", image_bytes_, "application/octet-stream");
+  ASSERT_EQ(up.status, 201) << up.body;
+  auto fn = daemon_->CreateFunctionAs(token, "app", up.json()["id"],
+                                      {{"entrypoint", {"/srv/app.sh"}},
+                                       {"gateway", {{"auth", "public"}}},
+                                       {"min_warm", 1},
+                                       {"max_warm", 1},
+                                       {"keep_alive", true},
+                                       {"max_instances", 1}});
+  ASSERT_EQ(fn.status, 201) << fn.body;
+  std::set<std::string> ran;
+  for (int i = 0; i < 3; ++i) {
+    auto r = Request("GET", daemon_->base_url() + "/gw/gwlist/app/items?x=1");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_NE(r.body.find("script=/gw/gwlist/app"), std::string::npos) << r.body;
+    ran.insert(r.headers["x-berth-execution-id"]);
+  }
+  ASSERT_EQ(ran.size(), 3u);
+  auto listed = daemon_->CallAs(token, "GET", "/v1/executions?function=app");
+  ASSERT_EQ(listed.status, 200) << listed.body;
+  std::set<std::string> ids;
+  json executions = listed.json()["executions"];
+  for (const auto& e : executions) {
+    ids.insert(e["execution_id"].get<std::string>());
+    EXPECT_EQ(e["function"], "app");
+  }
+  for (const auto& id : ran) EXPECT_EQ(ids.count(id), 1u) << id << " not in " << listed.body;
+  // The same ids one by one, and not in another tenant's listing.
+  for (const auto& id : ran) EXPECT_EQ(daemon_->CallAs(token, "GET", "/v1/executions/" + id).status, 200);
+  json in_default = daemon_->Get("/v1/executions?function=app").json()["executions"];
+  for (const auto& e : in_default) {
+    EXPECT_EQ(ran.count(e["execution_id"].get<std::string>()), 0u);
+  }
 }
 
 TEST_F(GatewayTest, OpenApiDocumentsTheGatewayRoute) {

@@ -1,10 +1,13 @@
 // MAC recycling in manager::Networks (issue 8, DHCP lease exhaustion): a
 // released MAC is handed out again before a new one is made, never while a
-// domain that holds it may still exist, adopted MACs count as held, and the
-// free list goes with its network. Against an in-memory fake hypervisor
-// (networks, filters, and domains that show NICs).
+// domain that holds it may still exist, adopted MACs count as held, the
+// free list goes with its network, and after a restart it is seeded from
+// the network's DHCP leases minus the MACs live domains hold. Against an
+// in-memory fake hypervisor (networks, filters, DHCP leases, and domains
+// that show NICs).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -62,8 +65,17 @@ class FakeNetHypervisor : public hv::UnimplementedHypervisor {
     return xml + "</devices></domain>";
   }
 
+  Result<std::vector<hv::DhcpLease>> GetNetworkDhcpLeases(const std::string& network) override {
+    ++lease_calls;
+    if (networks_.count(network) == 0) return Status::NotFound("network " + network);
+    return leases[network];
+  }
+
   // The running domains: name -> NICs. Tests add and remove them.
   std::map<std::string, std::vector<hv::NicSpec>> domains;
+  // network -> the leases dnsmasq holds (tests fill them in).
+  std::map<std::string, std::vector<hv::DhcpLease>> leases;
+  int lease_calls = 0;
   bool domains_ok = true;
   int destroyed_networks = 0;
 
@@ -212,6 +224,123 @@ TEST_F(MacRecyclingTest, FreeListIsPerNetworkAndGoesWithIt) {
   ASSERT_TRUE(other.ok());
   EXPECT_TRUE(networks_.FreeMacs("n2", other->network).empty());
   EXPECT_EQ(networks_.MacsInUse("n2", other->network).size(), 1u);
+}
+
+// What dnsmasq holds after the VMs in `atts` got their leases (expiry in
+// the order given: the last one is the newest).
+std::vector<hv::DhcpLease> LeasesOf(const std::vector<NetAttachment>& atts) {
+  std::vector<hv::DhcpLease> out;
+  int64_t expiry = 1'700'000'000;
+  int host = 10;
+  for (const NetAttachment& a : atts) {
+    std::string mac = a.nic.mac;
+    std::transform(mac.begin(), mac.end(), mac.begin(), ::toupper);  // libvirt's case may differ
+    out.push_back({mac, "10.240.0." + std::to_string(host++), 24, expiry++, ""});
+  }
+  return out;
+}
+
+// berthd restarts while one VM runs on the tenant network: the MACs of the
+// VMs the old process ran (their leases are still in dnsmasq) are handed out
+// again, the running VM's is not, and no new MAC is made while old ones last.
+TEST_F(MacRecyclingTest, RestartSeedsFreeListFromLeasesMinusLiveDomains) {
+  NetAttachment keeper = Start("berth-keeper");
+  std::vector<NetAttachment> gone;
+  for (int i = 0; i < 3; ++i) gone.push_back(Start("berth-old" + std::to_string(i)));
+  // One more VM of the old process still runs and is not adopted (e.g. the
+  // reconcile has not removed it yet): its MAC is held all the same.
+  NetAttachment orphan = Start("berth-orphan");
+  for (int i = 0; i < 3; ++i) Stop("berth-old" + std::to_string(i), gone[i]);
+  std::vector<NetAttachment> all = {keeper};
+  all.insert(all.end(), gone.begin(), gone.end());
+  all.push_back(orphan);
+  hv_.leases[keeper.network] = LeasesOf(all);
+
+  // The new process: empty lists; it adopts the keeper, then sweeps.
+  Networks restarted{NetworksConfig{{}, "/var/lib/berth-test"}};
+  NetAttachment adopted = restarted.Adopt("n1", keeper.nic);
+  ASSERT_TRUE(restarted.FreeMacs("n1", keeper.network).empty());
+  ASSERT_TRUE(restarted.Sweep(hv_, "n1").ok());
+  std::vector<std::string> free_macs = restarted.FreeMacs("n1", keeper.network);
+  std::set<std::string> expected;
+  for (const NetAttachment& a : gone) expected.insert(a.nic.mac);
+  EXPECT_EQ(std::set<std::string>(free_macs.begin(), free_macs.end()), expected)
+      << "the leases of gone VMs, lowercase, without the adopted or the still running one";
+  EXPECT_EQ(free_macs.size(), 3u) << "each once";
+  EXPECT_EQ(free_macs.back(), gone.back().nic.mac) << "the newest lease goes next";
+
+  // A second sweep (node reconcile) adds nothing twice, and never a MAC
+  // handed out to a VM whose domain has not started yet.
+  auto pending = restarted.Acquire(hv_, "n1", "acme", Egress());
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  EXPECT_EQ(pending->nic.mac, gone.back().nic.mac);
+  ASSERT_TRUE(restarted.Sweep(hv_, "n1").ok());
+  free_macs = restarted.FreeMacs("n1", keeper.network);
+  EXPECT_EQ(free_macs.size(), 2u);
+  EXPECT_EQ(std::count(free_macs.begin(), free_macs.end(), pending->nic.mac), 0);
+
+  // Three VMs at once: the two remaining old MACs, then one new one.
+  hv_.domains["berth-new0"] = {pending->nic};
+  std::set<std::string> next;
+  for (int i = 1; i < 3; ++i) {
+    auto a = restarted.Acquire(hv_, "n1", "acme", Egress());
+    ASSERT_TRUE(a.ok());
+    next.insert(a->nic.mac);
+  }
+  EXPECT_EQ(next, std::set<std::string>({gone[0].nic.mac, gone[1].nic.mac}));
+  auto fresh = restarted.Acquire(hv_, "n1", "acme", Egress());
+  ASSERT_TRUE(fresh.ok());
+  for (const NetAttachment& a : all) EXPECT_NE(fresh->nic.mac, a.nic.mac);
+  (void)adopted;
+}
+
+// Without a sweep (e.g. it failed at start), the first Acquire on a network
+// an earlier process left seeds the list itself; a network made new costs
+// one lease lookup and no domain scan.
+TEST_F(MacRecyclingTest, FirstAcquireOnAnExistingNetworkSeedsToo) {
+  NetAttachment keeper = Start("berth-keeper");
+  NetAttachment old = Start("berth-old");
+  Stop("berth-old", old);
+  hv_.leases[keeper.network] = LeasesOf({keeper, old});
+
+  Networks restarted{NetworksConfig{{}, "/var/lib/berth-test"}};
+  const int calls = hv_.lease_calls;
+  auto a = restarted.Acquire(hv_, "n1", "acme", Egress());
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->nic.mac, old.nic.mac) << "the old VM's MAC (and lease), not the running keeper's";
+  auto b = restarted.Acquire(hv_, "n1", "acme", Egress());
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(b->nic.mac, keeper.nic.mac);
+  EXPECT_NE(b->nic.mac, old.nic.mac);
+  EXPECT_EQ(hv_.lease_calls, calls + 1) << "seeded once per network";
+
+  // Another tenant's network, created now: its (empty) leases are read once.
+  auto g = restarted.Acquire(hv_, "n1", "globex", Egress());
+  ASSERT_TRUE(g.ok());
+  auto g2 = restarted.Acquire(hv_, "n1", "globex", Egress());
+  ASSERT_TRUE(g2.ok());
+  EXPECT_EQ(hv_.lease_calls, calls + 2);
+}
+
+// The seeding needs the live domains: when libvirt cannot list them, nothing
+// is seeded (a held MAC must never go on the list), and a later call does it.
+TEST_F(MacRecyclingTest, NoSeedingWhileDomainsCannotBeListed) {
+  NetAttachment keeper = Start("berth-keeper");
+  NetAttachment old = Start("berth-old");
+  Stop("berth-old", old);
+  hv_.leases[keeper.network] = LeasesOf({keeper, old});
+
+  Networks restarted{NetworksConfig{{}, "/var/lib/berth-test"}};
+  hv_.domains_ok = false;
+  EXPECT_FALSE(restarted.Sweep(hv_, "n1").ok());
+  EXPECT_TRUE(restarted.FreeMacs("n1", keeper.network).empty());
+  auto a = restarted.Acquire(hv_, "n1", "acme", Egress());
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_NE(a->nic.mac, keeper.nic.mac);
+  EXPECT_NE(a->nic.mac, old.nic.mac);
+  hv_.domains_ok = true;
+  ASSERT_TRUE(restarted.Sweep(hv_, "n1").ok());
+  EXPECT_EQ(restarted.FreeMacs("n1", keeper.network), std::vector<std::string>{old.nic.mac});
 }
 
 }  // namespace

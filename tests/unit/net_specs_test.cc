@@ -41,6 +41,20 @@ TEST(TenantNetworkSpec, EgressIsNatWithDnsIsolatedHasNeither) {
   EXPECT_EQ(MakeTenantNetworkSpec("acme", NetworkMode::kNone, C("10.240.3.0/24")).status().field(), "network.mode");
 }
 
+TEST(TenantNetworkSpec, LeaseTimeDefaultsToADayAndMayBeLoweredToDnsmasqsMinimum) {
+  EXPECT_EQ(MakeTenantNetworkSpec("acme", NetworkMode::kEgress, C("10.240.3.0/24"))->dhcp_lease_minutes,
+            kTenantLeaseMinutes);
+  EXPECT_EQ(kTenantLeaseMinutes, 24 * 60);
+  hv::NetworkSpec short_lease = *MakeTenantNetworkSpec("acme", NetworkMode::kIsolated, C("10.240.4.0/24"), 2);
+  EXPECT_EQ(short_lease.dhcp_lease_minutes, 2);
+  EXPECT_NE(hv::WriteNetworkXml(short_lease)->find("<lease expiry='2' unit='minutes'/>"), std::string::npos);
+  for (int bad : {1, 0, -5}) {
+    auto r = MakeTenantNetworkSpec("acme", NetworkMode::kEgress, C("10.240.3.0/24"), bad);
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << bad;
+    EXPECT_EQ(r.status().field(), "dhcp_lease_minutes") << bad;
+  }
+}
+
 TEST(FunctionFilterSpec, CarriesPolicyAndDeniedRanges) {
   NetworkPolicy p;
   p.mode = NetworkMode::kIsolated;

@@ -861,3 +861,90 @@ TEST_F(StoreTest, RetentionKeepsTheNewestAndEverythingUnfinished) {
 
 }  // namespace
 }  // namespace berth::manager
+
+namespace berth::manager {
+namespace {
+
+TEST_F(StoreTest, ClaimsKeepTheirDiskAcrossReopen) {
+  ClaimRow with_disk{"c1", "n1", 2, 512, 100, int64_t{3} << 30};
+  ClaimRow unknown{"c2", "n2", 1, 256, 200};  // as an older berthd wrote it: no disk recorded
+  ASSERT_TRUE(store_->InsertClaim(with_disk).ok());
+  ASSERT_TRUE(store_->InsertClaim(unknown).ok());
+  EXPECT_EQ(store_->InsertClaim(with_disk).code(), Code::kAlreadyExists);
+  Reopen();
+  auto c1 = store_->GetClaim("c1");
+  ASSERT_TRUE(c1.ok()) << c1.status().ToString();
+  EXPECT_EQ(c1->node, "n1");
+  EXPECT_EQ(c1->vcpus, 2);
+  EXPECT_EQ(c1->memory_mib, 512);
+  EXPECT_EQ(c1->created_ms, 100);
+  ASSERT_TRUE(c1->disk_bytes.has_value());
+  EXPECT_EQ(*c1->disk_bytes, int64_t{3} << 30);
+  EXPECT_FALSE(store_->GetClaim("c2")->disk_bytes.has_value());
+  EXPECT_EQ(store_->GetClaim("nope").status().code(), Code::kNotFound);
+  auto all = store_->ListClaims();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].disk_bytes, std::optional<int64_t>(int64_t{3} << 30));
+  EXPECT_EQ((*all)[1].disk_bytes, std::nullopt);
+  ASSERT_TRUE(store_->DeleteClaim("c1").ok());
+  EXPECT_EQ(store_->GetClaim("c1").status().code(), Code::kNotFound);
+}
+
+// A record whose claim is still held (its node was away when it ended) is
+// what lets the claim go later: retention leaves it.
+TEST_F(StoreTest, RetentionSparesRecordsWhoseClaimIsHeld) {
+  for (int i = 0; i < 3; ++i) {
+    ExecutionRecord e = Execution("old" + std::to_string(i), "f", 10 + i, i, ExecState::kLost);
+    e.finished_ms = 1000 + i;
+    ASSERT_TRUE(store_->InsertExecution(e).ok());
+  }
+  ASSERT_TRUE(store_->InsertClaim(ClaimRow{"old1", "n1", 1, 256, 5, 0}).ok());
+  auto n = store_->PruneFinishedExecutions(0, 0);
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 2);
+  EXPECT_TRUE(store_->GetExecution("old1").ok());
+  ASSERT_TRUE(store_->DeleteClaim("old1").ok());
+  EXPECT_EQ(*store_->PruneFinishedExecutions(0, 0), 1);
+}
+
+// A version 5 database (claims without a disk column) opens at the current
+// version with its claims intact; their disk reads as unknown, new rows store it.
+TEST(StoreMigrationTest, Version5ClaimsGainADiskColumnAndKeepTheirRows) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/v5.db";
+  {
+    auto fresh = Store::Open(path);  // today's schema, then the claims table as version 5 had it
+    ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  }
+  ExecSql(path,
+          "DROP TABLE claims;"
+          "CREATE TABLE claims (id TEXT PRIMARY KEY, node TEXT NOT NULL, vcpus INTEGER NOT NULL, "
+          "memory_mib INTEGER NOT NULL, created_ms INTEGER NOT NULL);"
+          "CREATE INDEX claims_by_node ON claims(node);"
+          "INSERT INTO claims VALUES ('adopted', 'n1', 2, 384, 77);"
+          "PRAGMA user_version = 5;");
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ(*(*store)->SchemaVersion(), Store::kSchemaVersion);
+  auto claims = (*store)->ListClaims();
+  ASSERT_TRUE(claims.ok()) << claims.status().ToString();
+  ASSERT_EQ(claims->size(), 1u);
+  EXPECT_EQ((*claims)[0].id, "adopted");
+  EXPECT_EQ((*claims)[0].node, "n1");
+  EXPECT_EQ((*claims)[0].vcpus, 2);
+  EXPECT_EQ((*claims)[0].memory_mib, 384);
+  EXPECT_EQ((*claims)[0].created_ms, 77);
+  EXPECT_FALSE((*claims)[0].disk_bytes.has_value());
+  ASSERT_TRUE((*store)->InsertClaim(ClaimRow{"new", "n1", 1, 256, 78, 4096}).ok());
+  EXPECT_EQ(*(*store)->GetClaim("new")->disk_bytes, 4096);
+  // Opening again is a no-op.
+  store->reset();
+  auto again = Store::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ((*again)->ListClaims()->size(), 2u);
+  EXPECT_EQ(*(*again)->GetClaim("new")->disk_bytes, 4096);
+}
+
+}  // namespace
+}  // namespace berth::manager
