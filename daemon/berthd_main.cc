@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   app.add_option("--dhcp-lease-minutes", cfg.executor.networks.dhcp_lease_minutes,
                  "Guest networks: DHCP lease time of new tenant networks (>= 2; guests renew at half)")
       ->capture_default_str();
+  app.add_option("--network-linger-ms", cfg.executor.networks.idle_linger_ms,
+                 "Guest networks: how long a tenant network with no VM left stays before it is removed (0: at once)")
+      ->capture_default_str();
   app.add_option("--dhcp-timeout-ms", cfg.executor.dhcp_timeout_ms,
                  "Guest networks: agent hello to the guest's DHCP lease")
       ->capture_default_str();

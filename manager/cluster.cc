@@ -547,6 +547,12 @@ Node* Cluster::Get(const std::string& name) {
   return it == nodes_.end() ? nullptr : it->second.node.get();
 }
 
+std::shared_ptr<Node> Cluster::Share(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(name);
+  return it == nodes_.end() ? nullptr : it->second.node;
+}
+
 std::vector<Node*> Cluster::All() {
   std::lock_guard lock(mu_);
   std::vector<Node*> out;

@@ -167,6 +167,9 @@ class Cluster {
   void ReportUnreachable(const std::string& name);
 
   Node* Get(const std::string& name);
+  // The node kept alive for as long as the caller holds it (null: no such
+  // node), for work that may outlive a concurrent Remove.
+  std::shared_ptr<Node> Share(const std::string& name);
   Node* local() { return local_; }
   std::vector<Node*> All();
   Result<NodeView> View(const std::string& name);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
+#include <climits>
 
 #include "common/sha256.h"
 #include "hypervisor/domain_xml.h"
@@ -13,6 +15,12 @@
 #include "net/tenant_network.h"
 
 namespace berth::manager {
+namespace {
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
 
 using json = nlohmann::json;
 
@@ -330,21 +338,98 @@ void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
   const bool filter_unused = drop(filter_refs_[a.node], a.filter);
   const bool network_unused = drop(network_refs_[a.node], a.network);
   if (!filter_unused && !network_unused) return;
-  auto in_use = ScanDomains(hv);
-  if (!in_use.ok()) {
-    spdlog::warn("network cleanup on {}: {} (left for the next sweep)", a.node, in_use.status().ToString());
+  if (config_.idle_linger_ms > 0 && linger_thread_.joinable()) {
+    const int64_t due = SteadyMs() + config_.idle_linger_ms;
+    if (filter_unused) lingering_[{a.node, 'f', a.filter}] = due;
+    if (network_unused) lingering_[{a.node, 'n', a.network}] = due;
+    linger_cv_.notify_all();
     return;
   }
-  if (filter_unused && in_use->filters.count(a.filter) == 0) {
-    if (Status s = hv.DeleteNwFilter(a.filter); !s.ok()) {
-      spdlog::warn("deleting nwfilter {} on {}: {}", a.filter, a.node, s.ToString());
+  RemoveIfUnused(hv, a.node, filter_unused ? a.filter : "", network_unused ? a.network : "");
+}
+
+void Networks::RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::string& filter,
+                              const std::string& network) {
+  auto in_use = ScanDomains(hv);
+  if (!in_use.ok()) {
+    spdlog::warn("network cleanup on {}: {} (left for the next sweep)", node, in_use.status().ToString());
+    return;
+  }
+  if (!filter.empty() && in_use->filters.count(filter) == 0) {
+    if (Status s = hv.DeleteNwFilter(filter); !s.ok()) {
+      spdlog::warn("deleting nwfilter {} on {}: {}", filter, node, s.ToString());
     }
   }
-  if (network_unused && in_use->networks.count(a.network) == 0) {
-    if (Status s = hv.DestroyNetwork(a.network); !s.ok()) {
-      spdlog::warn("removing network {} on {}: {}", a.network, a.node, s.ToString());
+  if (!network.empty() && in_use->networks.count(network) == 0) {
+    if (Status s = hv.DestroyNetwork(network); !s.ok()) {
+      spdlog::warn("removing network {} on {}: {}", network, node, s.ToString());
     } else {
-      ForgetMacs(a.node, a.network);
+      ForgetMacs(node, network);
+    }
+  }
+}
+
+Networks::~Networks() { StopLinger(); }
+
+void Networks::SetNodeAccess(NodeAccess access) {
+  std::lock_guard lock(mu_);
+  node_access_ = std::move(access);
+  if (config_.idle_linger_ms > 0 && !linger_thread_.joinable() && !linger_stop_) {
+    linger_thread_ = std::thread([this] { LingerLoop(); });
+  }
+}
+
+void Networks::StopLinger() {
+  {
+    std::lock_guard lock(mu_);
+    linger_stop_ = true;
+  }
+  linger_cv_.notify_all();
+  if (linger_thread_.joinable()) linger_thread_.join();
+}
+
+void Networks::LingerLoop() {
+  std::unique_lock lock(mu_);
+  while (!linger_stop_) {
+    if (lingering_.empty()) {
+      linger_cv_.wait(lock);
+      continue;
+    }
+    int64_t next = INT64_MAX;
+    for (const auto& [key, due] : lingering_) next = std::min(next, due);
+    const int64_t now = SteadyMs();
+    if (next > now) {
+      linger_cv_.wait_for(lock, std::chrono::milliseconds(next - now));
+      continue;
+    }
+    // Due removals grouped by node; one still (or again) referenced is dropped.
+    std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> due;  // filters, networks
+    for (auto it = lingering_.begin(); it != lingering_.end();) {
+      const auto& [node, kind, name] = it->first;
+      if (it->second > now) {
+        ++it;
+        continue;
+      }
+      auto& refs = kind == 'n' ? network_refs_[node] : filter_refs_[node];
+      if (refs.count(name) == 0) (kind == 'n' ? due[node].second : due[node].first).push_back(name);
+      it = lingering_.erase(it);
+    }
+    NodeAccess access = node_access_;
+    for (const auto& [node, names] : due) {
+      // The node's hypervisor outside mu_ (node_access takes the cluster's
+      // lock); the references are checked again under mu_ before removing.
+      lock.unlock();
+      Status st = access(node, [&](hv::Hypervisor& hv) {
+        std::lock_guard again(mu_);
+        for (const std::string& f : names.first) {
+          if (filter_refs_[node].count(f) == 0) RemoveIfUnused(hv, node, f, "");
+        }
+        for (const std::string& n : names.second) {
+          if (network_refs_[node].count(n) == 0) RemoveIfUnused(hv, node, "", n);
+        }
+      });
+      lock.lock();
+      if (!st.ok()) spdlog::info("lingering network cleanup on {}: {} (left for the next sweep)", node, st.ToString());
     }
   }
 }

@@ -8,7 +8,12 @@
 //   Release   (after the domain is gone)  the MAC goes back to the network's
 //             free list; the last reference removes the filter and the
 //             network, unless a running berth domain on the node still uses
-//             them (another berthd on the same host).
+//             them (another berthd on the same host). With an idle linger
+//             (NetworksConfig::idle_linger_ms and SetNodeAccess) the removal
+//             waits that long and is dropped if a new reference came
+//             meanwhile: a warm pool's refill, or the next call of a tenant
+//             whose calls come one after another, finds the network (and its
+//             MACs and leases) still there instead of waiting for a new one.
 //
 // MAC recycling: every VM on a tenant network (boot, warm-pool VM, template
 // clone, live-fork child) needs a MAC no other live VM there has, and each
@@ -44,10 +49,14 @@
 // be serial anyway).
 #pragma once
 
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -97,6 +106,9 @@ struct NetworksConfig {
   // Lease time of the tenant networks it creates (an existing network keeps
   // its own): at least net::kMinLeaseMinutes; the guest renews at half.
   int dhcp_lease_minutes = net::kTenantLeaseMinutes;
+  // How long a network or filter that lost its last reference stays before
+  // it is removed (0: at once). Needs SetNodeAccess; berthd sets both.
+  int64_t idle_linger_ms = 3000;
 };
 
 // Names of one owner's objects: "berth-net-<tag8>-{e|i}-<10 hex of
@@ -110,6 +122,19 @@ std::string OwnedFilterPrefix(const std::string& owner);   // "berth-fw-<tag8>-"
 class Networks {
  public:
   explicit Networks(NetworksConfig config = {});
+  // Stops the linger thread; networks still lingering stay (the next
+  // Sweep removes them).
+  ~Networks();
+
+  // Runs `fn` with the hypervisor of node `node`, keeping the node alive
+  // meanwhile; NotFound when the node is gone.
+  using NodeAccess =
+      std::function<Status(const std::string& node, const std::function<void(hv::Hypervisor&)>& fn)>;
+  // Lets lingering removals reach their node later (see idle_linger_ms);
+  // without it removals happen at once. Call before the first Acquire.
+  void SetNodeAccess(NodeAccess access);
+  // Ends the linger thread now (before the nodes go away); idempotent.
+  void StopLinger();
 
   // Ensures the tenant's network for policy.mode and the policy's filter on
   // `hv` (node name `node`), takes a reference on both and returns the NIC.
@@ -154,6 +179,11 @@ class Networks {
   // then just stays as it was.
   void SeedFreeMacs(hv::Hypervisor& hv, const std::string& node, const std::string& network, const InUse* in_use);
   Result<net::Cidr> SubnetFor(hv::Hypervisor& hv, const std::string& network);
+  // Removes `filter` and/or `network` ("" = not that one) of `node` unless a
+  // running domain uses them (mu_ held).
+  void RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::string& filter,
+                      const std::string& network);
+  void LingerLoop();
 
   NetworksConfig config_;
   std::mutex mu_;
@@ -167,6 +197,13 @@ class Networks {
   std::map<std::string, std::map<std::string, MacPool>> macs_;
   // node -> networks whose free list was seeded from their leases.
   std::map<std::string, std::set<std::string>> seeded_;
+
+  // Lingering removals: (node, 'n'etwork or 'f'ilter, name) -> when (steady ms).
+  NodeAccess node_access_;
+  std::map<std::tuple<std::string, char, std::string>, int64_t> lingering_;
+  std::condition_variable linger_cv_;
+  bool linger_stop_ = false;
+  std::thread linger_thread_;
 };
 
 }  // namespace berth::manager

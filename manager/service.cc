@@ -194,12 +194,21 @@ Result<std::unique_ptr<Service>> Service::Start(Env* env, ServiceConfig config) 
                          [executor](const std::string& id) { return executor->IsLive(id); });
     return Status::Ok();
   });
+  svc->executor_->networks().SetNodeAccess(
+      [raw](const std::string& name, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
+        std::shared_ptr<Node> node = raw->cluster_->Share(name);
+        if (!node) return Status::NotFound("node '" + name + "' does not exist");
+        fn(node->hypervisor());
+        return Status::Ok();
+      });
   svc->cluster_->StartMonitor();
   svc->StartImageGc();
   return svc;
 }
 
 Service::~Service() {
+  // Lingering network removals reach nodes through the cluster: stopped first.
+  if (executor_) executor_->networks().StopLinger();
   StopImageGc();
   if (cluster_) cluster_->StopMonitor();
 }

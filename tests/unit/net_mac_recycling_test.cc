@@ -8,9 +8,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "manager/networks.h"
@@ -341,6 +345,56 @@ TEST_F(MacRecyclingTest, NoSeedingWhileDomainsCannotBeListed) {
   hv_.domains_ok = true;
   ASSERT_TRUE(restarted.Sweep(hv_, "n1").ok());
   EXPECT_EQ(restarted.FreeMacs("n1", keeper.network), std::vector<std::string>{old.nic.mac});
+}
+
+// With an idle linger, a network that lost its last reference stays for a
+// while: the next VM of the tenant (a warm pool's refill after the call that
+// used the pooled VM) gets the same network and MAC back instead of a new
+// network; once nothing takes it, it goes.
+TEST(NetworkLingerTest, AReleasedNetworkLingersIsReusedAndThenRemoved) {
+  FakeNetHypervisor hv;
+  std::mutex hv_mu;  // the fake is not thread-safe: the linger thread reaches it through this
+  NetworksConfig cfg{{}, "/var/lib/berth-test"};
+  cfg.idle_linger_ms = 300;
+  Networks networks(cfg);
+  networks.SetNodeAccess([&](const std::string& node, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
+    if (node != "n1") return Status::NotFound("node " + node);
+    std::lock_guard lock(hv_mu);
+    fn(hv);
+    return Status::Ok();
+  });
+  std::string network, mac;
+  NetAttachment second;
+  {
+    std::lock_guard lock(hv_mu);
+    auto first = networks.Acquire(hv, "n1", "acme", Egress());
+    ASSERT_TRUE(first.ok()) << first.status().ToString();
+    network = first->network;
+    mac = first->nic.mac;
+    networks.Release(hv, *first);
+    EXPECT_TRUE(hv.GetNetwork(network).ok()) << "removed at once despite the linger";
+    auto again = networks.Acquire(hv, "n1", "acme", Egress());
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    second = *again;
+    EXPECT_EQ(second.network, network);
+    EXPECT_EQ(second.nic.mac, mac) << "the lingering network's free MAC is handed out again";
+    EXPECT_EQ(hv.destroyed_networks, 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  {
+    std::lock_guard lock(hv_mu);
+    EXPECT_TRUE(hv.GetNetwork(network).ok()) << "a network in use was removed when its earlier linger ran out";
+    networks.Release(hv, second);
+  }
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::lock_guard lock(hv_mu);
+    gone = !hv.GetNetwork(network).ok();
+  }
+  EXPECT_TRUE(gone) << "the network stayed after its linger with no user";
+  std::lock_guard lock(hv_mu);
+  EXPECT_EQ(hv.destroyed_networks, 1);
 }
 
 }  // namespace
