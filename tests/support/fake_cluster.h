@@ -10,8 +10,44 @@
 #include <gtest/gtest.h>
 
 #include "manager/cluster.h"
+#include "tests/support/unimplemented_hypervisor.h"
 
 namespace berth::testing {
+
+// Enough of a libvirt host for Node::Prepare (accel tcg, runtime volumes
+// already there) and the cluster's reads: `cpus` and `memory_mib`, an empty
+// pool with no known size, no domains; everything else is Unimplemented.
+// Tests override what their case is about (the pool, a gate on a call).
+class FakeNodeHypervisor : public hv::UnimplementedHypervisor {
+ public:
+  FakeNodeHypervisor(std::string uri, int cpus, uint64_t memory_mib)
+      : hv::UnimplementedHypervisor(std::move(uri)), cpus_(cpus), memory_mib_(memory_mib) {}
+  Result<hv::NodeInfo> GetNodeInfo() override {
+    hv::NodeInfo info;
+    info.hostname = "fake";
+    info.uri = uri_;
+    info.cpus = cpus_;
+    info.memory_mib = memory_mib_;
+    return info;
+  }
+  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
+  Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
+    hv::VolumeInfo v;
+    v.pool = pool;
+    v.name = name;
+    v.path = "/fake/" + name;
+    return v;
+  }
+  Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
+    return std::vector<hv::VolumeInfo>{};
+  }
+  Status RefreshPool(const std::string&) override { return Status::Ok(); }
+  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
+
+ private:
+  int cpus_;
+  uint64_t memory_mib_;
+};
 
 inline std::unique_ptr<manager::Cluster> MakeClusterWithLocalNode(manager::Store* store, const std::string& dir,
                                                                   decltype(manager::ClusterOptions::connect) connect,

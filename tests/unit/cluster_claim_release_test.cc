@@ -26,33 +26,11 @@ namespace {
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-// Enough of a libvirt host for Node::Prepare and the cluster's reads; its
-// pool has a known size, so placements claim disk.
-class FakeHypervisor : public hv::UnimplementedHypervisor {
+// A host with 8 cpus, 16 GiB and a 100 GiB pool, so placements claim disk.
+class FakeHypervisor : public berth::testing::FakeNodeHypervisor {
  public:
-  explicit FakeHypervisor(std::string uri) : hv::UnimplementedHypervisor(std::move(uri)) {}
-  Result<hv::NodeInfo> GetNodeInfo() override {
-    hv::NodeInfo info;
-    info.hostname = "fake";
-    info.uri = uri_;
-    info.cpus = 8;
-    info.memory_mib = 16384;
-    return info;
-  }
-  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
-  Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
-    hv::VolumeInfo v;
-    v.pool = pool;
-    v.name = name;
-    v.path = "/fake/" + name;
-    return v;
-  }
-  Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
-    return std::vector<hv::VolumeInfo>{};
-  }
+  explicit FakeHypervisor(std::string uri) : FakeNodeHypervisor(std::move(uri), 8, 16384) {}
   Result<hv::PoolInfo> GetPoolInfo(const std::string&) override { return hv::PoolInfo{100 * kGiB, 0, 100 * kGiB}; }
-  Status RefreshPool(const std::string&) override { return Status::Ok(); }
-  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
 };
 
 class ClusterClaimReleaseTest : public ::testing::Test {

@@ -43,29 +43,11 @@ struct FakePool {
   Result<hv::PoolInfo> info = hv::PoolInfo{};
 };
 
-// Enough of a libvirt host for Node::Prepare (accel tcg, runtime volumes
-// already there) and the cluster's reads; everything else is Unimplemented.
-class FakeHypervisor : public hv::UnimplementedHypervisor {
+// A host (4 cpus, 8 GiB) whose pool is the test's FakePool.
+class FakeHypervisor : public berth::testing::FakeNodeHypervisor {
  public:
   FakeHypervisor(std::string uri, std::shared_ptr<FakePool> pool)
-      : hv::UnimplementedHypervisor(std::move(uri)), pool_(std::move(pool)) {}
-
-  Result<hv::NodeInfo> GetNodeInfo() override {
-    hv::NodeInfo info;
-    info.hostname = "fake";
-    info.uri = uri_;
-    info.cpus = 4;
-    info.memory_mib = 8192;
-    return info;
-  }
-  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
-  Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
-    hv::VolumeInfo v;
-    v.pool = pool;
-    v.name = name;
-    v.path = "/fake/" + name;
-    return v;
-  }
+      : FakeNodeHypervisor(std::move(uri), 4, 8192), pool_(std::move(pool)) {}
   Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
     std::lock_guard lock(pool_->mu);
     return pool_->volumes;
@@ -74,8 +56,6 @@ class FakeHypervisor : public hv::UnimplementedHypervisor {
     std::lock_guard lock(pool_->mu);
     return pool_->info;
   }
-  Status RefreshPool(const std::string&) override { return Status::Ok(); }
-  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
 
  private:
   std::shared_ptr<FakePool> pool_;

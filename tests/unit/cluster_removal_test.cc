@@ -59,40 +59,29 @@ struct Gate {
   }
 };
 
-// Enough of a libvirt host for Node::Prepare (accel tcg, runtime volumes
-// already there) and the cluster's reads; everything else is Unimplemented.
-class FakeHypervisor : public hv::UnimplementedHypervisor {
+// A host (4 cpus, 8 GiB) whose GetNodeInfo and ListVolumes pass the test's
+// Gate, and which tells the gate when it is destroyed.
+class FakeHypervisor : public berth::testing::FakeNodeHypervisor {
  public:
   FakeHypervisor(std::string uri, std::shared_ptr<Gate> gate)
-      : hv::UnimplementedHypervisor(std::move(uri)), gate_(std::move(gate)) {}
+      : FakeNodeHypervisor(std::move(uri), 4, 8192), gate_(std::move(gate)) {}
   ~FakeHypervisor() override { gate_->destroyed = true; }
 
   Result<hv::NodeInfo> GetNodeInfo() override {
     std::shared_ptr<Gate> gate = gate_;  // not `this`: the test checks it is still alive
     gate->Pass("GetNodeInfo");
-    hv::NodeInfo info;
+    hv::NodeInfo info;  // (no member read after the gate: `this` may be gone if the cluster is wrong)
     info.hostname = "fake";
     info.uri = "fake";
     info.cpus = 4;
     info.memory_mib = 8192;
     return info;
   }
-  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
-  Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
-    hv::VolumeInfo v;
-    v.pool = pool;
-    v.name = name;
-    v.path = "/fake/" + name;
-    return v;
-  }
   Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
     std::shared_ptr<Gate> gate = gate_;
     gate->Pass("ListVolumes");
     return std::vector<hv::VolumeInfo>{};
   }
-  Status RefreshPool(const std::string&) override { return Status::Ok(); }
-  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
-
 
  private:
   std::shared_ptr<Gate> gate_;
