@@ -1,6 +1,7 @@
 #include "images/pipelined_writer.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <cerrno>
@@ -34,6 +35,8 @@ PipelinedWriter::PipelinedWriter(int fd, uint64_t file_offset, Sha256* hash, std
       writer_threads_ = 1;
     }
   }
+  struct stat st;
+  initial_size_ = ::fstat(fd_, &st) == 0 ? static_cast<uint64_t>(st.st_size) : UINT64_MAX;
   if (base_flags_ >= 0 && start_offset_ % kDirectAlignment == 0 && buffer_bytes_ % kDirectAlignment == 0) {
     direct_ = (base_flags_ & O_DIRECT) != 0 || ::fcntl(fd_, F_SETFL, base_flags_ | O_DIRECT) == 0;
   }
@@ -90,6 +93,16 @@ Status PipelinedWriter::Flush() {
   if (filling_ && filling_->size > 0) HandOff();
   std::unique_lock lock(mu_);
   cv_.wait(lock, [&] { return DoneLocked() == produced_; });
+  if (error_.ok() && hole_bytes_ > 0) {
+    // Zero blocks at the end were left as a hole: the file still ends where the stream does.
+    const uint64_t end = start_offset_ + handed_bytes_;
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) {
+      error_ = StoreWriteError(what_, errno);
+    } else if (static_cast<uint64_t>(st.st_size) < end && ::ftruncate(fd_, static_cast<off_t>(end)) != 0) {
+      error_ = StoreWriteError(what_, errno);
+    }
+  }
   return error_;
 }
 
@@ -160,7 +173,41 @@ Status PipelinedWriter::WriteAt(const char* data, size_t size, uint64_t at) {
   return Status::Ok();
 }
 
+namespace {
+// Whether `n` bytes (a multiple of 4 KiB) are all zero; random data answers
+// at its first byte.
+bool AllZero(const char* p, size_t n) {
+  static const char kZeros[PipelinedWriter::kDirectAlignment] = {};
+  for (size_t off = 0; off < n; off += sizeof(kZeros)) {
+    if (std::memcmp(p + off, kZeros, sizeof(kZeros)) != 0) return false;
+  }
+  return true;
+}
+}  // namespace
+
 Status PipelinedWriter::WriteBuffers(uint64_t first, uint64_t count, uint64_t at) {
+  uint64_t run_first = first, run_at = at;
+  for (uint64_t i = first; i <= first + count; ++i) {
+    const bool end = i == first + count;
+    bool hole = false;
+    size_t size = 0;
+    if (!end) {
+      const Buffer& buf = ring_[i % ring_.size()];
+      size = buf.size;
+      hole = at >= initial_size_ && size > 0 && size % kDirectAlignment == 0 && AllZero(buf.data.get(), size);
+    }
+    if (end || hole) {
+      if (i > run_first) BERTH_RETURN_IF_ERROR(WriteRun(run_first, i - run_first, run_at));
+      if (hole) hole_bytes_ += size;
+      run_first = i + 1;
+      run_at = at + size;
+    }
+    at += size;
+  }
+  return Status::Ok();
+}
+
+Status PipelinedWriter::WriteRun(uint64_t first, uint64_t count, uint64_t at) {
   std::vector<iovec> iov;
   iov.reserve(count);
   size_t total = 0;

@@ -32,6 +32,12 @@
 // The threads start with the first full buffer: a stream shorter than one
 // buffer is written and hashed by the caller at Flush.
 //
+// A whole buffer of zeros beyond the file's size when the writer was made
+// (the file's hole, or the region a fresh file does not have yet) is not
+// written: it stays a hole, so a sparse image stays sparse on disk and costs
+// no device writes; Flush extends the file to the stream's end. Bytes the
+// file already had are always overwritten.
+//
 // The hash sees every appended byte in order, also bytes whose write failed;
 // after a failure the hash does not describe the file and callers drop it.
 // Not thread-safe: one caller appends and flushes.
@@ -86,6 +92,8 @@ class PipelinedWriter {
   // Whether writes still go around the page cache (false once the tail or an
   // EINVAL switched to buffered writes; for tests and benchmarks).
   bool direct_io() const { return direct_.load(); }
+  // Bytes of zeros left as holes instead of written (tests, benchmarks).
+  uint64_t hole_bytes() const { return hole_bytes_.load(); }
 
  private:
   struct FreeBytes {
@@ -108,9 +116,12 @@ class PipelinedWriter {
   // with their writeback started.
   Status WriteAt(const char* data, size_t size, uint64_t at);
   // Writes ring buffers [first, first + count) (consecutive in the stream) at
-  // `at`: in one pwritev while direct I/O holds and the buffers are whole
-  // aligned blocks, else one WriteAt each.
+  // `at`, leaving zero buffers beyond initial_size_ as holes; each run of
+  // the others goes to WriteRun.
   Status WriteBuffers(uint64_t first, uint64_t count, uint64_t at);
+  // In one pwritev while direct I/O holds and the buffers are whole aligned
+  // blocks, else one WriteAt each.
+  Status WriteRun(uint64_t first, uint64_t count, uint64_t at);
   // Takes O_DIRECT off the fd; writes are buffered from then on.
   void StopDirect();
 
@@ -123,6 +134,8 @@ class PipelinedWriter {
   int original_flags_ = -1;  // the fd's status flags before O_DIRECT (-1: unknown)
   int base_flags_ = -1;      // the flags writes use apart from O_DIRECT (O_APPEND taken off)
   int writer_threads_ = kWriterThreads;
+  uint64_t initial_size_ = 0;  // the file's size at construction (UINT64_MAX: unknown, no holes)
+  std::atomic<uint64_t> hole_bytes_{0};
   // Only StopDirect (from WriteAt/WriteBuffers) turns it off; atomic because
   // both writers read it.
   std::atomic<bool> direct_{false};

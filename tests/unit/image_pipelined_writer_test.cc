@@ -1,6 +1,7 @@
 #include "images/pipelined_writer.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -150,6 +151,49 @@ TEST_F(PipelinedWriterTest, BatchedWritesAcrossTheRingKeepTheStreamInOrder) {
   ::close(fd);
   EXPECT_EQ(ReadBack(), data);
   EXPECT_EQ(hash.FinishHex(), Sha256::HexOf(data));
+}
+
+// Zero buffers beyond the file's end stay holes (a sparse image stays
+// sparse and costs no writes), the file still has the stream's size and
+// bytes; zeros over bytes the file already had are written.
+TEST_F(PipelinedWriterTest, ZeroBlocksBeyondTheEndStayHolesExistingBytesAreOverwritten) {
+  const size_t kBuf = 64 * 1024;
+  const std::string zeros(8 * kBuf, '\0');
+  const std::string data = Pattern(kBuf) + zeros + Pattern(kBuf + 100) + zeros;
+  int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  Sha256 hash;
+  {
+    PipelinedWriter w(fd, 0, &hash, "test write", kBuf, 8);
+    for (size_t off = 0; off < data.size(); off += 50'000) {
+      ASSERT_TRUE(w.Append(std::string_view(data).substr(off, 50'000)).ok());
+    }
+    ASSERT_TRUE(w.Flush().ok());
+    EXPECT_GE(w.hole_bytes(), 14 * kBuf) << "zero buffers were written";
+  }
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  ::close(fd);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), data.size()) << "a trailing hole must still count in the size";
+  EXPECT_LT(static_cast<size_t>(st.st_blocks) * 512, data.size() / 2) << "the zeros take disk space";
+  EXPECT_EQ(ReadBack(), data);
+  EXPECT_EQ(hash.FinishHex(), Sha256::HexOf(data));
+
+  // Zeros over bytes the file already has are real writes.
+  {
+    std::ofstream out(path_, std::ios::binary | std::ios::trunc);
+    out << std::string(4 * kBuf, 'x');
+  }
+  fd = ::open(path_.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  {
+    PipelinedWriter w(fd, 0, nullptr, "test write", kBuf, 4);
+    ASSERT_TRUE(w.Append(std::string(4 * kBuf, '\0')).ok());
+    ASSERT_TRUE(w.Flush().ok());
+    EXPECT_EQ(w.hole_bytes(), 0u);
+  }
+  ::close(fd);
+  EXPECT_EQ(ReadBack(), std::string(4 * kBuf, '\0'));
 }
 
 TEST_F(PipelinedWriterTest, UnalignedOffsetOrBufferMeansBufferedWrites) {
