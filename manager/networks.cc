@@ -390,14 +390,17 @@ void Networks::StopLinger() {
 
 void Networks::LingerLoop() {
   std::unique_lock lock(mu_);
-  while (!linger_stop_) {
-    if (lingering_.empty()) {
+  for (;;) {
+    // At the stop every lingering removal is due at once: a berthd that ends
+    // leaves no unused network behind (the next one may have another owner).
+    const bool stopping = linger_stop_;
+    if (!stopping && lingering_.empty()) {
       linger_cv_.wait(lock);
       continue;
     }
     int64_t next = INT64_MAX;
     for (const auto& [key, due] : lingering_) next = std::min(next, due);
-    const int64_t now = SteadyMs();
+    const int64_t now = stopping ? INT64_MAX : SteadyMs();
     if (next > now) {
       linger_cv_.wait_for(lock, std::chrono::milliseconds(next - now));
       continue;
@@ -431,6 +434,7 @@ void Networks::LingerLoop() {
       lock.lock();
       if (!st.ok()) spdlog::info("lingering network cleanup on {}: {} (left for the next sweep)", node, st.ToString());
     }
+    if (stopping) return;
   }
 }
 

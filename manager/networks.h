@@ -122,8 +122,7 @@ std::string OwnedFilterPrefix(const std::string& owner);   // "berth-fw-<tag8>-"
 class Networks {
  public:
   explicit Networks(NetworksConfig config = {});
-  // Stops the linger thread; networks still lingering stay (the next
-  // Sweep removes them).
+  // Stops the linger thread (StopLinger).
   ~Networks();
 
   // Runs `fn` with the hypervisor of node `node`, keeping the node alive
@@ -133,7 +132,9 @@ class Networks {
   // Lets lingering removals reach their node later (see idle_linger_ms);
   // without it removals happen at once. Call before the first Acquire.
   void SetNodeAccess(NodeAccess access);
-  // Ends the linger thread now (before the nodes go away); idempotent.
+  // Removes what still lingers (unless a running domain uses it) and ends
+  // the linger thread; later releases remove at once. Call before the nodes
+  // go away; idempotent.
   void StopLinger();
 
   // Ensures the tenant's network for policy.mode and the policy's filter on

@@ -397,5 +397,32 @@ TEST(NetworkLingerTest, AReleasedNetworkLingersIsReusedAndThenRemoved) {
   EXPECT_EQ(hv.destroyed_networks, 1);
 }
 
+// A berthd that stops removes what lingers: the next berthd may have another
+// owner and would never sweep it.
+TEST(NetworkLingerTest, StoppingRemovesWhatLingersAtOnce) {
+  FakeNetHypervisor hv;
+  std::mutex hv_mu;
+  NetworksConfig cfg{{}, "/var/lib/berth-test"};
+  cfg.idle_linger_ms = 60'000;
+  Networks networks(cfg);
+  networks.SetNodeAccess([&](const std::string&, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
+    std::lock_guard lock(hv_mu);
+    fn(hv);
+    return Status::Ok();
+  });
+  std::string network;
+  {
+    std::lock_guard lock(hv_mu);
+    auto a = networks.Acquire(hv, "n1", "acme", Egress());
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    network = a->network;
+    networks.Release(hv, *a);
+    EXPECT_TRUE(hv.GetNetwork(network).ok());
+  }
+  networks.StopLinger();
+  std::lock_guard lock(hv_mu);
+  EXPECT_FALSE(hv.GetNetwork(network).ok()) << "a lingering network outlived the stop";
+}
+
 }  // namespace
 }  // namespace berth::manager
