@@ -636,25 +636,19 @@ Result<PublishResult> EventLog::PublishSystem(const Event& event) {
   return done->publish;
 }
 
-Status EventLog::PublishSystemDetached(const Event& event) {
-  BERTH_RETURN_IF_ERROR(ValidateSystemEvent(event));
-  auto item = std::make_unique<WriteItem>();
-  item->event = event;
-  item->detached = true;
-  std::lock_guard<std::mutex> lk(queue_mu_);
-  if (stopping_) return Status::Unavailable("event log is shut down");
-  queue_.push_back(item.release());  // the writer deletes it once committed
-  queue_cv_.notify_one();
-  return Status::Ok();
-}
+Status EventLog::PublishSystemDetached(const Event& event) { return QueueDetachedPublish(event, false); }
 
 Status EventLog::PublishSystemOnceDetached(const Event& event) {
   if (!event.idempotency_key) return Status::InvalidArgument("idempotency_key", "is required");
+  return QueueDetachedPublish(event, true);
+}
+
+Status EventLog::QueueDetachedPublish(const Event& event, bool once) {
   BERTH_RETURN_IF_ERROR(ValidateSystemEvent(event));
   auto item = std::make_unique<WriteItem>();
   item->event = event;
   item->detached = true;
-  item->once = true;
+  item->once = once;
   std::lock_guard<std::mutex> lk(queue_mu_);
   if (stopping_) return Status::Unavailable("event log is shut down");
   queue_.push_back(item.release());  // the writer deletes it once committed

@@ -214,6 +214,9 @@ class EventLog {
   Status Init();
   void WriterLoop();
   Result<WriteItem*> Submit(WriteItem* item);
+  // Validates and queues a publish nobody waits for (the writer deletes it
+  // once committed); `once`: dedupe against every stored event of its key.
+  Status QueueDetachedPublish(const Event& event, bool once);
   Status ValidateSystemEvent(const Event& event) const;
   Status ExecSql(const char* sql);
   sqlite3_stmt* Prepared(const char* sql);
