@@ -345,22 +345,28 @@ void Networks::Release(hv::Hypervisor& hv, const NetAttachment& a) {
     linger_cv_.notify_all();
     return;
   }
-  RemoveIfUnused(hv, a.node, filter_unused ? a.filter : "", network_unused ? a.network : "");
+  std::vector<std::string> filters, networks;
+  if (filter_unused) filters.push_back(a.filter);
+  if (network_unused) networks.push_back(a.network);
+  RemoveIfUnused(hv, a.node, filters, networks);
 }
 
-void Networks::RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::string& filter,
-                              const std::string& network) {
+void Networks::RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::vector<std::string>& filters,
+                              const std::vector<std::string>& networks) {
+  if (filters.empty() && networks.empty()) return;
   auto in_use = ScanDomains(hv);
   if (!in_use.ok()) {
     spdlog::warn("network cleanup on {}: {} (left for the next sweep)", node, in_use.status().ToString());
     return;
   }
-  if (!filter.empty() && in_use->filters.count(filter) == 0) {
+  for (const std::string& filter : filters) {
+    if (in_use->filters.count(filter)) continue;
     if (Status s = hv.DeleteNwFilter(filter); !s.ok()) {
       spdlog::warn("deleting nwfilter {} on {}: {}", filter, node, s.ToString());
     }
   }
-  if (!network.empty() && in_use->networks.count(network) == 0) {
+  for (const std::string& network : networks) {
+    if (in_use->networks.count(network)) continue;
     if (Status s = hv.DestroyNetwork(network); !s.ok()) {
       spdlog::warn("removing network {} on {}: {}", network, node, s.ToString());
     } else {
@@ -405,31 +411,33 @@ void Networks::LingerLoop() {
       linger_cv_.wait_for(lock, std::chrono::milliseconds(next - now));
       continue;
     }
-    // Due removals grouped by node; one still (or again) referenced is dropped.
-    std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> due;  // filters, networks
+    // Due removals grouped by node: node -> (filters, networks).
+    std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> due;
     for (auto it = lingering_.begin(); it != lingering_.end();) {
       const auto& [node, kind, name] = it->first;
       if (it->second > now) {
         ++it;
         continue;
       }
-      auto& refs = kind == 'n' ? network_refs_[node] : filter_refs_[node];
-      if (refs.count(name) == 0) (kind == 'n' ? due[node].second : due[node].first).push_back(name);
+      (kind == 'n' ? due[node].second : due[node].first).push_back(name);
       it = lingering_.erase(it);
     }
     NodeAccess access = node_access_;
     for (const auto& [node, names] : due) {
       // The node's hypervisor outside mu_ (node_access takes the cluster's
-      // lock); the references are checked again under mu_ before removing.
+      // lock); under mu_ again, what got a reference meanwhile stays.
       lock.unlock();
       Status st = access(node, [&](hv::Hypervisor& hv) {
         std::lock_guard again(mu_);
-        for (const std::string& f : names.first) {
-          if (filter_refs_[node].count(f) == 0) RemoveIfUnused(hv, node, f, "");
-        }
-        for (const std::string& n : names.second) {
-          if (network_refs_[node].count(n) == 0) RemoveIfUnused(hv, node, "", n);
-        }
+        auto unreferenced = [](const std::vector<std::string>& names, std::map<std::string, int>& refs) {
+          std::vector<std::string> out;
+          for (const std::string& n : names) {
+            if (refs.count(n) == 0) out.push_back(n);
+          }
+          return out;
+        };
+        RemoveIfUnused(hv, node, unreferenced(names.first, filter_refs_[node]),
+                       unreferenced(names.second, network_refs_[node]));
       });
       lock.lock();
       if (!st.ok()) spdlog::info("lingering network cleanup on {}: {} (left for the next sweep)", node, st.ToString());

@@ -180,10 +180,10 @@ class Networks {
   // then just stays as it was.
   void SeedFreeMacs(hv::Hypervisor& hv, const std::string& node, const std::string& network, const InUse* in_use);
   Result<net::Cidr> SubnetFor(hv::Hypervisor& hv, const std::string& network);
-  // Removes `filter` and/or `network` ("" = not that one) of `node` unless a
-  // running domain uses them (mu_ held).
-  void RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::string& filter,
-                      const std::string& network);
+  // Removes those of `filters` and `networks` on `node` that no running
+  // domain uses, after one scan of the node's domains (mu_ held).
+  void RemoveIfUnused(hv::Hypervisor& hv, const std::string& node, const std::vector<std::string>& filters,
+                      const std::vector<std::string>& networks);
   void LingerLoop();
 
   NetworksConfig config_;
