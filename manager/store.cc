@@ -221,6 +221,8 @@ constexpr const char* kExecCols =
     "id, function, function_version, tenant, image, state, node, domain, pid, ppid, exit_code, signal, "
     "error_code, error, stdout, stderr, output_truncated, duration_ms, timings, created_ms, finished_ms, "
     "name, kind, userdata, spec, console, console_truncated, network";
+// The states IsTerminal (types.h) calls unfinished, as an SQL list.
+constexpr const char* kUnfinishedStates = "('pending','placing','starting','running')";
 
 json TimingsToJson(const PhaseTimings& t) {
   return {{"queue_ms", t.queue_ms},       {"prepare_ms", t.prepare_ms},
@@ -765,10 +767,11 @@ Result<int64_t> Store::PruneFinishedExecutions(size_t keep, int64_t finished_bef
   std::lock_guard lock(mu_);
   // Keeps the newest `keep` finished records; of the rest, removes those that
   // finished before the cut-off (0: all of them).
-  Stmt st(db_,
-          "DELETE FROM executions WHERE finished_ms > 0 AND finished_ms < ? AND state NOT IN "
-          "('pending','placing','starting','running') AND id NOT IN (SELECT id FROM executions WHERE finished_ms > 0 "
-          "ORDER BY finished_ms DESC LIMIT ?) AND id NOT IN (SELECT id FROM claims)");
+  Stmt st(db_, (std::string("DELETE FROM executions WHERE finished_ms > 0 AND finished_ms < ? AND state NOT IN ") +
+                kUnfinishedStates +
+                " AND id NOT IN (SELECT id FROM executions WHERE finished_ms > 0 ORDER BY finished_ms DESC LIMIT ?) "
+                "AND id NOT IN (SELECT id FROM claims)")
+                   .c_str());
   st.Bind(finished_before_ms > 0 ? finished_before_ms : int64_t{1} << 62).Bind(static_cast<int64_t>(keep));
   if (st.Step() != SQLITE_DONE) return st.Error("pruning executions");
   return static_cast<int64_t>(sqlite3_changes(db_));
@@ -778,8 +781,8 @@ Result<std::vector<ExecutionRecord>> Store::ListEndedExecutionsAfter(int64_t aft
                                                                     const std::string& after_id, size_t limit) {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("SELECT ") + kExecCols +
-                " FROM executions WHERE finished_ms > 0 AND state NOT IN ('pending','placing','starting','running') "
-                "AND (finished_ms > ? OR (finished_ms = ? AND id > ?)) ORDER BY finished_ms, id LIMIT ?")
+                " FROM executions WHERE finished_ms > 0 AND state NOT IN " + kUnfinishedStates +
+                " AND (finished_ms > ? OR (finished_ms = ? AND id > ?)) ORDER BY finished_ms, id LIMIT ?")
                    .c_str());
   st.Bind(after_finished_ms).Bind(after_finished_ms).Bind(after_id).Bind(static_cast<int64_t>(limit));
   return st.Collect(ExecutionFromRow, "listing ended executions");
@@ -788,7 +791,7 @@ Result<std::vector<ExecutionRecord>> Store::ListEndedExecutionsAfter(int64_t aft
 Result<std::vector<ExecutionRecord>> Store::ListUnfinishedExecutions() {
   std::lock_guard lock(mu_);
   Stmt st(db_, (std::string("SELECT ") + kExecCols +
-                " FROM executions WHERE state IN ('pending','placing','starting','running') ORDER BY pid").c_str());
+                " FROM executions WHERE state IN " + kUnfinishedStates + " ORDER BY pid").c_str());
   return st.Collect(ExecutionFromRow, "listing executions");
 }
 
