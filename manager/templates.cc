@@ -400,16 +400,12 @@ Result<TemplateCache::Entry> TemplateCache::BuildAndSave(const TemplateKeyInputs
     Status prepared = hello.status();
     if (hello.ok()) {
       // The mount a first call would do, done once here (see the header).
-      agent::ExecMsg prepare;
-      prepare.prepare_only = true;
       // Dropped caches and zero-filled free memory make the save image (and
-      // every clone's copy and restore of it) small: format 3.
+      // every clone's copy and restore of it) small: format 3. Then the
+      // entrypoint's files go back into the page cache (format 4): a clone's
+      // first call reads them from memory, not the virtual disk.
+      agent::ExecMsg prepare = PrepareRootfsMsg(fn.spec);
       prepare.release_memory = true;
-      // Then the entrypoint's files go back into the page cache (format 4):
-      // a clone's first call reads them from memory, not the virtual disk.
-      prepare.argv = fn.spec.entrypoint;
-      prepare.env = fn.spec.env;
-      prepare.cwd = fn.spec.cwd;
       auto done = agent.Exec(prepare, "", 4096, options_.boot_timeout_ms);
       prepared = done.status();
       if (done.ok()) {
@@ -777,6 +773,15 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
                key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms, entry.info.save_bytes >> 10,
                in_place ? "in place" : "copied");
   return out;
+}
+
+agent::ExecMsg PrepareRootfsMsg(const FunctionSpec& spec) {
+  agent::ExecMsg prepare;
+  prepare.prepare_only = true;
+  prepare.argv = spec.entrypoint;
+  prepare.env = spec.env;
+  prepare.cwd = spec.cwd;
+  return prepare;
 }
 
 std::string LiveForkSaveVolumeName(const std::string& child_domain) { return "lfork-" + child_domain + ".save"; }

@@ -97,6 +97,12 @@ std::string TemplateSaveVolumeName(const std::string& key);    // tpl-<key>.save
 std::string TemplateRecordVolumeName(const std::string& key);  // tpl-<key>.json
 std::string TemplateDomainName(const std::string& key);        // berth-tpl-<key16>
 std::string CloneSaveVolumeName(const std::string& domain);    // tplclone-<domain>.save
+
+// The Exec that prepares a guest for `spec`'s calls without running anything:
+// the root filesystem mounted, the entrypoint's files read into the page
+// cache (prepare_only with argv, env and cwd). Template builds and warm-pool
+// VMs send it.
+agent::ExecMsg PrepareRootfsMsg(const FunctionSpec& spec);
 std::string TemplateDiskVolumeName(const std::string& key);    // tpl-<key>.disk
 
 // Destroys template-build domains (and their build volumes) that a crashed

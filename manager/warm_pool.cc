@@ -542,12 +542,7 @@ void WarmPools::PrepareRootfs(PooledVm& vm, const FunctionRecord& fn) {
   // mount is most of a warm call's run phase, so a pooled VM does it now,
   // and reads the entrypoint's files (a clone of a template has them cached
   // already; a cold-booted VM reads them from its disk here, not in a call).
-  agent::ExecMsg prepare;
-  prepare.prepare_only = true;
-  prepare.argv = fn.spec.entrypoint;
-  prepare.env = fn.spec.env;
-  prepare.cwd = fn.spec.cwd;
-  auto done = vm.agent->Exec(prepare, "", 4096, options_.boot_timeout_ms);
+  auto done = vm.agent->Exec(PrepareRootfsMsg(fn.spec), "", 4096, options_.boot_timeout_ms);
   if (!done.ok() || !done->exit.error_code.empty()) {
     spdlog::warn("warm pool VM {}: preparing its root filesystem: {}", vm.domain,
                  done.ok() ? done->exit.error_code + ": " + done->exit.error : done.status().ToString());
