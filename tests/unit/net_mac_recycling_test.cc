@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -347,81 +348,84 @@ TEST_F(MacRecyclingTest, NoSeedingWhileDomainsCannotBeListed) {
   EXPECT_EQ(restarted.FreeMacs("n1", keeper.network), std::vector<std::string>{old.nic.mac});
 }
 
+// Networks with an idle linger whose removals reach the fake through
+// SetNodeAccess (node "n1" only). The fake is not thread-safe: the test and
+// the linger thread reach it under hv_mu_.
+class NetworkLingerTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Networks> MakeNetworks(int64_t linger_ms) {
+    NetworksConfig cfg{{}, "/var/lib/berth-test"};
+    cfg.idle_linger_ms = linger_ms;
+    auto networks = std::make_unique<Networks>(cfg);
+    networks->SetNodeAccess([this](const std::string& node, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
+      if (node != "n1") return Status::NotFound("node " + node);
+      std::lock_guard lock(hv_mu_);
+      fn(hv_);
+      return Status::Ok();
+    });
+    return networks;
+  }
+
+  FakeNetHypervisor hv_;
+  std::mutex hv_mu_;
+};
+
 // With an idle linger, a network that lost its last reference stays for a
 // while: the next VM of the tenant (a warm pool's refill after the call that
 // used the pooled VM) gets the same network and MAC back instead of a new
 // network; once nothing takes it, it goes.
-TEST(NetworkLingerTest, AReleasedNetworkLingersIsReusedAndThenRemoved) {
-  FakeNetHypervisor hv;
-  std::mutex hv_mu;  // the fake is not thread-safe: the linger thread reaches it through this
-  NetworksConfig cfg{{}, "/var/lib/berth-test"};
-  cfg.idle_linger_ms = 300;
-  Networks networks(cfg);
-  networks.SetNodeAccess([&](const std::string& node, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
-    if (node != "n1") return Status::NotFound("node " + node);
-    std::lock_guard lock(hv_mu);
-    fn(hv);
-    return Status::Ok();
-  });
+TEST_F(NetworkLingerTest, AReleasedNetworkLingersIsReusedAndThenRemoved) {
+  auto networks = MakeNetworks(300);
   std::string network, mac;
   NetAttachment second;
   {
-    std::lock_guard lock(hv_mu);
-    auto first = networks.Acquire(hv, "n1", "acme", Egress());
+    std::lock_guard lock(hv_mu_);
+    auto first = networks->Acquire(hv_, "n1", "acme", Egress());
     ASSERT_TRUE(first.ok()) << first.status().ToString();
     network = first->network;
     mac = first->nic.mac;
-    networks.Release(hv, *first);
-    EXPECT_TRUE(hv.GetNetwork(network).ok()) << "removed at once despite the linger";
-    auto again = networks.Acquire(hv, "n1", "acme", Egress());
+    networks->Release(hv_, *first);
+    EXPECT_TRUE(hv_.GetNetwork(network).ok()) << "removed at once despite the linger";
+    auto again = networks->Acquire(hv_, "n1", "acme", Egress());
     ASSERT_TRUE(again.ok()) << again.status().ToString();
     second = *again;
     EXPECT_EQ(second.network, network);
     EXPECT_EQ(second.nic.mac, mac) << "the lingering network's free MAC is handed out again";
-    EXPECT_EQ(hv.destroyed_networks, 0);
+    EXPECT_EQ(hv_.destroyed_networks, 0);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
   {
-    std::lock_guard lock(hv_mu);
-    EXPECT_TRUE(hv.GetNetwork(network).ok()) << "a network in use was removed when its earlier linger ran out";
-    networks.Release(hv, second);
+    std::lock_guard lock(hv_mu_);
+    EXPECT_TRUE(hv_.GetNetwork(network).ok()) << "a network in use was removed when its earlier linger ran out";
+    networks->Release(hv_, second);
   }
   bool gone = false;
   for (int i = 0; i < 100 && !gone; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::lock_guard lock(hv_mu);
-    gone = !hv.GetNetwork(network).ok();
+    std::lock_guard lock(hv_mu_);
+    gone = !hv_.GetNetwork(network).ok();
   }
   EXPECT_TRUE(gone) << "the network stayed after its linger with no user";
-  std::lock_guard lock(hv_mu);
-  EXPECT_EQ(hv.destroyed_networks, 1);
+  std::lock_guard lock(hv_mu_);
+  EXPECT_EQ(hv_.destroyed_networks, 1);
 }
 
 // A berthd that stops removes what lingers: the next berthd may have another
 // owner and would never sweep it.
-TEST(NetworkLingerTest, StoppingRemovesWhatLingersAtOnce) {
-  FakeNetHypervisor hv;
-  std::mutex hv_mu;
-  NetworksConfig cfg{{}, "/var/lib/berth-test"};
-  cfg.idle_linger_ms = 60'000;
-  Networks networks(cfg);
-  networks.SetNodeAccess([&](const std::string&, const std::function<void(hv::Hypervisor&)>& fn) -> Status {
-    std::lock_guard lock(hv_mu);
-    fn(hv);
-    return Status::Ok();
-  });
+TEST_F(NetworkLingerTest, StoppingRemovesWhatLingersAtOnce) {
+  auto networks = MakeNetworks(60'000);
   std::string network;
   {
-    std::lock_guard lock(hv_mu);
-    auto a = networks.Acquire(hv, "n1", "acme", Egress());
+    std::lock_guard lock(hv_mu_);
+    auto a = networks->Acquire(hv_, "n1", "acme", Egress());
     ASSERT_TRUE(a.ok()) << a.status().ToString();
     network = a->network;
-    networks.Release(hv, *a);
-    EXPECT_TRUE(hv.GetNetwork(network).ok());
+    networks->Release(hv_, *a);
+    EXPECT_TRUE(hv_.GetNetwork(network).ok());
   }
-  networks.StopLinger();
-  std::lock_guard lock(hv_mu);
-  EXPECT_FALSE(hv.GetNetwork(network).ok()) << "a lingering network outlived the stop";
+  networks->StopLinger();
+  std::lock_guard lock(hv_mu_);
+  EXPECT_FALSE(hv_.GetNetwork(network).ok()) << "a lingering network outlived the stop";
 }
 
 }  // namespace

@@ -20,7 +20,7 @@
 #include "manager/node.h"
 #include "manager/runtime.h"
 #include "manager/warm_pool.h"
-#include "tests/support/unimplemented_hypervisor.h"
+#include "tests/support/fake_cluster.h"
 
 namespace berth::manager {
 namespace {
@@ -38,32 +38,23 @@ class AtomicClockEnv : public ManualClockEnv {
   std::atomic<int64_t> now_{1'700'000'000'000};
 };
 
-class RefillCountingHypervisor : public hv::UnimplementedHypervisor {
+// A fake host whose image lookup counts refills (and stops them there).
+class RefillCountingHypervisor : public berth::testing::FakeNodeHypervisor {
  public:
-  explicit RefillCountingHypervisor(std::atomic<int>* refills) : refills_(refills) {}
+  explicit RefillCountingHypervisor(std::atomic<int>* refills)
+      : FakeNodeHypervisor("fake:///", 4, 16'384), refills_(refills) {}
   Result<hv::NodeInfo> GetNodeInfo() override {
-    hv::NodeInfo info;
-    info.cpus = 4;
-    info.memory_mib = 16'384;
+    BERTH_ASSIGN_OR_RETURN(hv::NodeInfo info, FakeNodeHypervisor::GetNodeInfo());
     info.cpu_model = "fake";
     return info;
   }
-  Status EnsureDirPool(const std::string&, const std::string&) override { return Status::Ok(); }
   Result<hv::VolumeInfo> LookupVolume(const std::string& pool, const std::string& name) override {
     if (name.rfind("img-", 0) == 0) {  // a refill puts the function's image on the node first
       ++*refills_;
       return Status::Unavailable("fake: refills stop here");
     }
-    hv::VolumeInfo v;  // the runtime's kernel and initramfs
-    v.pool = pool;
-    v.name = name;
-    v.path = "/fake/" + name;
-    return v;
+    return FakeNodeHypervisor::LookupVolume(pool, name);  // the runtime's kernel and initramfs
   }
-  Result<std::vector<hv::VolumeInfo>> ListVolumes(const std::string&) override {
-    return std::vector<hv::VolumeInfo>{};
-  }
-  Result<std::vector<std::string>> ListDomains(const std::string&) override { return std::vector<std::string>{}; }
   Status DestroyDomain(const std::string&) override { return Status::Ok(); }
   Status DeleteVolume(const std::string&, const std::string&) override { return Status::Ok(); }
 
