@@ -21,6 +21,7 @@ PipelinedWriter::PipelinedWriter(int fd, uint64_t file_offset, Sha256* hash, std
       what_(std::move(what)),
       buffer_bytes_(buffer_bytes == 0 ? kDefaultBufferBytes : buffer_bytes),
       ring_(buffers < 2 ? 2 : buffers),
+      wake_batch_(std::max<size_t>(1, std::min(kWakeBatch, ring_.size() / 4))),
       claim_at_(file_offset),
       slot_written_(ring_.size(), 0) {
   original_flags_ = ::fcntl(fd_, F_GETFL);
@@ -48,7 +49,8 @@ PipelinedWriter::~PipelinedWriter() {
     stop_ = true;
     failed_ = true;  // nothing more reaches the file
   }
-  cv_.notify_all();
+  work_cv_.notify_all();
+  space_cv_.notify_all();
   for (auto& w : writers_) w.join();
   if (hasher_.joinable()) hasher_.join();
   if (original_flags_ >= 0) (void)::fcntl(fd_, F_SETFL, original_flags_);
@@ -92,7 +94,12 @@ Status PipelinedWriter::Flush() {
   }
   if (filling_ && filling_->size > 0) HandOff();
   std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return DoneLocked() == produced_; });
+  flushing_ = true;
+  work_cv_.notify_all();  // partial batches go now
+  caller_waiting_ = true;
+  space_cv_.wait(lock, [&] { return DoneLocked() == produced_; });
+  caller_waiting_ = false;
+  flushing_ = false;
   if (error_.ok() && hole_bytes_ > 0) {
     // Zero blocks at the end were left as a hole: the file still ends where the stream does.
     const uint64_t end = start_offset_ + handed_bytes_;
@@ -111,7 +118,14 @@ void PipelinedWriter::TakeBuffer() {
   {
     std::unique_lock lock(mu_);
     // Buffer `produced_` is free once both threads are past its previous use.
-    cv_.wait(lock, [&] { return produced_ - DoneLocked() < ring_.size(); });
+    if (produced_ - DoneLocked() >= ring_.size()) {
+      // Full: the threads take what they have, and the caller sleeps until a
+      // batch of buffers is free rather than one.
+      caller_waiting_ = true;
+      work_cv_.notify_all();
+      space_cv_.wait(lock, [&] { return ring_.size() - (produced_ - DoneLocked()) >= wake_batch_; });
+      caller_waiting_ = false;
+    }
     n = produced_;
   }
   filling_ = &ring_[n % ring_.size()];
@@ -128,12 +142,25 @@ void PipelinedWriter::TakeBuffer() {
 void PipelinedWriter::HandOff() {
   handed_bytes_ += filling_->size;
   filling_ = nullptr;
+  bool wake;
   {
     std::lock_guard lock(mu_);
     ++produced_;
+    // Only when a waiting thread's batch just became full.
+    wake = (writers_waiting_ > 0 && produced_ - claim_next_ >= wake_batch_) ||
+           (hasher_waiting_ && produced_ - hashed_ >= wake_batch_);
   }
-  if (writers_.empty()) StartThreads();
-  cv_.notify_all();
+  if (writers_.empty()) {
+    StartThreads();
+    return;
+  }
+  if (wake) work_cv_.notify_all();
+}
+
+void PipelinedWriter::NotifyCallerLocked() {
+  if (!caller_waiting_) return;
+  const uint64_t busy = produced_ - DoneLocked();
+  if (busy == 0 || (!flushing_ && ring_.size() - busy >= wake_batch_)) space_cv_.notify_one();
 }
 
 void PipelinedWriter::StartThreads() {
@@ -263,7 +290,11 @@ void PipelinedWriter::WriterLoop() {
   const uint64_t max_batch = std::max<size_t>(1, std::min(kMaxBatchBuffers, ring_.size() / 4));
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return claim_next_ < produced_ || stop_; });
+    ++writers_waiting_;
+    work_cv_.wait(lock, [&] {
+      return produced_ - claim_next_ >= wake_batch_ || (claim_next_ < produced_ && UrgentLocked()) || stop_;
+    });
+    --writers_waiting_;
     if (claim_next_ >= produced_) return;  // stopped and nothing left
     const uint64_t first = claim_next_;
     const uint64_t count = std::min(produced_ - first, max_batch);
@@ -284,7 +315,7 @@ void PipelinedWriter::WriterLoop() {
       slot_written_[written_ % ring_.size()] = 0;
       ++written_;
     }
-    cv_.notify_all();
+    NotifyCallerLocked();
   }
 }
 
@@ -292,14 +323,21 @@ void PipelinedWriter::HasherLoop() {
   uint64_t next = 0;
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return next < produced_ || stop_; });
+    hasher_waiting_ = true;
+    work_cv_.wait(lock, [&] {
+      return produced_ - next >= wake_batch_ || (next < produced_ && UrgentLocked()) || stop_;
+    });
+    hasher_waiting_ = false;
     if (next >= produced_) return;
-    const Buffer& buf = ring_[next % ring_.size()];
-    lock.unlock();
-    hash_->Update(std::string_view(buf.data.get(), buf.size));
-    lock.lock();
-    hashed_ = ++next;
-    cv_.notify_all();
+    // Everything handed off so far, one buffer at a time.
+    while (next < produced_) {
+      const Buffer& buf = ring_[next % ring_.size()];
+      lock.unlock();
+      hash_->Update(std::string_view(buf.data.get(), buf.size));
+      lock.lock();
+      hashed_ = ++next;
+      NotifyCallerLocked();
+    }
   }
 }
 

@@ -70,6 +70,12 @@ class PipelinedWriter {
   // that with both writers busy the caller fills the other half meanwhile).
   static constexpr size_t kMaxBatchBuffers = 8;
   static constexpr int kWriterThreads = 2;
+  // A thread waiting for work is woken once this many buffers wait for it
+  // (or when the caller waits or flushes), and a caller waiting for a free
+  // buffer once this many are free: one wakeup per MiB instead of one per
+  // buffer for each of the three threads and the caller, which cost ~10 % of
+  // an upload's CPU on 2 cores.
+  static constexpr size_t kWakeBatch = 4;
 
   // `fd` (open for writing; the first appended byte lands at `file_offset`) and `hash` (null: no hashing) stay the caller's and
   // must outlive this. `what` prefixes write errors.
@@ -110,6 +116,10 @@ class PipelinedWriter {
   void StartThreads();
   // Buffers both threads are done with (mu_ held).
   uint64_t DoneLocked() const { return hash_ ? std::min(written_, hashed_) : written_; }
+  // Whether the threads should stop waiting for a fuller batch (mu_ held).
+  bool UrgentLocked() const { return caller_waiting_ || flushing_ || stop_; }
+  // Wakes the caller if it waits and what it waits for is there (mu_ held).
+  void NotifyCallerLocked();
   void WriterLoop();
   void HasherLoop();
   // Writes bytes at file offset `at`: directly while aligned, else buffered
@@ -145,7 +155,13 @@ class PipelinedWriter {
   uint64_t handed_bytes_ = 0;  // bytes handed to the threads (the writer's file position)
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable work_cv_;   // writers and hasher wait for buffers
+  std::condition_variable space_cv_;  // the caller waits for free buffers or for Flush
+  const size_t wake_batch_;           // kWakeBatch, at most a quarter of the ring
+  bool caller_waiting_ = false;
+  bool flushing_ = false;
+  int writers_waiting_ = 0;
+  bool hasher_waiting_ = false;
   // Buffer counters since the start; buffer n is ring_[n % ring_.size()].
   // written_ counts the longest prefix of written buffers; writers claim
   // batches from claim_next_ (at file offset claim_at_) and mark their
