@@ -142,6 +142,9 @@ std::string TemplateDomainName(const std::string& key) {
 }
 std::string CloneSaveVolumeName(const std::string& domain) { return "tplclone-" + domain + ".save"; }
 std::string TemplateDiskVolumeName(const std::string& key) { return "tpl-" + key + ".disk"; }
+std::string TemplateSpareVolumeName(const std::string& key, int n) {
+  return "tpl-" + key + ".spare" + std::to_string(n);
+}
 
 namespace {
 std::string BuildOverlayVolumeName(const std::string& key) { return "tpl-" + key.substr(0, 16) + ".qcow2"; }
@@ -468,6 +471,10 @@ Status TemplateCache::RemoveVolumes(const std::string& key) {
   Status a = hv.DeleteVolume(node_.config().pool, TemplateRecordVolumeName(key));
   Status b = hv.DeleteVolume(node_.config().pool, TemplateSaveVolumeName(key));
   Status c = hv.DeleteVolume(node_.config().pool, TemplateDiskVolumeName(key));
+  for (int n = 1; n <= options_.spare_images; ++n) {
+    Status d = hv.DeleteVolume(node_.config().pool, TemplateSpareVolumeName(key, n));
+    if (!d.ok() && d.code() != Code::kNotFound && c.ok()) c = d;
+  }
   return !a.ok() ? a : !b.ok() ? b : c;
 }
 
@@ -475,6 +482,7 @@ Status TemplateCache::Invalidate(const std::string& key) {
   {
     std::lock_guard lock(mu_);
     entries_.erase(key);
+    spares_.erase(key);
     if (building_.count(key)) {
       invalidated_while_building_.insert(key);  // Ensure removes it when the build ends
       return Status::Ok();
@@ -513,6 +521,9 @@ Result<std::vector<std::string>> TemplateCache::Prune(const std::set<std::string
     if (v.name.size() == 4 + 64 + 5 && v.name.rfind("tpl-", 0) == 0 && IsHex(v.name.substr(4, 64)) &&
         (v.name.ends_with(".save") || v.name.ends_with(".json") || v.name.ends_with(".disk"))) {
       keys.insert(v.name.substr(4, 64));
+    } else if (v.name.size() > 4 + 64 + 6 && v.name.rfind("tpl-", 0) == 0 && IsHex(v.name.substr(4, 64)) &&
+               v.name.compare(4 + 64, 6, ".spare") == 0) {
+      keys.insert(v.name.substr(4, 64));
     } else if (v.name.rfind("tplclone-", 0) == 0 && v.name.ends_with(".save")) {
       clone_volumes.insert(v.name);
     } else if (v.name.size() == 4 + 16 + 6 && v.name.rfind("tpl-", 0) == 0 && v.name.ends_with(".qcow2")) {
@@ -527,6 +538,7 @@ Result<std::vector<std::string>> TemplateCache::Prune(const std::set<std::string
       std::lock_guard lock(mu_);
       if (building_.count(key)) continue;
       entries_.erase(key);
+      spares_.erase(key);
     }
     Status s = RemoveVolumes(key);
     if (s.ok()) {
@@ -646,14 +658,59 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   // The save image: while no other clone of this template restores, the
   // template's own file with the clone's header (nothing is copied; the
   // template's header goes back right after the restore, which has read it
-  // by then). Concurrent clones, and a header that does not fit, use a copy.
-  // libvirt refuses writes to a volume while it is the source of a copy
-  // ("still in use"), so a clone goes in place only while no copy runs.
+  // by then). Clones that start meanwhile take a free spare copy the same way
+  // (no header to put back: every user writes its own), or copy the image,
+  // keeping the copy as a spare while fewer than spare_images exist. A header
+  // that does not fit needs a copy of its own. libvirt refuses writes to a
+  // volume while it is the source of a copy ("still in use"), so a clone goes
+  // to the template's own file only while no copy runs.
+  const bool header_fits = head.size() == entry.header.stream_offset();
   bool in_place = false;
-  if (head.size() == entry.header.stream_offset() && entry.header_bytes) {
+  int spare = 0;             // 1-based index of the spare this clone uses; 0: none
+  bool spare_made = false;   // ... which it fills with a copy first
+  bool spare_ready = false;  // ... and which holds a complete copy
+  uint64_t spare_generation = 0;
+  if (header_fits && entry.header_bytes) {
     std::lock_guard lock(mu_);
     in_place = copying_[key] == 0 && in_place_.insert(key).second;
+    if (!in_place && options_.spare_images > 0) {
+      Spares& spares = spares_[key];
+      if (spares.generation == 0) spares.generation = next_spare_generation_++;
+      spare_generation = spares.generation;
+      auto& states = spares.states;
+      auto it = std::find(states.begin(), states.end(), SpareState::kFree);
+      if (it == states.end()) {
+        it = std::find(states.begin(), states.end(), SpareState::kAbsent);
+        if (it == states.end() && states.size() < static_cast<size_t>(options_.spare_images)) {
+          it = states.insert(states.end(), SpareState::kAbsent);
+        }
+        spare_made = it != states.end();
+      }
+      if (it != states.end()) {
+        *it = spare_made ? SpareState::kCreating : SpareState::kBusy;
+        spare = static_cast<int>(it - states.begin()) + 1;
+      }
+    }
   }
+  const std::string spare_volume = spare > 0 ? TemplateSpareVolumeName(key, spare) : std::string();
+  // Gives the spare back: free if it holds a complete copy, else its volume
+  // goes. A spare forgotten meanwhile (Invalidate) is left to whoever replaces it.
+  bool spare_released = spare == 0;
+  auto release_spare = [&]() {
+    if (spare_released) return;
+    spare_released = true;
+    bool drop = false;
+    {
+      std::lock_guard lock(mu_);
+      auto it = spares_.find(key);
+      if (it != spares_.end() && it->second.generation == spare_generation &&
+          static_cast<size_t>(spare) <= it->second.states.size()) {
+        drop = !spare_ready;
+        it->second.states[spare - 1] = drop ? SpareState::kAbsent : SpareState::kFree;
+      }
+    }
+    if (drop) (void)hv.DeleteVolume(pool, spare_volume);
+  };
   bool header_restored = !in_place;
   // Writes the template's header area; retries for a while, since a clone
   // that started meanwhile may be copying the file.
@@ -678,45 +735,56 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     if (!s.ok()) spdlog::warn("restoring the header of template {}: {}", key.substr(0, 16), s.ToString());
     return s.ok();
   };
-  const std::string image_volume = in_place ? entry.info.save_volume : clone_volume;
+  // Undoes the image choice of a start that fails before its restore.
+  auto release_image = [&]() -> bool {
+    release_spare();
+    return restore_template_header();
+  };
+  const std::string image_volume = in_place ? entry.info.save_volume : spare > 0 ? spare_volume : clone_volume;
   std::string image_path;
   {
     auto copy_volume = [&]() -> Result<hv::VolumeInfo> {
+      // A spare of an earlier berthd may hold anything: replaced.
+      if (spare_made) (void)hv.DeleteVolume(pool, spare_volume);
       {
         std::lock_guard lock(mu_);
         ++copying_[key];
       }
-      auto copied = hv.CloneVolume(pool, entry.info.save_volume, clone_volume);
+      auto copied = hv.CloneVolume(pool, entry.info.save_volume, image_volume);
       std::lock_guard lock(mu_);
       if (--copying_[key] == 0) copying_.erase(key);
       return copied;
     };
-    Result<hv::VolumeInfo> image = in_place ? hv.LookupVolume(pool, image_volume) : copy_volume();
+    const bool copies = !in_place && (spare == 0 || spare_made);
+    Result<hv::VolumeInfo> image = copies ? copy_volume() : hv.LookupVolume(pool, image_volume);
+    // A spare that went wrong is dropped; it says nothing about the template.
+    const bool from_template = in_place || copies;
     if (!image.ok()) {
       const bool missing = image.status().code() == Code::kNotFound;
-      (void)restore_template_header();
-      return fail(image.status(), missing);
+      (void)release_image();
+      return fail(image.status(), missing && from_template);
     }
     image_path = image->path;
     if (image->capacity_bytes != entry.info.save_bytes) {
-      (void)restore_template_header();
+      (void)release_image();
       return fail(Status::FailedPrecondition("template save image is damaged: " +
                                              std::to_string(image->capacity_bytes) + " bytes, recorded " +
                                              std::to_string(entry.info.save_bytes)),
-                  true);
+                  from_template);
     }
     auto magic = hv.DownloadVolumeRange(pool, image_volume, 0, hv::kSaveHeaderSize);
     if (!magic.ok()) {
-      (void)restore_template_header();
+      (void)release_image();
       return fail(magic.status(), false);
     }
     if (magic->size() < hv::kSaveHeaderSize || magic->compare(0, 16, "LibvirtQemudSave") != 0 ||
         LeU32(*magic, 20) != entry.header.data_len) {
-      (void)restore_template_header();
-      return fail(Status::FailedPrecondition("template save image has a damaged header"), true);
+      (void)release_image();
+      return fail(Status::FailedPrecondition("template save image has a damaged header"), from_template);
     }
+    spare_ready = spare > 0;
     Status rewritten;
-    if (head.size() == entry.header.stream_offset()) {
+    if (header_fits) {
       // libvirt pads the XML area, so the new header usually fits in place.
       rewritten = in_place ? write_template_header(head) : hv.UploadVolumeRange(pool, image_volume, 0, head);
     } else {
@@ -729,12 +797,14 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
       rewritten = hv.WriteVolume(pool, clone_volume, head).status();
     }
     if (!rewritten.ok()) {
+      release_spare();
       const bool template_ok = restore_template_header();
       return fail(rewritten, !template_ok);
     }
   }
   out.copy_ms = env_->MonotonicMs() - t0;
-  out.in_place = in_place;
+  out.in_place = in_place || (spare > 0 && !spare_made);
+  out.spare = spare;
 
   const int64_t t1 = env_->MonotonicMs();
   restore_attempted = true;
@@ -744,11 +814,12 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   Status restored = RunBounded([hvp, path] { return hvp->RestoreDomain(path); }, options_.restore_timeout_ms,
                                [hvp, domain] { (void)hvp->DestroyDomain(domain); }, "restoring " + domain);
   const bool header_back = restore_template_header();
+  release_spare();
   if (!restored.ok()) return fail(restored, true);
   if (!header_back) (void)Invalidate(key);  // its file still names this clone
   out.restore_ms = env_->MonotonicMs() - t1;
   // The running domain no longer needs its save image.
-  if (!in_place) {
+  if (!in_place && spare == 0) {
     if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {
       spdlog::warn("deleting clone save volume {}: {}", clone_volume, d.ToString());
     }
@@ -769,9 +840,12 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     std::lock_guard lock(mu_);
     clones_in_flight_.erase(clone_volume);
   }
+  const std::string source = in_place         ? "in place"
+                             : spare == 0       ? "copied"
+                             : spare_made       ? "copied to spare " + std::to_string(spare)
+                                                : "spare " + std::to_string(spare);
   spdlog::info("clone {} of template {}: copy {} ms, restore {} ms, hello {} ms (save image {} KiB, {})", request.domain,
-               key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms, entry.info.save_bytes >> 10,
-               in_place ? "in place" : "copied");
+               key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms, entry.info.save_bytes >> 10, source);
   return out;
 }
 

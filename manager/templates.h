@@ -11,8 +11,12 @@
 // overlay disk and console log, restored as an independent running domain.
 // One clone at a time per template restores from the template's own file,
 // its header rewritten for the restore and put back right after (libvirt has
-// read it by then): no copy of the image. Clones that start while one does,
-// or whose header does not fit, restore from a copy (tplclone-*.save).
+// read it by then): no copy of the image. Clones that start while one does
+// restore from a spare copy (tpl-<key>.spare<N>) in the same way; a clone
+// that finds none free copies the image, and the copy stays as a spare
+// (up to TemplateOptions::spare_images), so a burst of N concurrent starts
+// copies at most N-1 times and the next burst not at all. Clones whose
+// header does not fit restore from a copy of their own (tplclone-*.save).
 // Before the save the guest drops its caches and zero-fills its free memory
 // (ExecMsg::release_memory), so the image holds little more than used pages;
 // then it reads the entrypoint's files back into the page cache (ExecMsg::argv
@@ -24,6 +28,9 @@
 //   tpl-<key>.disk           the template's qcow2 overlay (over the function's image) at the save
 //   tpl-<key>.json           the record (TemplateInfo as JSON); written last, so a template
 //                            counts only once both exist and the save image is complete
+//   tpl-<key>.spare<N>       spare copies of the save image for concurrent clones (N from 1);
+//                            their header is whichever clone used them last, and only
+//                            spares this process made are used (older ones are replaced)
 //   tplclone-<domain>.save   a clone's copy of the save image, only while its restore runs
 // While a template builds: domain berth-tpl-<key16>, overlay tpl-<key16>.qcow2
 // (pool) and console log tpl-<key16>.console.log (pool); all removed
@@ -97,6 +104,7 @@ std::string TemplateSaveVolumeName(const std::string& key);    // tpl-<key>.save
 std::string TemplateRecordVolumeName(const std::string& key);  // tpl-<key>.json
 std::string TemplateDomainName(const std::string& key);        // berth-tpl-<key16>
 std::string CloneSaveVolumeName(const std::string& domain);    // tplclone-<domain>.save
+std::string TemplateSpareVolumeName(const std::string& key, int n);  // tpl-<key>.spare<n>, n >= 1
 
 // The Exec that prepares a guest for `spec`'s calls without running anything:
 // the root filesystem mounted, the entrypoint's files read into the page
@@ -155,7 +163,8 @@ struct CloneStart {
   std::unique_ptr<hv::AgentClient> agent;
   agent::HelloMsg hello;
   int64_t copy_ms = 0;     // clone's overlay written, save image (copied or not) given the clone's header
-  bool in_place = false;   // restored from the template's own save image (no copy)
+  bool in_place = false;   // restored from the template's own save image or a spare copy (no copy now)
+  int spare = 0;           // the spare copy restored from or made (tpl-<key>.spare<N>); 0: none
   int64_t restore_ms = 0;  // virDomainRestore
   int64_t hello_ms = 0;    // restore done -> agent hello
 };
@@ -167,6 +176,10 @@ struct TemplateOptions {
   int64_t save_timeout_ms = 120'000;    // virDomainSave
   int64_t restore_timeout_ms = 60'000;  // virDomainRestore of a clone
   int64_t hello_timeout_ms = 30'000;    // restored clone -> agent hello
+  // Spare copies of each template's save image kept for clones that start
+  // while another restores (disk: this many times the save image per
+  // template; 0: every concurrent clone copies and deletes its copy).
+  int spare_images = 3;
 };
 
 // The templates of one node. Thread-safe.
@@ -253,6 +266,16 @@ class TemplateCache {
   std::set<std::string> clones_in_flight_;  // clone save volume names
   std::set<std::string> in_place_;          // keys whose own save image a clone is restoring from
   std::map<std::string, int> copying_;      // key -> clones copying its save image now
+  // Spare copies of each template's save image (index N-1: tpl-<key>.spareN).
+  // A new generation whenever the key's spares are forgotten (Invalidate), so
+  // that a clone finishing late does not mark a spare of the next template.
+  enum class SpareState { kAbsent, kCreating, kFree, kBusy };
+  struct Spares {
+    uint64_t generation = 0;
+    std::vector<SpareState> states;
+  };
+  std::map<std::string, Spares> spares_;
+  uint64_t next_spare_generation_ = 1;
 };
 
 // --- Live fork (issue 6, item 5): a running guest's current memory and disk

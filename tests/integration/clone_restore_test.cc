@@ -116,7 +116,9 @@ TEST_F(CloneRestoreTest, TwoClonesOfOneTemplateRunAtOnceWithTheirOwnDisks) {
     ASSERT_TRUE(ch.ok()) << ch.status().ToString();
     agents.push_back(std::make_unique<hv::AgentClient>(std::move(*ch)));
     auto hello = agents.back()->Hello(30'000);
-    ASSERT_TRUE(hello.ok()) << hello.status().ToString();
+    ASSERT_TRUE(hello.ok()) << hello.status().ToString() << "\nclone console:\n"
+                            << Shell("tail -c 4000 " + ident.console_log_path) << "\ntemplate console:\n"
+                            << Shell("tail -c 4000 " + dir_ + "/" + tpl + ".console.log");
     // The resumed RNG state is shared by all clones; the agent mixed in the
     // host's entropy and reseeded (RNDADDENTROPY + RNDRESEEDCRNG).
     EXPECT_TRUE(hello->entropy_mixed);

@@ -231,10 +231,64 @@ TEST_F(TemplateTest, ConcurrentClonesAnswerHelloWithTheirOwnRandomness) {
   EXPECT_NE(x0->find(r0.console_log_path), std::string::npos);
   EXPECT_NE(x1->find(r1.overlay_path), std::string::npos);
   EXPECT_NE(x0->substr(x0->find("<uuid>"), 44), x1->substr(x1->find("<uuid>"), 44));
-  // The clones' save images went with their restores.
+  // A clone that had to copy the save image kept the copy as a spare, not as
+  // a clone volume of its own.
   auto vols = PoolVolumes(g->pool);
   EXPECT_FALSE(AnyStartsWith(vols, "tplclone-"));
   for (const auto& r : {r0, r1}) (void)g->node->hypervisor().DestroyDomain(r.domain);
+}
+
+// (a2) Clones that start while another restores copy the save image once
+// and keep the copies as spares (at most spare_images): a second burst of as
+// many concurrent clones restores from the template's file and the spares
+// without copying.
+TEST_F(TemplateTest, ConcurrentClonesKeepTheirCopiesAsSparesForTheNextBurst) {
+  const int n = 3;
+  const std::string spare_prefix = "tpl-" + g->tpl.key + ".spare";
+  auto count_spares = [&] {
+    int count = 0;
+    for (const auto& v : PoolVolumes(g->pool)) count += v.rfind(spare_prefix, 0) == 0 ? 1 : 0;
+    return count;
+  };
+  auto burst = [&](const std::string& tag) {
+    std::vector<CloneRequest> reqs;
+    for (int i = 0; i < n; ++i) reqs.push_back(Request(tag));
+    std::vector<std::future<Result<CloneStart>>> futures;
+    for (const auto& r : reqs) {
+      futures.push_back(std::async(std::launch::async, [r] { return g->cache->StartClone(g->tpl.key, r); }));
+    }
+    int copies = 0;
+    for (int i = 0; i < n; ++i) {
+      auto c = futures[i].get();
+      EXPECT_TRUE(c.ok()) << c.status().ToString();
+      if (!c.ok()) continue;
+      std::cout << tag << " clone " << i << ": " << (c->in_place ? "no copy" : "copied") << ", spare " << c->spare
+                << ", copy+header " << c->copy_ms << " ms, restore " << c->restore_ms << " ms\n";
+      EXPECT_LE(c->spare, Options().spare_images);
+      if (!c->in_place) ++copies;
+      // A clone restored from a spare runs like any other.
+      auto out = Run(*c->agent, "echo $((6 * 7))");
+      EXPECT_TRUE(out.ok() && *out == "42\n") << (out.ok() ? *out : out.status().ToString());
+    }
+    for (const auto& r : reqs) (void)g->node->hypervisor().DestroyDomain(r.domain);
+    return copies;
+  };
+  const int spares_before = count_spares();
+  const int copies1 = burst("s");
+  const int spares1 = count_spares();
+  std::cout << "first burst: " << copies1 << " copies, spares " << spares_before << " -> " << spares1 << "\n";
+  EXPECT_GE(spares1, spares_before);
+  EXPECT_LE(spares1, Options().spare_images);
+  EXPECT_GE(spares1, 1) << "three clones started at once, and none kept a copy";
+  // Every copy became a spare (no clone copies of their own were left).
+  EXPECT_FALSE(AnyStartsWith(PoolVolumes(g->pool), "tplclone-"));
+
+  const int copies2 = burst("t");
+  std::cout << "second burst: " << copies2 << " copies, spares " << count_spares() << "\n";
+  // The template's own file and the free spares serve the burst; only
+  // clones beyond them copy (none once the first burst made n - 1 spares).
+  EXPECT_LE(copies2, std::max(0, n - 1 - spares1));
+  EXPECT_LE(count_spares(), Options().spare_images);
 }
 
 // (b) A clone's writes stay in its own overlay.
@@ -328,6 +382,7 @@ TEST_F(TemplateTest, NewVersionGetsNewKeyAndPruneRemovesTheOld) {
   vols = PoolVolumes(g->pool);
   EXPECT_FALSE(Contains(vols, manager::TemplateSaveVolumeName(g->tpl.key)));
   EXPECT_FALSE(Contains(vols, manager::TemplateRecordVolumeName(g->tpl.key)));
+  EXPECT_FALSE(AnyStartsWith(vols, "tpl-" + g->tpl.key + ".spare")) << "the old template's spares stay";
   EXPECT_TRUE(Contains(vols, manager::TemplateSaveVolumeName(new_key)));
   EXPECT_EQ(g->cache->Lookup(g->tpl.key).status().code(), Code::kNotFound);
   g->fn = v2;
@@ -351,6 +406,7 @@ TEST_F(TemplateTest, CorruptOrTruncatedSaveImageFailsCleanlyAndIsRebuilt) {
     auto vols = PoolVolumes(g->pool);
     EXPECT_FALSE(AnyStartsWith(vols, "tplclone-"));
     EXPECT_FALSE(Contains(vols, manager::TemplateSaveVolumeName(g->tpl.key))) << "template not invalidated";
+    EXPECT_FALSE(AnyStartsWith(vols, "tpl-" + g->tpl.key + ".spare")) << "spares of an invalidated template stay";
     EXPECT_FALSE(Contains(vols, manager::TemplateRecordVolumeName(g->tpl.key)));
     EXPECT_EQ(cache.Lookup(g->tpl.key).status().code(), Code::kNotFound);
     (void)hv.DeleteVolume(g->pool, "ovl-" + req.domain + ".qcow2");
