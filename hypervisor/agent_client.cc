@@ -1,5 +1,6 @@
 #include "hypervisor/agent_client.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/ids.h"
@@ -147,5 +148,30 @@ Status AgentClient::Ping(int64_t timeout_ms) {
 }
 
 Status AgentClient::PowerOff() { return channel_->Send(agent::MsgType::kPowerOff, "{}"); }
+
+Result<RestoredAgent> ConnectRestoredAgent(Hypervisor& hv, const std::string& domain, const std::string& channel,
+                                           int64_t timeout_ms, int64_t reconnect_ms) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  RestoredAgent out;
+  for (;;) {
+    const int64_t left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    BERTH_ASSIGN_OR_RETURN(auto ch, hv.OpenAgentChannel(domain, channel));
+    out.client = std::make_unique<AgentClient>(std::move(ch));
+    const bool last = left <= reconnect_ms * 3 / 2;
+    auto hello = out.client->Hello(last ? std::max<int64_t>(left, 1) : reconnect_ms);
+    if (hello.ok()) {
+      out.hello = std::move(*hello);
+      return out;
+    }
+    out.client->Close();
+    if (hello.status().code() != Code::kDeadlineExceeded || last) {
+      if (out.reconnects == 0) return hello.status();
+      return hello.status().WithContext("after " + std::to_string(out.reconnects) + " reconnect(s)");
+    }
+    ++out.reconnects;
+  }
+}
 
 }  // namespace berth::hv

@@ -70,4 +70,19 @@ class AgentClient {
   std::unique_ptr<AgentChannel> channel_;
 };
 
+// The agent of a domain just restored from a save image (a template clone),
+// connected and past Hello. The guest learns of a host connection from the
+// port-open event its virtio-serial driver gets; should that be lost (the
+// guest's view of the host stale after the restore), Hello would wait in
+// vain, so a Hello not answered within `reconnect_ms` is retried on a fresh
+// connection (a new port-open event; the agent takes any reconnect), until
+// `timeout_ms` in all. Errors other than a timeout end it at once.
+struct RestoredAgent {
+  std::unique_ptr<AgentClient> client;
+  agent::HelloMsg hello;
+  int reconnects = 0;  // connections after the first
+};
+Result<RestoredAgent> ConnectRestoredAgent(Hypervisor& hv, const std::string& domain, const std::string& channel,
+                                           int64_t timeout_ms, int64_t reconnect_ms = 4000);
+
 }  // namespace berth::hv

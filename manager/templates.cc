@@ -826,16 +826,15 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   }
 
   const int64_t t2 = env_->MonotonicMs();
-  auto channel = hv.OpenAgentChannel(request.domain, hv::ChannelSpec{}.name);
-  if (!channel.ok()) return fail(channel.status(), true);
-  out.agent = std::make_unique<hv::AgentClient>(std::move(*channel));
-  auto hello = out.agent->Hello(options_.hello_timeout_ms);
-  if (!hello.ok()) {
-    out.agent->Close();
-    return fail(hello.status(), true);
-  }
-  out.hello = std::move(*hello);
+  auto connected = hv::ConnectRestoredAgent(hv, request.domain, hv::ChannelSpec{}.name, options_.hello_timeout_ms);
+  if (!connected.ok()) return fail(connected.status(), true);
+  out.agent = std::move(connected->client);
+  out.hello = std::move(connected->hello);
   out.hello_ms = env_->MonotonicMs() - t2;
+  if (connected->reconnects > 0) {
+    spdlog::warn("clone {} of template {}: the agent answered hello only after {} reconnect(s), {} ms", request.domain,
+                 key.substr(0, 16), connected->reconnects, out.hello_ms);
+  }
   {
     std::lock_guard lock(mu_);
     clones_in_flight_.erase(clone_volume);
