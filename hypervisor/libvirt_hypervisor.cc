@@ -153,6 +153,66 @@ class LibvirtAgentChannel final : public AgentChannel {
 
 // ---------------------------------------------------------------------------
 
+// The local file of an upload as virStreamSparseSendAll reads it: data
+// sections by read(2), holes found with SEEK_DATA/SEEK_HOLE (a file system
+// without them reports one data section) and skipped with lseek. `error`
+// keeps the errno of a failed read or seek for the caller's message.
+struct UploadSource {
+  static constexpr off_t kReadAhead = 16 << 20;  // asked of the kernel ahead of the sender
+  int fd;
+  off_t size;
+  off_t advised = 0;  // WILLNEED given up to here
+  int error = 0;
+
+  static int Read(virStreamPtr, char* data, size_t nbytes, void* opaque) {
+    auto* s = static_cast<UploadSource*>(opaque);
+    const off_t pos = ::lseek(s->fd, 0, SEEK_CUR);
+    if (pos >= 0 && pos + kReadAhead / 2 > s->advised) {
+      (void)::posix_fadvise(s->fd, pos, kReadAhead, POSIX_FADV_WILLNEED);
+      s->advised = pos + kReadAhead;
+    }
+    for (;;) {
+      ssize_t n = ::read(s->fd, data, nbytes);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) s->error = errno;
+      return static_cast<int>(n);
+    }
+  }
+  static int Hole(virStreamPtr, int* in_data, long long* length, void* opaque) {
+    auto* s = static_cast<UploadSource*>(opaque);
+    const off_t cur = ::lseek(s->fd, 0, SEEK_CUR);
+    if (cur < 0) return s->Fail();
+    if (cur >= s->size) {  // the end: no more sections
+      *in_data = 0;
+      *length = 0;
+      return 0;
+    }
+    off_t data = ::lseek(s->fd, cur, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) data = s->size;  // a hole up to the end
+    if (data < 0) {                                  // no SEEK_DATA here: all data
+      *in_data = 1;
+      *length = s->size - cur;
+    } else if (data > cur) {
+      *in_data = 0;
+      *length = std::min(data, s->size) - cur;
+    } else {
+      off_t hole = ::lseek(s->fd, cur, SEEK_HOLE);
+      if (hole < 0 || hole > s->size) hole = s->size;
+      *in_data = 1;
+      *length = hole - cur;
+    }
+    return ::lseek(s->fd, cur, SEEK_SET) < 0 ? s->Fail() : 0;
+  }
+  static int Skip(virStreamPtr, long long length, void* opaque) {
+    auto* s = static_cast<UploadSource*>(opaque);
+    return ::lseek(s->fd, static_cast<off_t>(length), SEEK_CUR) < 0 ? s->Fail() : 0;
+  }
+  int Fail() {
+    error = errno;
+    return -1;
+  }
+};
+
 // NodeInfo::cpu_model from the capabilities XML's <host><cpu>: what a saved
 // guest depends on (vendor, model, signature and the feature set).
 std::string HostCpuModel(const std::string& caps_xml) {
@@ -255,28 +315,21 @@ class LibvirtHypervisor final : public Hypervisor {
     };
     StreamHandle st(virStreamNew(conn.get(), 0));
     if (!st) return fail(LastLibvirtError("virStreamNew"));
-    if (virStorageVolUpload(vol.get(), st.get(), 0, static_cast<unsigned long long>(size), 0) < 0) {
+    // A sparse stream: the file's holes travel as hole lengths, not zeros,
+    // and the node's volume keeps them.
+    if (virStorageVolUpload(vol.get(), st.get(), 0, static_cast<unsigned long long>(size),
+                            VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM) < 0) {
       return fail(LastLibvirtError("uploading volume '" + name + "'"));
     }
-    std::string buf(1 << 20, '\0');
-    for (;;) {
-      ssize_t n = ::read(fd, buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        virStreamAbort(st.get());
-        return fail(Status::Internal("reading " + local_path + ": " + std::strerror(errno)));
-      }
-      if (n == 0) break;
-      size_t off = 0;
-      while (off < static_cast<size_t>(n)) {
-        int sent = virStreamSend(st.get(), buf.data() + off, static_cast<size_t>(n) - off);
-        if (sent < 0) {
-          Status s = LastLibvirtError("streaming volume '" + name + "'");
-          virStreamAbort(st.get());
-          return fail(s);
-        }
-        off += static_cast<size_t>(sent);
-      }
+    // The kernel reads ahead of the sender, so a file that is not in the page
+    // cache (uploads are written around it) streams at the disk's pace.
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    UploadSource source{fd, size};
+    if (virStreamSparseSendAll(st.get(), &UploadSource::Read, &UploadSource::Hole, &UploadSource::Skip, &source) < 0) {
+      Status s = source.error != 0 ? Status::Internal("reading " + local_path + ": " + std::strerror(source.error))
+                                   : LastLibvirtError("streaming volume '" + name + "'");
+      virStreamAbort(st.get());
+      return fail(s);
     }
     if (virStreamFinish(st.get()) < 0) return fail(LastLibvirtError("finishing upload of '" + name + "'"));
     auto info = Describe(pool_name, vol.get());

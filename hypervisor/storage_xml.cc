@@ -42,7 +42,13 @@ std::string DirPoolXml(const std::string& name, const std::string& dir) {
 
 std::string VolumeXml(const std::string& name, const std::string& format, uint64_t capacity_bytes) {
   pugi::xml_document doc;
-  AddVolume(doc, name, capacity_bytes, format, "0644");
+  auto vol = AddVolume(doc, name, capacity_bytes, format, "0644");
+  // Without <allocation> libvirt allocates the whole capacity up front; a
+  // volume filled by an upload or a copy takes disk only where it has data,
+  // so a sparse image stays sparse on the node (and its cache bytes are real).
+  auto alloc = vol.insert_child_after("allocation", vol.child("capacity"));
+  alloc.append_attribute("unit") = "bytes";
+  alloc.text() = "0";
   return Print(doc);
 }
 

@@ -2,10 +2,14 @@
 // libvirtd in its own network and mount namespace, reached over qemu+tcp://):
 // the node is added through the API, an execution runs there from an overlay
 // over the image's volume, the volume is in that node's pool with the image's
-// size, inspect lists the node, and concurrent starts share one transfer.
+// size, inspect lists the node, and concurrent starts share one transfer. A
+// sparse raw image travels as a sparse stream and stays sparse on the node.
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
 #include <mutex>
 #include <sstream>
 #include <chrono>
@@ -151,6 +155,50 @@ TEST_F(ImageDistributionTest, ExecutionOnTheSecondNodeRunsFromAnOverlayOfTheDist
   EXPECT_EQ(del.status, 200) << del.body;
   EXPECT_EQ(Virsh("vol-list " + daemon_->pool()).find(vol), std::string::npos);
   ASSERT_EQ(daemon_->Post("/v1/nodes/" + local + "/uncordon", "").status, 200);
+}
+
+// A mostly empty raw ext4 image: berth keeps it sparse in its store and puts
+// it on the node with a sparse stream, so the node's volume has the image's
+// size but takes disk only for the file system's data, with the same bytes.
+TEST_F(ImageDistributionTest, SparseRawImageStaysSparseOnTheNode) {
+  const std::string dir = "/var/lib/berth/it-sparse-" + RandomHex(6);
+  const std::string file = dir + "/sparse.raw";
+  const uint64_t size = 128ull << 20;
+  Shell("mkdir -p " + dir + " && truncate -s " + std::to_string(size) + " " + file +
+        " && mke2fs -q -F -t ext4 -E lazy_itable_init=1,nodiscard " + file);
+  ASSERT_EQ(std::filesystem::file_size(file), size);
+  std::ifstream in(file, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto up = daemon_->Call("POST", "/v1/images?name=sparse", bytes, "application/octet-stream");
+  Shell("rm -rf " + dir);
+  ASSERT_EQ(up.status, 201) << up.body;
+  const std::string image = up.json()["id"];
+
+  const std::string local = daemon_->Get("/v1/nodes").json()["nodes"][0]["name"];
+  ASSERT_EQ(daemon_->Post("/v1/nodes/" + local + "/cordon", "").status, 200);
+  auto added = daemon_->Post("/v1/nodes", json{{"name", "second"}, {"uri", uri_}, {"accel", "tcg"}}.dump());
+  ASSERT_TRUE(added.status == 201 || added.status == 409) << added.body;
+  // The image has no programs: the run ends (entrypoint_not_found) after its disk was prepared.
+  auto r = daemon_->Post("/v1/procs", json{{"image", image}, {"memory_mib", 128}, {"command", {"true"}}}.dump());
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string pid = std::to_string(r.json().value("pid", int64_t{0}));
+  auto done = daemon_->Get("/v1/procs/" + pid + "/wait?timeout_ms=120000").json();
+  EXPECT_NE(done.value("error_code", ""), "image_unavailable") << done.dump();
+  ASSERT_EQ(daemon_->Post("/v1/nodes/" + local + "/uncordon", "").status, 200);
+
+  const std::string vol = "img-" + image + ".raw";
+  std::string info = Virsh("vol-info --bytes " + vol + " --pool " + daemon_->pool());
+  ASSERT_NE(info.find("Capacity:       " + std::to_string(size) + " bytes"), std::string::npos) << info;
+  const size_t at = info.find("Allocation:");
+  ASSERT_NE(at, std::string::npos) << info;
+  const uint64_t allocation = std::stoull(info.substr(at + 11));
+  std::cout << "sparse image on the node: capacity " << size << ", allocation " << allocation << " bytes\n";
+  EXPECT_LT(allocation, size / 4) << "the image's holes were written out on the node";
+  // The same bytes, holes included.
+  std::string sum = Shell("timeout 60 virsh -q -c " + uri_ + " vol-download " + vol + " /dev/stdout --pool " +
+                          daemon_->pool() + " | sha256sum");
+  EXPECT_EQ(sum.substr(0, 64), image);
+  EXPECT_EQ(daemon_->Call("DELETE", "/v1/images/" + image).status, 200);
 }
 
 }  // namespace
