@@ -262,7 +262,7 @@ StartTiersBench::CloneSplit StartTiersBench::CloneSplitOf(const std::string& dom
     if (std::sscanf(rest, ": copy %lld ms, restore %lld ms, hello %lld ms (save image %lld KiB)", &copy, &restore,
                     &hello, &kib) == 4) {
       const size_t open = line.find(", ", line.find("(save image", at));
-      const size_t close = line.rfind(')');
+      const size_t close = line.find_first_of(";)", open == std::string::npos ? line.size() : open);
       std::string source = open != std::string::npos && close != std::string::npos && close > open
                                ? line.substr(open + 2, close - open - 2)
                                : "";

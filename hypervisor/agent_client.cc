@@ -157,7 +157,9 @@ Result<RestoredAgent> ConnectRestoredAgent(Hypervisor& hv, const std::string& do
   for (;;) {
     const int64_t left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    const int64_t opening = NowMs();
     BERTH_ASSIGN_OR_RETURN(auto ch, hv.OpenAgentChannel(domain, channel));
+    out.open_ms = NowMs() - opening;
     out.client = std::make_unique<AgentClient>(std::move(ch));
     const bool last = left <= reconnect_ms * 3 / 2;
     auto hello = out.client->Hello(last ? std::max<int64_t>(left, 1) : reconnect_ms);

@@ -81,6 +81,7 @@ struct RestoredAgent {
   std::unique_ptr<AgentClient> client;
   agent::HelloMsg hello;
   int reconnects = 0;  // connections after the first
+  int64_t open_ms = 0;  // opening the channel (the last connection)
 };
 Result<RestoredAgent> ConnectRestoredAgent(Hypervisor& hv, const std::string& domain, const std::string& channel,
                                            int64_t timeout_ms, int64_t reconnect_ms = 4000);

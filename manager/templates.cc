@@ -843,8 +843,9 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
                              : spare == 0       ? "copied"
                              : spare_made       ? "copied to spare " + std::to_string(spare)
                                                 : "spare " + std::to_string(spare);
-  spdlog::info("clone {} of template {}: copy {} ms, restore {} ms, hello {} ms (save image {} KiB, {})", request.domain,
-               key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms, entry.info.save_bytes >> 10, source);
+  spdlog::info("clone {} of template {}: copy {} ms, restore {} ms, hello {} ms (save image {} KiB, {}; channel open {} ms)",
+               request.domain, key.substr(0, 16), out.copy_ms, out.restore_ms, out.hello_ms,
+               entry.info.save_bytes >> 10, source, connected->open_ms);
   return out;
 }
 
