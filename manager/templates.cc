@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <future>
 #include <chrono>
 #include <functional>
 #include <optional>
@@ -173,7 +174,42 @@ void RemoveStaleTemplateBuilds(Node& node) {
 TemplateCache::TemplateCache(Env* env, Node& node, RuntimeArtifacts runtime, TemplateOptions options)
     : env_(env), node_(node), runtime_(std::move(runtime)), options_(std::move(options)) {}
 
-TemplateCache::~TemplateCache() = default;
+TemplateCache::~TemplateCache() {
+  std::unique_lock lock(mu_);
+  background_cv_.wait(lock, [&] { return background_ == 0; });  // bounded: WriteSaveHeader's retries
+}
+
+Status TemplateCache::WriteSaveHeader(const std::string& save_volume, const std::string& bytes) {
+  Status s;
+  for (int attempt = 0; attempt < 600; ++attempt) {  // 30 s
+    s = node_.hypervisor().UploadVolumeRange(node_.config().pool, save_volume, 0, bytes);
+    if (s.ok() || s.code() == Code::kNotFound) break;
+    env_->SleepMs(50);
+  }
+  return s;
+}
+
+void TemplateCache::PutHeaderBackLater(const std::string& key, const std::string& save_volume,
+                                       std::shared_ptr<const std::string> bytes) {
+  {
+    std::lock_guard lock(mu_);
+    ++background_;
+  }
+  std::thread([this, key, save_volume, bytes] {
+    Status s = WriteSaveHeader(save_volume, *bytes);
+    {
+      std::lock_guard lock(mu_);
+      in_place_.erase(key);
+    }
+    if (!s.ok()) {
+      spdlog::warn("restoring the header of template {}: {}; invalidating it", key.substr(0, 16), s.ToString());
+      (void)Invalidate(key);  // its file still names a clone
+    }
+    std::lock_guard lock(mu_);
+    --background_;
+    background_cv_.notify_all();
+  }).detach();
+}
 
 std::string TemplateCache::AccelName() const { return node_.accel() == hv::Accel::kKvm ? "kvm" : "tcg"; }
 
@@ -673,6 +709,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   if (header_fits && entry.header_bytes) {
     std::lock_guard lock(mu_);
     in_place = copying_[key] == 0 && in_place_.insert(key).second;
+    if (in_place) in_place_writing_.insert(key);
     if (!in_place && options_.spare_images > 0) {
       Spares& spares = spares_[key];
       if (spares.generation == 0) spares.generation = next_spare_generation_++;
@@ -715,13 +752,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   // Writes the template's header area; retries for a while, since a clone
   // that started meanwhile may be copying the file.
   auto write_template_header = [&](const std::string& bytes) -> Status {
-    Status s;
-    for (int attempt = 0; attempt < 120; ++attempt) {
-      s = hv.UploadVolumeRange(pool, entry.info.save_volume, 0, bytes);
-      if (s.ok() || s.code() == Code::kNotFound) break;
-      env_->SleepMs(250);
-    }
-    return s;
+    return WriteSaveHeader(entry.info.save_volume, bytes);
   };
   // Puts the template's header back and frees the slot; false if that failed.
   auto restore_template_header = [&]() -> bool {
@@ -736,7 +767,20 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     return s.ok();
   };
   // Undoes the image choice of a start that fails before its restore.
+  // The in-place clone's header is in the template's file: copies may start
+  // (see copy_volume).
+  bool header_written = !in_place;
+  auto done_writing = [&]() {
+    if (header_written) return;
+    header_written = true;
+    {
+      std::lock_guard lock(mu_);
+      in_place_writing_.erase(key);
+    }
+    in_place_cv_.notify_all();
+  };
   auto release_image = [&]() -> bool {
+    done_writing();
     release_spare();
     return restore_template_header();
   };
@@ -747,7 +791,11 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
       // A spare of an earlier berthd may hold anything: replaced.
       if (spare_made) (void)hv.DeleteVolume(pool, spare_volume);
       {
-        std::lock_guard lock(mu_);
+        // libvirt refuses writes to a volume while it is the source of a
+        // copy: a clone that goes in place writes its header first (a few
+        // ms), instead of retrying until this copy ends.
+        std::unique_lock lock(mu_);
+        in_place_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return in_place_writing_.count(key) == 0; });
         ++copying_[key];
       }
       auto copied = hv.CloneVolume(pool, entry.info.save_volume, image_volume);
@@ -787,6 +835,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     if (header_fits) {
       // libvirt pads the XML area, so the new header usually fits in place.
       rewritten = in_place ? write_template_header(head) : hv.UploadVolumeRange(pool, image_volume, 0, head);
+      done_writing();
     } else {
       // A larger header moves the stream: rewrite the whole clone (a copy).
       uint64_t stream_offset = entry.header.stream_offset();
@@ -813,11 +862,20 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
   const std::string domain = request.domain;
   Status restored = RunBounded([hvp, path] { return hvp->RestoreDomain(path); }, options_.restore_timeout_ms,
                                [hvp, domain] { (void)hvp->DestroyDomain(domain); }, "restoring " + domain);
-  const bool header_back = restore_template_header();
-  release_spare();
-  if (!restored.ok()) return fail(restored, true);
-  if (!header_back) (void)Invalidate(key);  // its file still names this clone
   out.restore_ms = env_->MonotonicMs() - t1;
+  release_spare();
+  if (!restored.ok()) {
+    (void)restore_template_header();
+    return fail(restored, true);
+  }
+  // The template's header goes back in the background: the write waits
+  // while another clone copies the template's file (libvirt refuses it
+  // meanwhile), which is no reason to keep this clone waiting. Other clones
+  // use spares until it is back.
+  if (!header_restored) {
+    header_restored = true;
+    PutHeaderBackLater(key, entry.info.save_volume, entry.header_bytes);
+  }
   // The running domain no longer needs its save image.
   if (!in_place && spare == 0) {
     if (Status d = hv.DeleteVolume(pool, clone_volume); !d.ok()) {

@@ -37,6 +37,7 @@
 // when the build ends, whatever its outcome.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -250,6 +251,14 @@ class TemplateCache {
   Result<Entry> BuildAndSave(const TemplateKeyInputs& inputs, const std::string& key, const FunctionRecord& fn,
                              const images::ImageRecord& image, int64_t t0, const hv::NicSpec* nic);
   Status RemoveVolumes(const std::string& key);
+  // Writes `bytes` at the start of the save volume, retrying for up to 30 s
+  // while libvirt refuses (a copy of the volume runs).
+  Status WriteSaveHeader(const std::string& save_volume, const std::string& bytes);
+  // In a background thread (the destructor waits for it): puts the template's
+  // header back after an in-place clone restored, frees the in-place slot,
+  // and invalidates the template if the header could not be written.
+  void PutHeaderBackLater(const std::string& key, const std::string& save_volume,
+                          std::shared_ptr<const std::string> bytes);
   Status RefreshPool();
   Status CheckNodeMatches(const Entry& entry) const;
   std::string AccelName() const;
@@ -265,6 +274,10 @@ class TemplateCache {
   std::set<std::string> invalidated_while_building_;  // keys Invalidate named during their build
   std::set<std::string> clones_in_flight_;  // clone save volume names
   std::set<std::string> in_place_;          // keys whose own save image a clone is restoring from
+  std::set<std::string> in_place_writing_;  // ... and is writing its header into (copies wait)
+  std::condition_variable in_place_cv_;
+  int background_ = 0;  // PutHeaderBackLater threads still running
+  std::condition_variable background_cv_;
   std::map<std::string, int> copying_;      // key -> clones copying its save image now
   // Spare copies of each template's save image (index N-1: tpl-<key>.spareN).
   // A new generation whenever the key's spares are forgotten (Invalidate), so
