@@ -99,7 +99,6 @@ class StartTiersBench {
   // its boot_ms went. Zeros when the line is missing.
   struct CloneSplit {
     double copy_ms = 0, restore_ms = 0, hello_ms = 0, save_mib = 0;
-    bool in_place = false;  // restored from the template's own save image or a spare copy (no copy)
     std::string source;     // as berthd logs it: "in place", "spare N", "copied to spare N", "copied"
   };
   CloneSplit CloneSplitOf(const std::string& domain) const;
@@ -267,7 +266,7 @@ StartTiersBench::CloneSplit StartTiersBench::CloneSplitOf(const std::string& dom
                                ? line.substr(open + 2, close - open - 2)
                                : "";
       split = {static_cast<double>(copy), static_cast<double>(restore), static_cast<double>(hello), kib / 1024.0,
-               source == "in place" || source.rfind("spare ", 0) == 0, source};
+               source};
     }
   }
   return split;

@@ -151,12 +151,10 @@ Status AgentClient::PowerOff() { return channel_->Send(agent::MsgType::kPowerOff
 
 Result<RestoredAgent> ConnectRestoredAgent(Hypervisor& hv, const std::string& domain, const std::string& channel,
                                            int64_t timeout_ms, int64_t reconnect_ms) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  const int64_t deadline = NowMs() + timeout_ms;
   RestoredAgent out;
   for (;;) {
-    const int64_t left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    const int64_t left = deadline - NowMs();
     const int64_t opening = NowMs();
     BERTH_ASSIGN_OR_RETURN(auto ch, hv.OpenAgentChannel(domain, channel));
     out.open_ms = NowMs() - opening;

@@ -117,7 +117,7 @@ class PipelinedWriter {
   // Buffers both threads are done with (mu_ held).
   uint64_t DoneLocked() const { return hash_ ? std::min(written_, hashed_) : written_; }
   // Whether the threads should stop waiting for a fuller batch (mu_ held).
-  bool UrgentLocked() const { return caller_waiting_ || flushing_ || stop_; }
+  bool UrgentLocked() const { return caller_waiting_ || flushing_; }
   // Wakes the caller if it waits and what it waits for is there (mu_ held).
   void NotifyCallerLocked();
   void WriterLoop();

@@ -189,6 +189,16 @@ Status TemplateCache::WriteSaveHeader(const std::string& save_volume, const std:
   return s;
 }
 
+bool TemplateCache::PutHeaderBack(const std::string& key, const std::string& save_volume, const std::string& bytes) {
+  Status s = WriteSaveHeader(save_volume, bytes);
+  {
+    std::lock_guard lock(mu_);
+    in_place_.erase(key);
+  }
+  if (!s.ok()) spdlog::warn("restoring the header of template {}: {}", key.substr(0, 16), s.ToString());
+  return s.ok();
+}
+
 void TemplateCache::PutHeaderBackLater(const std::string& key, const std::string& save_volume,
                                        std::shared_ptr<const std::string> bytes) {
   {
@@ -196,15 +206,7 @@ void TemplateCache::PutHeaderBackLater(const std::string& key, const std::string
     ++background_;
   }
   std::thread([this, key, save_volume, bytes] {
-    Status s = WriteSaveHeader(save_volume, *bytes);
-    {
-      std::lock_guard lock(mu_);
-      in_place_.erase(key);
-    }
-    if (!s.ok()) {
-      spdlog::warn("restoring the header of template {}: {}; invalidating it", key.substr(0, 16), s.ToString());
-      (void)Invalidate(key);  // its file still names a clone
-    }
+    if (!PutHeaderBack(key, save_volume, *bytes)) (void)Invalidate(key);  // its file still names a clone
     std::lock_guard lock(mu_);
     --background_;
     background_cv_.notify_all();
@@ -724,7 +726,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
         spare_made = it != states.end();
       }
       if (it != states.end()) {
-        *it = spare_made ? SpareState::kCreating : SpareState::kBusy;
+        *it = SpareState::kBusy;
         spare = static_cast<int>(it - states.begin()) + 1;
       }
     }
@@ -749,22 +751,11 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     if (drop) (void)hv.DeleteVolume(pool, spare_volume);
   };
   bool header_restored = !in_place;
-  // Writes the template's header area; retries for a while, since a clone
-  // that started meanwhile may be copying the file.
-  auto write_template_header = [&](const std::string& bytes) -> Status {
-    return WriteSaveHeader(entry.info.save_volume, bytes);
-  };
   // Puts the template's header back and frees the slot; false if that failed.
   auto restore_template_header = [&]() -> bool {
     if (header_restored) return true;
     header_restored = true;
-    Status s = write_template_header(*entry.header_bytes);
-    {
-      std::lock_guard lock(mu_);
-      in_place_.erase(key);
-    }
-    if (!s.ok()) spdlog::warn("restoring the header of template {}: {}", key.substr(0, 16), s.ToString());
-    return s.ok();
+    return PutHeaderBack(key, entry.info.save_volume, *entry.header_bytes);
   };
   // Undoes the image choice of a start that fails before its restore.
   // The in-place clone's header is in the template's file: copies may start
@@ -834,7 +825,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
     Status rewritten;
     if (header_fits) {
       // libvirt pads the XML area, so the new header usually fits in place.
-      rewritten = in_place ? write_template_header(head) : hv.UploadVolumeRange(pool, image_volume, 0, head);
+      rewritten = in_place ? WriteSaveHeader(image_volume, head) : hv.UploadVolumeRange(pool, image_volume, 0, head);
       done_writing();
     } else {
       // A larger header moves the stream: rewrite the whole clone (a copy).
@@ -846,8 +837,7 @@ Result<CloneStart> TemplateCache::StartClone(const std::string& key, const Clone
       rewritten = hv.WriteVolume(pool, clone_volume, head).status();
     }
     if (!rewritten.ok()) {
-      release_spare();
-      const bool template_ok = restore_template_header();
+      const bool template_ok = release_image();
       return fail(rewritten, !template_ok);
     }
   }

@@ -254,9 +254,11 @@ class TemplateCache {
   // Writes `bytes` at the start of the save volume, retrying for up to 30 s
   // while libvirt refuses (a copy of the volume runs).
   Status WriteSaveHeader(const std::string& save_volume, const std::string& bytes);
-  // In a background thread (the destructor waits for it): puts the template's
-  // header back after an in-place clone restored, frees the in-place slot,
-  // and invalidates the template if the header could not be written.
+  // Puts a template's header back after an in-place clone (`bytes` into its
+  // save volume) and frees the in-place slot; false if the write failed.
+  bool PutHeaderBack(const std::string& key, const std::string& save_volume, const std::string& bytes);
+  // PutHeaderBack in a background thread (the destructor waits for it), then
+  // invalidates the template if the header could not be written.
   void PutHeaderBackLater(const std::string& key, const std::string& save_volume,
                           std::shared_ptr<const std::string> bytes);
   Status RefreshPool();
@@ -282,7 +284,7 @@ class TemplateCache {
   // Spare copies of each template's save image (index N-1: tpl-<key>.spareN).
   // A new generation whenever the key's spares are forgotten (Invalidate), so
   // that a clone finishing late does not mark a spare of the next template.
-  enum class SpareState { kAbsent, kCreating, kFree, kBusy };
+  enum class SpareState { kAbsent, kFree, kBusy };  // kBusy: a clone fills or restores from it
   struct Spares {
     uint64_t generation = 0;
     std::vector<SpareState> states;
